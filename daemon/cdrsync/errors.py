@@ -1,0 +1,58 @@
+"""The one error hierarchy of cdrsync.
+
+Driver errors (aiohttp, asyncpg, OSError) are translated into these at the module that
+talks to the driver, so the rest of the code decides by category, never by driver type.
+The docstring of each class is its default message. Only ``TransientError`` (and its
+subclass ``RateLimited``) is ever retried.
+"""
+
+from __future__ import annotations
+
+
+class CdrsyncError(Exception):
+    """cdrsync failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class TransientError(CdrsyncError):
+    """A temporary failure (network, 5xx, timeout, truncated body): retrying may succeed."""
+
+
+class RateLimited(TransientError):
+    """The vendor refused the request for exceeding its rate limit."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BadPageError(TransientError):
+    """A page could not be read as a whole (malformed or truncated JSON); it is fetched again."""
+
+
+class PermanentError(CdrsyncError):
+    """The vendor refused the request in a way that retrying will not fix."""
+
+
+class AuthError(PermanentError):
+    """The vendor rejected the credentials; check the account's token or password."""
+
+
+class ParseError(CdrsyncError):
+    """A single record could not be normalized; it goes to the rejects table."""
+
+
+class ConfigError(CdrsyncError):
+    """The configuration is invalid."""
+
+    def __init__(self, message: str | None = None, *, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        if message is None and self.problems:
+            message = "invalid configuration:\n  " + "\n  ".join(self.problems)
+        super().__init__(message)
+
+
+class StoreError(CdrsyncError):
+    """PostgreSQL is unreachable or refused a statement; the stream pauses and retries."""
