@@ -1,0 +1,238 @@
+"""Sliding-window rate limiting: never more than N requests in ANY window of P seconds.
+
+Vendors state their limits as "at most N requests per period" and enforce them over a sliding
+window (Ozonetel: 2 bulk reports a minute; Acefone: a configured number a minute). A leaky or
+token bucket (aiolimiter) admits a full burst on top of its steady rate, so one sliding window can
+see up to about 2N requests and the vendor answers 429. This limiter remembers the last ``limit``
+grant times instead and admits a request only when the window ending at that instant holds fewer
+than ``limit`` of them, which is exact for every window, not on average.
+
+The decision (:meth:`SlidingWindowLimiter.delay`) is pure and takes ``now``; only
+:meth:`SlidingWindowLimiter.acquire` waits, with asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Protocol
+
+__all__ = ["LimiterSet", "RateLimitLike", "SlidingWindowLimiter"]
+
+
+class SlidingWindowLimiter:
+    """At most `limit` grants in any sliding `period` seconds (plus `margin` of safety).
+
+    ``margin`` widens the window because the vendor counts arrival times, which differ from our
+    grant times by network jitter: two grants exactly ``period`` apart may arrive less than
+    ``period`` apart. :meth:`pause` honours a ``Retry-After`` and then slows down: for one
+    ``period`` after the pause ends the effective limit is halved (at least 1).
+
+    ``clock`` and ``sleep`` are injectable so that tests drive time by hand. Memory is O(limit).
+    """
+
+    __slots__ = (
+        "_clock",
+        "_grants",
+        "_limit",
+        "_lock",
+        "_margin",
+        "_name",
+        "_paused_until",
+        "_period",
+        "_sleep",
+        "_slow_until",
+    )
+
+    def __init__(
+        self,
+        limit: int,
+        period: float,
+        *,
+        margin: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        name: str = "",
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"rate limit {name or ''} needs at least 1 request, got {limit}")
+        if not period > 0:
+            raise ValueError(f"rate limit {name or ''} needs a period above 0 s, got {period}")
+        if not margin >= 0:
+            raise ValueError(f"rate limit {name or ''} needs a margin of 0 s or more, got {margin}")
+        self._limit = limit
+        self._period = float(period)
+        self._margin = float(margin)
+        self._clock = clock
+        self._sleep = sleep
+        self._name = name
+        # Only the last `limit` grants can ever decide a delay: older ones are further back than
+        # the `limit`-th most recent, so a bounded deque keeps memory O(limit).
+        self._grants: deque[float] = deque(maxlen=limit)
+        self._paused_until = float("-inf")
+        self._slow_until = float("-inf")
+        # asyncio.Lock hands the lock to waiters in arrival order and never lets a newcomer
+        # barge past queued waiters, which is the FIFO fairness that acquire() promises.
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SlidingWindowLimiter {self._name!r} {self._limit}/{self._period:g}s>"
+
+    @property
+    def limit(self) -> int:
+        """The configured number of grants per window (before any slow-down)."""
+        return self._limit
+
+    @property
+    def period(self) -> float:
+        """The vendor's window in seconds (without the safety margin)."""
+        return self._period
+
+    @property
+    def margin(self) -> float:
+        """Seconds added to every window to absorb network jitter."""
+        return self._margin
+
+    @property
+    def name(self) -> str:
+        """A label for logs and metrics, such as ``"acme/list"``."""
+        return self._name
+
+    @property
+    def window(self) -> float:
+        """The window actually enforced: ``period + margin`` seconds."""
+        return self._period + self._margin
+
+    def effective_limit(self, now: float) -> int:
+        """The limit in force at ``now``: halved (at least 1) for one period after a pause."""
+        if self._paused_until <= now < self._slow_until:
+            return max(1, self._limit // 2)
+        return self._limit
+
+    def used(self, now: float) -> int:
+        """Grants in the sliding window that ends at ``now``."""
+        start = now - self.window
+        return sum(1 for granted in self._grants if start < granted <= now)
+
+    def delay(self, now: float) -> float:
+        """Seconds from ``now`` until the next grant is allowed (0 when it is allowed now).
+
+        Pure: reads the recorded grants and any pause, changes nothing.
+        """
+        earliest = max(now, self._paused_until)
+        if earliest < self._slow_until:
+            slowed = self._earliest_with(max(1, self._limit // 2), earliest)
+            if slowed < self._slow_until:
+                return slowed - now
+            # Past the slow-down the full limit applies again, which may admit earlier than the
+            # halved one would have, but never before the slow-down ends.
+            earliest = self._slow_until
+        return self._earliest_with(self._limit, earliest) - now
+
+    def _earliest_with(self, limit: int, earliest: float) -> float:
+        """The first instant >= ``earliest`` at which fewer than ``limit`` grants are in window."""
+        if len(self._grants) < limit:
+            return earliest
+        # The `limit`-th most recent grant must have left the window before another is allowed.
+        return max(earliest, self._grants[-limit] + self.window)
+
+    def record(self, now: float) -> None:
+        """Record a grant at ``now`` without waiting (for callers that checked :meth:`delay`)."""
+        self._grants.append(now)
+
+    async def acquire(self) -> None:
+        """Wait until a grant is allowed, then record it.
+
+        Waiters are served first come, first served. A waiter cancelled while it waits takes no
+        slot and does not hold up the ones behind it.
+        """
+        async with self._lock:
+            # Re-check after every sleep: a pause() may have arrived while we slept.
+            while (wait := self.delay(self._clock())) > 0:
+                await self._sleep(wait)
+            self.record(self._clock())
+
+    def pause(self, seconds: float, *, now: float | None = None) -> None:
+        """Grant nothing until ``now + seconds`` (a 429's Retry-After), then slow down.
+
+        For one ``period`` after the pause ends the effective limit is halved (at least 1): the
+        vendor has just told us our idea of its limit is too generous. A shorter pause never
+        shortens one already in force.
+        """
+        at = self._clock() if now is None else now
+        self._paused_until = max(self._paused_until, at + max(0.0, seconds))
+        self._slow_until = self._paused_until + self._period
+
+    def paused_until(self) -> float:
+        """The clock value until which nothing is granted (``-inf`` when never paused)."""
+        return self._paused_until
+
+
+class RateLimitLike(Protocol):
+    """Anything stating a limit as ``requests`` per ``period_s`` seconds (config's RateLimit)."""
+
+    @property
+    def requests(self) -> int:
+        """How many requests the vendor allows per period."""
+
+    @property
+    def period_s(self) -> float:
+        """The vendor's window in seconds."""
+
+
+class LimiterSet:
+    """One account's limiters, one per endpoint group ("list", "auth", "lookup", ...).
+
+    Endpoints of one group share a budget at the vendor (Ozonetel counts every bulk report
+    request of an account against the same 2/min), so they share one limiter here.
+    """
+
+    __slots__ = ("_account", "_limiters")
+
+    def __init__(
+        self,
+        account: str,
+        limits: Mapping[str, RateLimitLike],
+        *,
+        margin: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._account = account
+        self._limiters = {
+            group: SlidingWindowLimiter(
+                limit.requests,
+                limit.period_s,
+                margin=margin,
+                clock=clock,
+                sleep=sleep,
+                name=f"{account}/{group}",
+            )
+            for group, limit in limits.items()
+        }
+
+    @property
+    def account(self) -> str:
+        """The account these limiters belong to."""
+        return self._account
+
+    def __getitem__(self, group: str) -> SlidingWindowLimiter:
+        try:
+            return self._limiters[group]
+        except KeyError:
+            known = ", ".join(sorted(self._limiters)) or "none"
+            raise KeyError(
+                f"account {self._account!r} has no rate limit for endpoint group {group!r} "
+                f"(configured: {known}); add it to the account's rate limits"
+            ) from None
+
+    def __contains__(self, group: object) -> bool:
+        return group in self._limiters
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._limiters)
+
+    def __len__(self) -> int:
+        return len(self._limiters)
