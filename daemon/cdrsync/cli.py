@@ -1,0 +1,236 @@
+"""Command line: run, demo, backfill, status, check-config, migrate, simulate.
+
+Exit codes: 0 done; 1 failed (the message says why); 2 bad usage; 75 temporarily impossible (try
+again later); 78 bad configuration (systemd's ``RestartPreventExitStatus=78`` keeps a broken
+file from restart-looping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+from cdrsync import __version__
+from cdrsync.errors import CdrsyncError, ConfigError
+
+EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
+
+log = structlog.get_logger("cdrsync")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-10-01") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (also documents every command in ``--help``)."""
+    top = argparse.ArgumentParser(prog="cdrsync", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"cdrsync {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument(
+                "--config",
+                default=os.environ.get("CDRSYNC_CONFIG"),
+                help="TOML configuration file (default: $CDRSYNC_CONFIG)",
+            )
+        return p
+
+    command("run", "run the daemon until SIGTERM")
+    command("migrate", "bring the database schema up to date")
+    command("check-config", "validate the configuration and print it with secrets masked")
+    status = command("status", "show every stream's watermark, lag, last success and error")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    bf = command("backfill", "sync one account's calls over a date range, resumably")
+    bf.add_argument("--account", required=True, help="account name from the configuration")
+    bf.add_argument("--since", required=True, type=_date, help="first day (account time zone)")
+    bf.add_argument("--until", type=_date, help="day after the last one (default: up to now)")
+    demo = command("demo", "simulator + embedded PostgreSQL + daemon, with a live summary", config=False)
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds to run (0: until Ctrl-C)")
+    demo.add_argument("--state-dir", help="keep the demo database here (default: a temporary dir)")
+    demo.add_argument("--records", type=int, default=5000, help="simulated backlog size")
+    sim = command("simulate", "run the Acefone simulator alone", config=False)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8085)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--records", type=int, default=2000, help="backlog size")
+    sim.add_argument("--live-per-minute", type=float, default=30.0)
+    sim.add_argument("--rate-limit", type=int, help="list requests per minute before 429")
+    return top
+
+
+def _load(path: str | None) -> Any:
+    from cdrsync.config import load
+
+    if not path:
+        raise ConfigError("no configuration file: pass --config PATH or set CDRSYNC_CONFIG")
+    return load(path)
+
+
+def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main(stop)`` with SIGTERM/SIGINT setting ``stop`` (signal handling lives here only)."""
+
+    async def wrapper() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(wrapper())
+
+
+def _configure(settings: Any = None, *, level: str = "info", fmt: str = "auto") -> None:
+    from cdrsync.observability import configure_logging
+
+    if settings is not None:
+        configure_logging(
+            level=settings.daemon.log_level,
+            fmt=settings.daemon.log_format,
+            secrets=settings.secret_values(),
+        )
+    else:
+        configure_logging(level=level, fmt=fmt)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cdrsync import app
+
+    settings = _load(args.config)
+    _configure(settings)
+
+    async def main(stop: asyncio.Event) -> int:
+        await app.run(settings, stop=stop)
+        return EX_OK
+
+    return _run_async(main)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cdrsync import app
+
+    settings = _load(args.config)
+    _configure(settings)
+
+    async def main(stop: asyncio.Event) -> int:
+        async with app.runtime(settings, stop) as rt:
+            return EX_OK if rt is not None else EX_TEMPFAIL
+
+    return _run_async(main)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from cdrsync.config import render
+
+    settings = _load(args.config)
+    print(render(settings))
+    print(f"# {args.config}: OK, {len(settings.accounts)} account(s)", file=sys.stderr)
+    return EX_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cdrsync import app
+    from cdrsync.status import render_status
+
+    settings = _load(args.config)
+    _configure(settings, level="warning")
+
+    async def main(stop: asyncio.Event) -> int:
+        async with app.runtime(settings, stop) as rt:
+            if rt is None:
+                return EX_TEMPFAIL
+            states = await rt.store.states()
+        text, failing = render_status(states, settings, now=dt.datetime.now(dt.UTC), as_json=args.json)
+        print(text)
+        return EX_FAIL if failing else EX_OK
+
+    return _run_async(main)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from cdrsync import app
+    from cdrsync.status import ProgressPrinter
+
+    settings = _load(args.config)
+    _configure(settings)
+    printer = ProgressPrinter(sys.stderr)
+
+    async def main(stop: asyncio.Event) -> int:
+        done = await app.backfill(
+            settings, args.account, args.since, args.until, stop=stop, on_progress=printer
+        )
+        printer.close()
+        return EX_OK if done else EX_TEMPFAIL
+
+    return _run_async(main)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cdrsync.demo import run_demo
+
+    _configure()
+    return _run_async(lambda stop: run_demo(stop, args))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
+    from cdrsync.simulator.server import serve_forever
+
+    _configure()
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(
+            seed=args.seed,
+            backlog=args.records,
+            live_per_minute=args.live_per_minute,
+            rate_limit=args.rate_limit,
+        )
+    )
+
+    async def main(stop: asyncio.Event) -> int:
+        await serve_forever(sim, args.host, args.port, stop)
+        return EX_OK
+
+    return _run_async(main)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "migrate": cmd_migrate,
+    "check-config": cmd_check_config,
+    "status": cmd_status,
+    "backfill": cmd_backfill,
+    "demo": cmd_demo,
+    "simulate": cmd_simulate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cdrsync`` command."""
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"cdrsync: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except CdrsyncError as exc:
+        print(f"cdrsync: {exc}", file=sys.stderr)
+        return EX_FAIL
+    except KeyboardInterrupt:
+        return EX_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

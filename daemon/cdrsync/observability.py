@@ -1,0 +1,161 @@
+"""Logs, health endpoints and systemd notification.
+
+Logging: structlog to stdout, one JSON object a line off a terminal, a readable console on one;
+stdlib loggers (aiohttp, asyncpg) go through the same renderer. A processor scrubs secrets from
+every event, tracebacks included, before it is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor
+
+MASK = "***"
+
+# Values that must never be logged even when we do not know them as configured secrets:
+# `token=` query values (Acefone recording URLs carry one), bearer tokens, api keys and
+# passwords in URLs or key=value text.
+_PATTERNS = (
+    re.compile(r"(?i)((?:token|apikey|api_key|password|secret)=)[^&\s\"',;]+"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"(?i)(\"?(?:apikey|api_key|authorization|password|token)\"?\s*:\s*\"?)[^\"\s,}]+"),
+    re.compile(r"(//[^/:@\s]+:)[^@/\s]+(@)"),
+)
+
+
+class SecretScrubber:
+    """A structlog processor replacing secrets in every string of an event (nested too)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Also mask these exact values (configured tokens, passwords, keys)."""
+        # Longest first so that a secret containing another is masked whole; very short values
+        # would mask ordinary words, so they are left to the patterns.
+        known = {s for s in (*self._secrets, *secrets) if len(s) >= 4}
+        self._secrets = sorted(known, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every known secret and secret-looking value masked."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            if pattern.groups == 2:
+                text = pattern.sub(lambda m: f"{m.group(1)}{MASK}{m.group(2)}", text)
+            else:
+                text = pattern.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        return text
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, Mapping):
+            return {k: self._value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._value(v) for v in value]
+        if isinstance(value, BaseException):
+            return self.scrub(f"{type(value).__name__}: {value}")
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.scrub(str(value))
+
+    def __call__(self, logger: Any, method: str, event: EventDict) -> EventDict:
+        for key in list(event):
+            event[key] = self._value(event[key])
+        return event
+
+
+SCRUBBER = SecretScrubber()
+
+
+def _drop_color_message(logger: Any, method: str, event: EventDict) -> EventDict:
+    event.pop("color_message", None)
+    return event
+
+
+def configure_logging(
+    *, level: str = "info", fmt: str = "auto", secrets: Iterable[str] = (), stream: Any = None
+) -> None:
+    """Set up structlog and the stdlib root logger once, for the whole process."""
+    SCRUBBER.add(secrets)
+    out = stream or sys.stdout
+    as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_color_message,
+    ]
+    renderer: Processor
+    if as_json:
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
+        tail: list[Processor] = [structlog.processors.dict_tracebacks, SCRUBBER]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        tail = [structlog.processors.format_exc_info, SCRUBBER]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log would print every webhook URL, query (secret) included.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # transport.py logs each retry itself (event http.retry, secrets filtered); stamina's own
+    # structlog hook would log every retry a second time.
+    import stamina.instrumentation
+
+    stamina.instrumentation.set_on_retry_hooks([])
+
+
+def _json_dumps(obj: Any, **kwargs: Any) -> str:
+    import orjson
+
+    return orjson.dumps(obj, default=str).decode()
+
+
+# ---------------------------------------------------------------------------- systemd
+
+
+def sd_notify(*lines: str, environ: MutableMapping[str, str] | None = None) -> bool:
+    """Send ``READY=1``-style lines to systemd's ``NOTIFY_SOCKET``; False when not under systemd."""
+    env = os.environ if environ is None else environ
+    address = env.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall("\n".join(lines).encode())
+        except OSError:
+            return False
+    return True
+
+
+HealthCheck = Callable[[], Any]

@@ -1,0 +1,140 @@
+"""What ``cdrsync status`` and ``cdrsync backfill`` print: a table per stream, and progress.
+
+Pure formatting: the states and ``now`` come in, text comes out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from cdrsync.model import StreamState
+from cdrsync.sync import Progress
+
+if TYPE_CHECKING:
+    from cdrsync.config import Settings
+
+
+def lag_threshold(settings: Settings, account: str) -> dt.timedelta | None:
+    """How far behind a stream may be before ``status`` calls it lagging."""
+    try:
+        acc = settings.account(account)
+    except Exception:  # noqa: BLE001 (a stream of an account since removed from the file)
+        return None
+    return acc.settle + acc.window + 3 * acc.poll_interval
+
+
+def _ago(moment: dt.datetime | None, now: dt.datetime) -> str:
+    if moment is None:
+        return "never"
+    seconds = int((now - moment).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def assess(state: StreamState, settings: Settings, now: dt.datetime) -> dict[str, Any]:
+    """One stream's figures and health, as ``status --json`` prints them."""
+    lag = (now - state.watermark).total_seconds() if state.watermark else None
+    failing = state.last_error_at is not None and (
+        state.last_success_at is None or state.last_error_at > state.last_success_at
+    )
+    threshold = lag_threshold(settings, state.account) if state.kind == "list" else None
+    lagging = bool(threshold and (lag is None or lag > threshold.total_seconds()))
+    return {
+        "stream": state.stream,
+        "vendor": state.vendor,
+        "account": state.account,
+        "kind": state.kind,
+        "watermark": state.watermark.isoformat() if state.watermark else None,
+        "lag_s": round(lag) if lag is not None else None,
+        "last_success_at": state.last_success_at.isoformat() if state.last_success_at else None,
+        "last_error": state.last_error if failing else None,
+        "rows_inserted": state.rows_inserted,
+        "rows_updated": state.rows_updated,
+        "cycles": state.cycles,
+        "health": "failing" if failing else "lagging" if lagging else "ok",
+    }
+
+
+def render_status(
+    states: Sequence[StreamState], settings: Settings, *, now: dt.datetime, as_json: bool = False
+) -> tuple[str, bool]:
+    """The status report and whether any stream is failing or lagging (exit code 1)."""
+    rows = [assess(s, settings, now) for s in states]
+    unhealthy = any(r["health"] != "ok" for r in rows if r["kind"] == "list")
+    if as_json:
+        return orjson.dumps({"streams": rows}, option=orjson.OPT_INDENT_2).decode(), unhealthy
+    if not rows:
+        return "no streams yet: run `cdrsync run` first", False
+    header = ("STREAM", "HEALTH", "WATERMARK", "LAG", "LAST SUCCESS", "ROWS", "LAST ERROR")
+    table = [header]
+    for row, state in zip(rows, states, strict=True):
+        table.append(
+            (
+                row["stream"],
+                row["health"],
+                state.watermark.strftime("%Y-%m-%d %H:%M:%SZ") if state.watermark else "-",
+                f"{row['lag_s']}s" if row["lag_s"] is not None else "-",
+                _ago(state.last_success_at, now),
+                f"{state.rows_inserted}+{state.rows_updated}",
+                (row["last_error"] or "")[:80],
+            )
+        )
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    return "\n".join(lines), unhealthy
+
+
+class ProgressPrinter:
+    """Backfill progress: a rewritten line on a terminal, a plain line a window otherwise."""
+
+    def __init__(self, out: IO[str], *, clock: Any = time.monotonic) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._clock = clock
+        self._began = clock()
+        self._first: Progress | None = None
+        self._dirty = False
+
+    def line(self, progress: Progress) -> str:
+        """The progress text: span done, rows, rate and time left."""
+        if self._first is None:
+            self._first = progress
+        elapsed = max(self._clock() - self._began, 1e-6)
+        rate = progress.rows_written / elapsed
+        mark = progress.watermark.strftime("%Y-%m-%d %H:%M")
+        text = (
+            f"{progress.stream}: up to {mark} UTC, {progress.windows_done} windows, "
+            f"{progress.rows_written} rows, {rate:.0f} rows/s"
+        )
+        if progress.until is not None and progress.until > progress.start:
+            span = (progress.until - progress.start).total_seconds()
+            done = (progress.watermark - progress.start).total_seconds()
+            moved = (progress.watermark - self._first.watermark).total_seconds()
+            text += f", {min(100.0, 100 * done / span):.0f}%"
+            if moved > 0:
+                left = (progress.until - progress.watermark).total_seconds() * elapsed / moved
+                text += f", ETA {dt.timedelta(seconds=round(left))}"
+        return text
+
+    def __call__(self, progress: Progress) -> None:
+        text = self.line(progress)
+        if self._tty:
+            self._out.write("\r\x1b[2K" + text)
+            self._dirty = True
+        else:
+            self._out.write(text + "\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        """End the progress line."""
+        if self._dirty:
+            self._out.write("\n")
+            self._out.flush()

@@ -1,0 +1,387 @@
+"""The window stream: keeps one account's calls in step through a vendor's list endpoint.
+
+Each cycle plans windows (``plan.plan_windows``), reads each one completely (all pages, with the
+vendor's count checked against the distinct keys received, re-read on drift, split when it is too
+deep to page), and hands the rows to a writer that upserts them and advances the watermark in the
+same transaction as the window's rows. Reading and writing overlap: the reader fetches the next
+window while the writer commits the last one, and the writer commits windows strictly in order, so
+the watermark never passes a window that is not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import zoneinfo
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import structlog
+
+from cdrsync.errors import CdrsyncError, StoreError
+from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
+from cdrsync.plan import (
+    check_complete,
+    local_midnight_utc,
+    pages_for,
+    plan_windows,
+    retry_delay,
+    split_window,
+    too_deep,
+)
+
+if TYPE_CHECKING:
+    from cdrsync.config import AccountSettings
+    from cdrsync.store import Store, StreamLocks
+    from cdrsync.vendors import WindowSource
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], dt.datetime]
+T = TypeVar("T")
+
+
+def utcnow() -> dt.datetime:
+    """The current time in UTC (the default clock)."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a stream stands, reported after every committed window."""
+
+    stream: str
+    windows_done: int
+    rows_written: int
+    watermark: dt.datetime
+    start: dt.datetime
+    until: dt.datetime | None
+
+
+ProgressHook = Callable[[Progress], None]
+
+
+@dataclass(slots=True)
+class _Batch:
+    records: Sequence[CallRecord]
+    rejects: Sequence[Reject]
+    advance_to: dt.datetime | None
+
+
+@dataclass(slots=True)
+class _Cycle:
+    windows: int = 0
+    windows_done: int = 0
+    pages: int = 0
+    rereads: int = 0
+    splits: int = 0
+    incomplete: Window | None = None
+    written: WriteResult = field(default_factory=WriteResult)
+
+
+class _Owner(Protocol):
+    """What a stream needs of the lock session (``store.StreamLocks``)."""
+
+    held: frozenset[str]
+
+    async def alive(self) -> bool: ...
+    async def try_acquire(self, stream: str) -> bool: ...
+
+
+class WindowStream:
+    """One account's list stream: ``run()`` until stopped, or once per ``cycle()`` in tests."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        account: AccountSettings,
+        source: WindowSource,
+        store: Store,
+        locks: StreamLocks | _Owner,
+        stop: asyncio.Event,
+        clock: Clock = utcnow,
+        start: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        lookback: dt.timedelta | None = None,
+        max_windows_per_cycle: int = 48,
+        page_concurrency: int = 4,
+        max_rereads: int = 3,
+        on_progress: ProgressHook | None = None,
+        kind: str = "list",
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._account = account
+        self._source = source
+        self._store = store
+        self._locks = locks
+        self._stop = stop
+        self._clock = clock
+        zone = zoneinfo.ZoneInfo(account.timezone)
+        self._start = start or local_midnight_utc(account.start, zone)
+        self._until = until
+        self._lookback = account.lookback if lookback is None else lookback
+        self._max_windows = max_windows_per_cycle
+        self._concurrency = page_concurrency
+        self._max_rereads = max_rereads
+        self._on_progress = on_progress
+        self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
+        self._owned_logged: bool | None = None
+        self.finished = False
+        self._windows_done_total = 0
+        self._rows_total = 0
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        """Cycle until the stop event is set (or, for a bounded stream, until ``until``)."""
+        failures = 0
+        while not self._stop.is_set() and not self.finished:
+            delay = self._account.poll_interval.total_seconds()
+            try:
+                if await self._own():
+                    more = await self.cycle()
+                    failures = 0
+                    if more:
+                        delay = 0.0
+            except CdrsyncError as exc:
+                failures += 1
+                delay = min(delay, retry_delay(failures))
+                self._log.warning(
+                    "sync.cycle_failed",
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                    failures=failures,
+                    retry_in_s=delay,
+                )
+                with contextlib.suppress(StoreError):
+                    await self._store.record_cycle(self.name, now=self._clock(), error=str(exc))
+            if delay > 0 and not self.finished:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    async def _own(self) -> bool:
+        """Whether this process owns the stream (one owner per stream across instances)."""
+        if not await self._locks.alive() or self.name not in self._locks.held:
+            owned = await self._locks.try_acquire(self.name)
+        else:
+            owned = True
+        if owned != self._owned_logged:
+            event = "stream.owned" if owned else "stream.owned_elsewhere"
+            self._log.info(event)
+            self._owned_logged = owned
+        return owned
+
+    # ------------------------------------------------------------------ one cycle
+
+    async def cycle(self) -> bool:
+        """One pass over the planned windows. True when more windows wait (catching up)."""
+        began = time.monotonic()
+        now = self._clock()
+        state = await self._store.load_state(self.name)
+        if state is None:
+            state = await self._store.ensure_stream(
+                self.name, vendor=self._account.vendor, account=self._account.name, kind=self.kind
+            )
+        planned = plan_windows(
+            watermark=state.watermark,
+            start=self._start,
+            now=now,
+            lookback=self._lookback,
+            settle=self._account.settle,
+            step=self._account.window,
+            until=self._until,
+        )
+        windows = planned[: self._max_windows]
+        tally = _Cycle(windows=len(windows))
+        error = await self._pipeline(windows, tally)
+        state = await self._store.load_state(self.name) or state
+        if self._until is not None and state.watermark is not None:
+            self.finished = state.watermark >= self._until
+        if error is None:
+            await self._store.record_cycle(self.name, now=self._clock())
+        lag = (now - state.watermark).total_seconds() if state.watermark else None
+        self._log.info(
+            "sync.cycle_done" if error is None else "sync.cycle_partial",
+            windows=tally.windows,
+            windows_done=tally.windows_done,
+            pages=tally.pages,
+            rereads=tally.rereads,
+            splits=tally.splits,
+            inserted=tally.written.inserted,
+            updated=tally.written.updated,
+            unchanged=tally.written.unchanged,
+            rejected=tally.written.rejected,
+            watermark=state.watermark.isoformat() if state.watermark else None,
+            lag_s=round(lag, 1) if lag is not None else None,
+            ms=round((time.monotonic() - began) * 1000),
+        )
+        if error is not None:
+            raise error
+        return len(planned) > len(windows) and tally.incomplete is None
+
+    async def _pipeline(self, windows: Sequence[Window], tally: _Cycle) -> CdrsyncError | None:
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        reader = asyncio.create_task(self._read_all(windows, queue, tally), name=f"{self.name}:read")
+        writer = asyncio.create_task(self._write_all(queue, tally), name=f"{self.name}:write")
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                # SIGTERM: no new requests; what was already read is still committed below.
+                self._log.info("sync.stopping", windows_done=tally.windows_done)
+                reader.cancel()
+            read_error: CdrsyncError | None = None
+            try:
+                await reader
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise
+            except CdrsyncError as exc:
+                read_error = exc
+            write_error = await writer
+            return write_error or read_error
+        finally:
+            stopper.cancel()
+            for task in (reader, writer):
+                if not task.done():
+                    task.cancel()
+
+    async def _read_all(
+        self, windows: Sequence[Window], queue: asyncio.Queue[_Batch | None], tally: _Cycle
+    ) -> None:
+        try:
+            for window in windows:
+                if not await self._read_window(window, queue, tally):
+                    break
+        finally:
+            await queue.put(None)
+
+    async def _write_all(self, queue: asyncio.Queue[_Batch | None], tally: _Cycle) -> (
+        CdrsyncError | None
+    ):
+        failure: CdrsyncError | None = None
+        while (batch := await queue.get()) is not None:
+            if failure is not None:
+                continue  # keep draining so the reader never blocks; nothing more is committed
+            try:
+                # The batch in hand commits even if we are being cancelled at shutdown.
+                result = await asyncio.shield(self._write(batch))
+            except CdrsyncError as exc:
+                failure = exc
+                continue
+            tally.written += result
+            self._rows_total += result.written
+            if batch.advance_to is not None:
+                tally.windows_done += 1
+                self._windows_done_total += 1
+                self._report(batch.advance_to)
+        return failure
+
+    async def _write(self, batch: _Batch) -> WriteResult:
+        return await self._store.write_batch(
+            self.name,
+            batch.records,
+            batch.rejects,
+            now=self._clock(),
+            advance_to=batch.advance_to,
+        )
+
+    def _report(self, watermark: dt.datetime) -> None:
+        if self._on_progress is not None:
+            self._on_progress(
+                Progress(
+                    stream=self.name,
+                    windows_done=self._windows_done_total,
+                    rows_written=self._rows_total,
+                    watermark=watermark,
+                    start=self._start,
+                    until=self._until,
+                )
+            )
+
+    # ------------------------------------------------------------------ one window
+
+    async def _read_window(
+        self, window: Window, queue: asyncio.Queue[_Batch | None], tally: _Cycle
+    ) -> bool:
+        """Read ``window`` until complete (splitting it when too deep). False if it stayed short."""
+        pending = [window]
+        while pending:
+            part = pending.pop(0)
+            verdict = await self._read_part(part, queue, tally)
+            if verdict == "split":
+                tally.splits += 1
+                pending[0:0] = split_window(part)
+            elif verdict == "incomplete":
+                tally.incomplete = part
+                return False
+        return True
+
+    async def _read_part(
+        self, window: Window, queue: asyncio.Queue[_Batch | None], tally: _Cycle
+    ) -> str:
+        page_size = self._source.page_size
+        for attempt in range(1 + self._max_rereads):
+            first = await self._source.fetch_page(window, 1)
+            tally.pages += 1
+            if too_deep(first.total, page_size, self._account.max_page_depth, window):
+                return "split"
+            rest = await self._fetch_pages(window, range(2, pages_for(first.total, page_size) + 1))
+            tally.pages += len(rest)
+            pages = [first, *rest]
+            keys: set[str] = set()
+            keyless = 0
+            for page in pages:
+                keys.update(page.keys)
+                keyless += page.size - len(page.keys)
+            verdict = check_complete([p.total for p in pages], len(keys) + keyless)
+            records = [r for p in pages for r in p.records]
+            rejects = [r for p in pages for r in p.rejects]
+            advance = window.end if verdict.complete else None
+            await queue.put(_Batch(records, rejects, advance))
+            if verdict.complete:
+                return "complete"
+            tally.rereads += 1
+            self._log.warning(
+                "sync.window_drift",
+                window=str(window),
+                expected=verdict.expected,
+                received=verdict.received,
+                reason=verdict.reason,
+                attempt=attempt + 1,
+            )
+        self._log.warning(
+            "sync.window_incomplete",
+            window=str(window),
+            rereads=self._max_rereads,
+            action="the watermark stays before this window; it is read again next cycle",
+        )
+        return "incomplete"
+
+    async def _fetch_pages(self, window: Window, numbers: range) -> list[Page]:
+        if not numbers:
+            return []
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(number: int) -> Page:
+            async with gate:
+                return await self._source.fetch_page(window, number)
+
+        return await gather_or_first_error([one(n) for n in numbers])
+
+
+async def gather_or_first_error(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """Run all; on the first failure cancel the rest and raise that failure (not a group)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,315 @@
+"""Acefone (Servetel / Tata Smartflo platform): ``GET /v1/call/records``.
+
+Pure parsing and normalizing first, then a thin client. Vendor behaviour this answers:
+- timestamps (`date`, `time`, `end_stamp`) are naive local strings, IST for Indian accounts
+  (undocumented; the account's ``timezone`` setting says how to read them);
+- `from_date`/`to_date` take the same naive local format; whether `to_date` is inclusive is
+  undocumented, so windows ask up to and including their end second (an overlap of one second
+  with the next window, which the upsert absorbs);
+- `count` is the total matching the query and `size` the rows on this page (from the Smartflo
+  sample); numbers sometimes arrive as strings, and `success` may be the string "false";
+- the list is newest first, so rows shift between pages while new calls arrive: the sync engine
+  checks each window's distinct keys against `count`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+import zoneinfo
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from cdrsync.errors import AuthError, BadPageError, ParseError
+from cdrsync.model import CallRecord, Page, Reject, Window
+
+if TYPE_CHECKING:
+    from cdrsync.config import AccountSettings
+    from cdrsync.limiter import SlidingWindowLimiter
+    from cdrsync.transport import Response, Transport
+
+VENDOR = "acefone"
+LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Refresh a login token this long before Acefone's one-hour expiry.
+TOKEN_REFRESH_MARGIN_S = 300.0
+
+log = structlog.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------- pure: requests
+
+
+def window_params(window: Window, page: int, page_size: int, zone: dt.tzinfo) -> dict[str, str]:
+    """Query parameters for one page of a window, in the account's local time."""
+    return {
+        "from_date": window.start.astimezone(zone).strftime(LOCAL_FORMAT),
+        "to_date": window.end.astimezone(zone).strftime(LOCAL_FORMAT),
+        "page": str(page),
+        "limit": str(page_size),
+    }
+
+
+# ---------------------------------------------------------------------------- pure: parsing
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _int(record: Mapping[str, Any], field: str) -> int | None:
+    value = record.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ParseError(f"{field} is a boolean, expected a number of seconds")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise ParseError(f"{field}={str(value)[:40]!r} is not a whole number")
+
+
+def _local(text: Any, field: str, zone: dt.tzinfo) -> dt.datetime:
+    try:
+        naive = dt.datetime.strptime(str(text).strip(), LOCAL_FORMAT)  # noqa: DTZ007 (naive by vendor design; zone applied next)
+    except ValueError:
+        raise ParseError(f"{field}={str(text)[:40]!r} is not a 'YYYY-MM-DD HH:MM:SS' time") from None
+    return naive.replace(tzinfo=zone).astimezone(dt.UTC)
+
+
+def _ring_seconds(value: Any) -> int | None:
+    # Acefone sends agent_ring_time as a string of seconds, or "N.A." when no agent rang.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _answered_at(record: Mapping[str, Any], ended_at: dt.datetime | None, talk_s: int | None) -> (
+    dt.datetime | None
+):
+    # call_flow carries an entry {"anstime": <epoch>, "time": <epoch>}: an absolute instant, so it
+    # needs no time-zone assumption. Fall back to end minus talk time.
+    flow = record.get("call_flow")
+    if isinstance(flow, list):
+        for step in flow:
+            if isinstance(step, dict) and "anstime" in step:
+                try:
+                    return dt.datetime.fromtimestamp(int(step["anstime"]), dt.UTC)
+                except (TypeError, ValueError, OverflowError, OSError):
+                    break
+    if ended_at is not None and talk_s:
+        return ended_at - dt.timedelta(seconds=talk_s)
+    return None
+
+
+def digest(raw: bytes) -> bytes:
+    """The content hash of a record's canonical JSON."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def normalize(
+    record: Mapping[str, Any], *, account: str, zone: dt.tzinfo, fetched_at: dt.datetime
+) -> CallRecord:
+    """One Acefone record as a CallRecord; ``ParseError`` says what is wrong with it."""
+    key = _text(record.get("id"))
+    if key is None:
+        raise ParseError("record has no id")
+    if record.get("date") in (None, "") or record.get("time") in (None, ""):
+        raise ParseError("record has no start date/time")
+    started_at = _local(f"{record['date']} {record['time']}", "date+time", zone)
+    end_stamp = record.get("end_stamp")
+    ended_at = _local(end_stamp, "end_stamp", zone) if end_stamp not in (None, "") else None
+    duration_s = _int(record, "call_duration")
+    talk_s = _int(record, "answered_seconds")
+    raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    direction = _text(record.get("direction"))
+    status = _text(record.get("status"))
+    return CallRecord(
+        vendor=VENDOR,
+        account=account,
+        call_key=key,
+        call_id=_text(record.get("call_id")),
+        call_uuid=_text(record.get("uuid")),
+        direction=direction.lower() if direction else None,
+        status=status.lower() if status else None,
+        started_at=started_at,
+        answered_at=_answered_at(record, ended_at, talk_s),
+        ended_at=ended_at,
+        duration_s=duration_s,
+        talk_s=talk_s,
+        ring_s=_ring_seconds(record.get("agent_ring_time")),
+        agent_name=_text(record.get("agent_name")),
+        agent_number=_text(record.get("agent_number")),
+        customer_number=_text(record.get("client_number")),
+        line_number=_text(record.get("did_number")),
+        department=_text(record.get("department_name")),
+        hangup_cause=_text(record.get("hangup_cause")),
+        recording_url=_text(record.get("recording_url")),
+        service=_text(record.get("service")),
+        description=_text(record.get("description")),
+        local_date=started_at.astimezone(zone).date(),
+        raw=raw.decode(),
+        content_hash=digest(raw),
+        fetched_at=fetched_at,
+    )
+
+
+def _count(body: Mapping[str, Any]) -> int:
+    value = body.get("count")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise BadPageError(f"Acefone page has no usable count ({str(value)[:20]!r}); fetching it again")
+
+
+def parse_page(
+    body: bytes, *, account: str, stream: str, zone: dt.tzinfo, fetched_at: dt.datetime
+) -> Page:
+    """A whole list page. A page that is not valid JSON raises ``BadPageError`` (it is fetched
+    again); a single bad record becomes a ``Reject`` and the rest of the page is kept."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadPageError(f"Acefone page is not valid JSON ({exc.msg}); fetching it again") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise BadPageError("Acefone page has no results list; fetching it again")
+    total = _count(doc)
+    records: list[CallRecord] = []
+    rejects: list[Reject] = []
+    keys: list[str] = []
+    for item in doc["results"]:
+        key = _text(item.get("id")) if isinstance(item, dict) else None
+        if key is not None:
+            keys.append(key)
+        try:
+            if not isinstance(item, dict):
+                raise ParseError("record is not a JSON object")
+            records.append(normalize(item, account=account, zone=zone, fetched_at=fetched_at))
+        except ParseError as exc:
+            payload = orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
+            rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
+    return Page(
+        total=total,
+        size=len(doc["results"]),
+        records=tuple(records),
+        rejects=tuple(rejects),
+        keys=tuple(keys),
+    )
+
+
+def _login_token(response: Response) -> tuple[str, float]:
+    try:
+        doc = orjson.loads(response.body)
+        token = doc["access_token"]
+        expires_in = float(doc.get("expires_in") or 3600)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise BadPageError("Acefone login answer has no access_token; trying again") from None
+    if not isinstance(token, str) or not token:
+        raise AuthError("Acefone login returned an empty token; check the account's email/password")
+    return token, expires_in
+
+
+# ---------------------------------------------------------------------------- thin client
+
+
+class AcefoneSource:
+    """Fetches ``/v1/call/records`` pages for one account (a ``WindowSource``)."""
+
+    vendor = VENDOR
+
+    def __init__(
+        self,
+        account: AccountSettings,
+        transport: Transport,
+        limiters: Mapping[str, SlidingWindowLimiter],
+        stream: str,
+    ) -> None:
+        self._account = account
+        self._transport = transport
+        self._limiters = limiters
+        self._stream = stream
+        self._zone = zoneinfo.ZoneInfo(account.timezone)
+        self.page_size = account.page_size
+        self._token: str | None = account.token.reveal() if account.token else None
+        self._token_expires = float("inf") if account.token else 0.0
+
+    async def fetch_page(self, window: Window, page: int) -> Page:
+        """One page of the window; a rejected login token is renewed once."""
+        try:
+            return await self._fetch(window, page)
+        except AuthError:
+            if self._account.token is not None:
+                raise
+            self._token = None  # a login token died early: log in again, once
+            return await self._fetch(window, page)
+
+    async def _fetch(self, window: Window, page: int) -> Page:
+        headers = {"Authorization": f"Bearer {await self._bearer()}", "Accept": "application/json"}
+        fetched_at = dt.datetime.now(dt.UTC)
+
+        def parse(response: Response) -> Page:
+            return parse_page(
+                response.body,
+                account=self._account.name,
+                stream=self._stream,
+                zone=self._zone,
+                fetched_at=fetched_at,
+            )
+
+        return await self._transport.request(
+            "GET",
+            f"{self._account.base_url}/v1/call/records",
+            limiter=self._limiters["list"],
+            endpoint="acefone.call_records",
+            params=window_params(window, page, self.page_size, self._zone),
+            headers=headers,
+            parse=parse,
+        )
+
+    async def _bearer(self) -> str:
+        if self._token is not None and time.monotonic() < self._token_expires - TOKEN_REFRESH_MARGIN_S:
+            return self._token
+        if self._token is not None and self._account.token is None:
+            try:
+                return await self._renew("/v1/auth/refresh", None)
+            except AuthError:
+                log.info("acefone.refresh_refused", account=self._account.name)
+        return await self._renew("/v1/auth/login", self._credentials())
+
+    def _credentials(self) -> bytes:
+        if self._account.email is None or self._account.password is None:
+            raise AuthError(
+                f"account {self._account.name}: no token and no email/password to log in with"
+            )
+        return orjson.dumps(
+            {"email": self._account.email, "password": self._account.password.reveal()}
+        )
+
+    async def _renew(self, path: str, body: bytes | None) -> str:
+        headers = {"Accept": "application/json"}
+        if body is None and self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        token, expires_in = await self._transport.request(
+            "POST",
+            f"{self._account.base_url}{path}",
+            limiter=self._limiters["auth"],
+            endpoint="acefone." + path.rsplit("/", 1)[-1],
+            headers=headers,
+            json_body=body if body is not None else b"{}",
+            parse=_login_token,
+        )
+        self._token, self._token_expires = token, time.monotonic() + expires_in
+        log.info("acefone.token_renewed", account=self._account.name, expires_in_s=expires_in)
+        return token

@@ -1,0 +1,203 @@
+"""The Acefone window stream end to end: real simulator over HTTP, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+
+from cdrsync import app
+from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
+from cdrsync.simulator.server import start_server
+from cdrsync.store import Store
+from support import (
+    ACCOUNT,
+    acefone_settings,
+    differences,
+    running_daemon,
+    sql_value,
+    synced,
+    truth_hashes,
+)
+
+
+class FakeClock:
+    """Epoch seconds that move only when the test says so."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def utc(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.now, dt.UTC)
+
+
+@pytest.fixture
+async def sim_server() -> AsyncIterator[tuple[AcefoneSimulator, str]]:
+    """A busy simulator (backlog, live arrivals, late and changed records) on 127.0.0.1."""
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(
+            seed=11,
+            backlog=1500,
+            backlog_days=1.0,
+            live_per_minute=600.0,
+            visible_delay_s=(0.2, 1.0),
+            late_fraction=0.05,
+            late_delay_s=(1.0, 3.0),
+            change_fraction=0.1,
+            change_delay_s=(0.5, 3.0),
+        )
+    )
+    server = await start_server(sim)
+    try:
+        yield sim, server.base_url
+    finally:
+        await server.close()
+
+
+async def test_backlog_and_live_arrivals_end_exactly_equal(sim_server, dsn, store):
+    """After the backlog and live arrivals, calls equals the simulator: none missing, none extra,
+    none stale, no duplicates."""
+    sim, url = sim_server
+    async with running_daemon(acefone_settings(url, dsn)):
+        await asyncio.sleep(4)  # live calls keep arriving while the backlog is read
+        sim.stop_live()
+        diff = await synced(store, sim, timeout=30)
+    assert diff == {"missing": [], "extra": [], "stale": []}
+    assert len(truth_hashes(sim)) > 1500
+    dupes = await sql_value(dsn, 
+        "SELECT count(*) - count(DISTINCT (vendor, account, call_key)) FROM calls"
+    )
+    assert dupes == 0
+
+
+async def test_unchanged_reread_writes_nothing(sim_server, dsn, store):
+    """Once in step, further cycles over the lookback write no row (content hash unchanged)."""
+    sim, url = sim_server
+    sim.stop_live()
+    settings = acefone_settings(url, dsn, account={"settle": "0s"})
+    async with running_daemon(settings):
+        assert await synced(store, sim, timeout=30) == {"missing": [], "extra": [], "stale": []}
+        await asyncio.sleep(max(0.0, sim.last_visible_time() - time.time()) + 0.5)
+        before = await sql_value(dsn, "SELECT max(updated_at) FROM calls")
+        state_before = await store.load_state(f"{ACCOUNT}/list")
+        await asyncio.sleep(1.5)  # several more cycles over the lookback hour
+        after = await sql_value(dsn, "SELECT max(updated_at) FROM calls")
+        state_after = await store.load_state(f"{ACCOUNT}/list")
+    assert state_after.cycles > state_before.cycles
+    assert after == before
+    assert (state_after.rows_inserted, state_after.rows_updated) == (
+        state_before.rows_inserted,
+        state_before.rows_updated,
+    )
+
+
+async def _cycle(settings, dsn, clock: FakeClock, *, wrap=None) -> None:
+    """One cycle of the account's stream with a controlled clock."""
+    stop = asyncio.Event()
+    async with app.runtime(settings, stop) as rt:
+        assert rt is not None
+        stream = app.build_stream(rt, settings.accounts[0], stop, clock=clock.utc)
+        if wrap is not None:
+            stream._source = wrap(stream._source)
+        assert await rt.locks.try_acquire(stream.name)
+        await stream.cycle()
+
+
+async def test_late_and_changed_records_arrive_within_one_poll(dsn, store):
+    """A record that appears late inside a synced window, or changes, is in calls after the
+    next cycle; the watermark never moves back."""
+    clock = FakeClock(time.time())
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(seed=5, backlog=400, backlog_days=0.02, live_per_minute=0,
+                         late_fraction=0.2, late_delay_s=(60.0, 120.0), change_fraction=0.3,
+                         change_delay_s=(60.0, 120.0)),
+        now=clock,
+    )
+    server = await start_server(sim)
+    try:
+        settings = acefone_settings(server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
+                                    account={"settle": "0s", "lookback": "1h"})
+        await _cycle(settings, dsn, clock)
+        first = await store.call_hashes("acefone", ACCOUNT)
+        mark1 = (await store.load_state(f"{ACCOUNT}/list")).watermark
+        assert differences(truth_hashes(sim), first) == {"missing": [], "extra": [], "stale": []}
+        clock.now += 200  # late records become visible and changes happen
+        later = truth_hashes(sim)
+        assert len(later) > len(first)
+        assert any(first.get(k) not in (None, h) for k, h in later.items())
+        await _cycle(settings, dsn, clock)
+        second = await store.call_hashes("acefone", ACCOUNT)
+        mark2 = (await store.load_state(f"{ACCOUNT}/list")).watermark
+    finally:
+        await server.close()
+    assert differences(later, second) == {"missing": [], "extra": [], "stale": []}
+    assert mark2 >= mark1
+
+
+async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
+    """Rows that appear between page reads shift Acefone's newest-first pages; the window is
+    read again and nothing is lost (without the check, a row would be missing)."""
+    clock = FakeClock(time.time())
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(seed=3, backlog=600, backlog_days=0.05, live_per_minute=0,
+                         late_fraction=0.3, late_delay_s=(30.0, 40.0), change_fraction=0.0),
+        now=clock,
+    )
+    server = await start_server(sim)
+    reads = {"n": 0}
+
+    class Drifting:
+        """Moves the simulator's clock after the first page: late rows appear mid-read."""
+
+        def __init__(self, inner):
+            self.inner, self.vendor, self.page_size = inner, inner.vendor, inner.page_size
+
+        async def fetch_page(self, window, page):
+            result = await self.inner.fetch_page(window, page)
+            # The newest window holds the rows about to appear; move time after its first page.
+            if page == 1 and window.end >= clock.utc() - dt.timedelta(seconds=1) and not reads["n"]:
+                reads["n"] += 1
+                clock.now += 60
+            return result
+
+    try:
+        settings = acefone_settings(server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
+                                    account={"settle": "0s", "lookback": "0s", "window": "1d",
+                                             "max_page_depth": 1000})
+        with structlog.testing.capture_logs() as logs:
+            await _cycle(settings, dsn, clock, wrap=Drifting)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    finally:
+        await server.close()
+    assert any(e["event"] == "sync.window_drift" for e in logs)
+    assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}
+
+
+async def test_deep_window_is_split(dsn, store):
+    """A window holding more rows than max_page_depth pages reach is split, not paged deeply."""
+    clock = FakeClock(time.time())
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(seed=9, backlog=900, backlog_days=0.1, live_per_minute=0,
+                         late_fraction=0.0, change_fraction=0.0),
+        now=clock,
+    )
+    server = await start_server(sim)
+    try:
+        settings = acefone_settings(server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
+                                    account={"settle": "0s", "window": "1d", "max_page_depth": 2,
+                                             "page_size": 50})
+        with structlog.testing.capture_logs() as logs:
+            await _cycle(settings, dsn, clock)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    finally:
+        await server.close()
+    done = [e for e in logs if e["event"] == "sync.cycle_done"]
+    assert done and done[0]["splits"] > 0
+    assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}

@@ -1,0 +1,167 @@
+"""Acefone record normalization and page parsing (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+import orjson
+import pytest
+
+from cdrsync.errors import BadPageError, ParseError
+from cdrsync.model import Window
+from cdrsync.vendors.acefone import normalize, parse_page, window_params
+
+IST = zoneinfo.ZoneInfo("Asia/Kolkata")
+FETCHED = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+
+SAMPLE = {  # the vendor documentation's sample record, trimmed to what normalization reads
+    "id": "66339a440ac50d47500dbc9e",
+    "call_id": "1714657799.11930963",
+    "uuid": "66339a0b7cfde",
+    "direction": "outbound",
+    "description": "Call answered by customer",
+    "status": "answered",
+    "recording_url": "https://customer.servetel.in/file/recording?callId=1&type=rec&token=6a49cf",
+    "service": "Agent",
+    "date": "2024-05-02",
+    "time": "19:19:59",
+    "end_stamp": "2024-05-02 19:20:57",
+    "call_duration": 54,
+    "answered_seconds": 40,
+    "department_name": None,
+    "agent_number": "+919888889999",
+    "agent_name": "pqrs",
+    "client_number": "+91700003233",
+    "did_number": "+918069858731",
+    "hangup_cause": "Normal clearing",
+    "call_flow": [{"type": "init"}, {"anstime": 1714657817, "time": 1714657857}],
+    "agent_ring_time": "N.A.",
+}
+
+
+def norm(record: dict) -> object:
+    return normalize(record, account="acme-in", zone=IST, fetched_at=FETCHED)
+
+
+def test_sample_record_normalizes_to_utc():
+    """The documented sample maps to UTC times, seconds and the documented column names."""
+    call = norm(SAMPLE)
+    assert call.call_key == "66339a440ac50d47500dbc9e"
+    assert call.started_at == dt.datetime(2024, 5, 2, 13, 49, 59, tzinfo=dt.UTC)
+    assert call.ended_at == dt.datetime(2024, 5, 2, 13, 50, 57, tzinfo=dt.UTC)
+    assert call.answered_at == dt.datetime.fromtimestamp(1714657817, dt.UTC)
+    assert (call.duration_s, call.talk_s, call.ring_s) == (54, 40, None)
+    assert (call.customer_number, call.line_number) == ("+91700003233", "+918069858731")
+    assert call.local_date == dt.date(2024, 5, 2)
+    assert orjson.loads(call.raw)["recording_url"] == SAMPLE["recording_url"]
+
+
+def test_content_hash_tracks_content_only():
+    """Same content hashes the same whatever the key order; a changed field changes the hash."""
+    again = norm(dict(reversed(list(SAMPLE.items()))))
+    changed = norm({**SAMPLE, "recording_url": None})
+    assert norm(SAMPLE).content_hash == again.content_hash
+    assert norm(SAMPLE).content_hash != changed.content_hash
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"id": None}, "no id"),
+        ({"date": None}, "no start date"),
+        ({"date": "2024-13-45"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ({"call_duration": "abc"}, "call_duration='abc' is not a whole number"),
+        ({"answered_seconds": True}, "answered_seconds is a boolean"),
+        ({"end_stamp": "yesterday"}, "end_stamp='yesterday'"),
+    ],
+)
+def test_malformed_records_are_rejected_with_a_reason(patch, message):
+    """Each kind of malformed record raises ParseError saying what is wrong."""
+    with pytest.raises(ParseError, match=message):
+        norm({**SAMPLE, **patch})
+
+
+@pytest.mark.parametrize(
+    ("patch", "field", "value"),
+    [
+        ({"call_duration": "54"}, "duration_s", 54),
+        ({"answered_seconds": 0, "call_flow": []}, "answered_at", None),
+        ({"agent_ring_time": "7"}, "ring_s", 7),
+        ({"status": "ANSWERED"}, "status", "answered"),
+        ({"end_stamp": ""}, "ended_at", None),
+        (
+            {"call_flow": [], "answered_seconds": 40},
+            "answered_at",
+            dt.datetime(2024, 5, 2, 13, 50, 17, tzinfo=dt.UTC),
+        ),
+    ],
+)
+def test_lenient_values_table(patch, field, value):
+    """Numbers as strings, upper-case statuses and empty strings are read as the vendor means."""
+    assert getattr(norm({**SAMPLE, **patch}), field) == value
+
+
+def page(results: list, count: object = None) -> bytes:
+    return orjson.dumps(
+        {
+            "count": len(results) if count is None else count,
+            "limit": 100,
+            "size": len(results),
+            "page": 1,
+            "results": results,
+        }
+    )
+
+
+def test_page_keeps_good_records_and_rejects_bad_ones():
+    """One malformed record goes to rejects; the rest of its page is kept."""
+    bad = {**SAMPLE, "id": "bad1", "call_duration": "abc"}
+    good = {**SAMPLE, "id": "good1"}
+    parsed = parse_page(
+        page([good, bad, "junk"]), account="a", stream="a/list", zone=IST, fetched_at=FETCHED
+    )
+    assert [r.call_key for r in parsed.records] == ["good1"]
+    assert [(r.call_key, "call_duration" in r.reason) for r in parsed.rejects] == [
+        ("bad1", True),
+        (None, False),
+    ]
+    assert parsed.keys == ("good1", "bad1")
+    assert (parsed.total, parsed.size) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"count": 3, "results": [{"id": "a"',
+        b"<html>503</html>",
+        b'{"count": 1}',
+        b'{"count": "many", "results": []}',
+        b"[]",
+    ],
+)
+def test_bad_page_is_retried_not_rejected(body):
+    """A truncated or malformed page raises BadPageError so it is fetched again."""
+    with pytest.raises(BadPageError):
+        parse_page(body, account="a", stream="a/list", zone=IST, fetched_at=FETCHED)
+
+
+def test_count_as_string_is_accepted():
+    """Acefone sometimes sends numbers as strings; a string count still counts."""
+    parsed = parse_page(page([], count="7"), account="a", stream="s", zone=IST, fetched_at=FETCHED)
+    assert parsed.total == 7
+
+
+def test_window_params_are_local_and_inclusive_of_the_end_second():
+    """Windows are asked in IST, and to_date is the window end (the vendor's bound is inclusive
+    or not — undocumented — so the end second is asked for in both windows it borders)."""
+    window = Window(
+        dt.datetime(2026, 11, 22, 18, 30, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 22, 19, 30, tzinfo=dt.UTC),
+    )
+    assert window_params(window, 2, 100, IST) == {
+        "from_date": "2026-11-23 00:00:00",
+        "to_date": "2026-11-23 01:00:00",
+        "page": "2",
+        "limit": "100",
+    }

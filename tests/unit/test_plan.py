@@ -1,0 +1,153 @@
+"""Window planning, splitting and completeness rules (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from cdrsync.model import Window
+from cdrsync.plan import (
+    check_complete,
+    floor_to,
+    local_midnight_utc,
+    pages_for,
+    plan_windows,
+    retry_delay,
+    split_window,
+    too_deep,
+)
+
+UTC = dt.UTC
+H = dt.timedelta(hours=1)
+M = dt.timedelta(minutes=1)
+
+
+def t(hh: int, mm: int = 0, ss: int = 0, day: int = 23) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hh, mm, ss, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("watermark", "now", "lookback", "settle", "expected"),
+    [
+        # first run: from start to now - settle, cut at whole hours
+        (
+            None,
+            t(3, 30),
+            30 * M,
+            2 * M,
+            [(t(0), t(1)), (t(1), t(2)), (t(2), t(3)), (t(3), t(3, 28))],
+        ),
+        # later run: the lookback behind the watermark is read again
+        (t(3, 28), t(3, 40), 30 * M, 2 * M, [(t(2, 58), t(3)), (t(3), t(3, 38))]),
+        # lookback never reaches before start
+        (t(0, 10), t(0, 40), 30 * M, 2 * M, [(t(0), t(0, 38))]),
+        # nothing settled yet: no windows
+        (None, t(0, 1), 30 * M, 2 * M, []),
+        # settle zero reads up to now (floored to the second)
+        (
+            t(0, 50),
+            dt.datetime(2026, 11, 23, 1, 0, 0, 900000, tzinfo=UTC),
+            0 * M,
+            0 * M,
+            [(t(0, 50), t(1))],
+        ),
+    ],
+)
+def test_plan_windows_table(watermark, now, lookback, settle, expected):
+    """Windows run from the watermark minus lookback (or start) to now minus settle, hour-cut."""
+    got = plan_windows(
+        watermark=watermark, start=t(0), now=now, lookback=lookback, settle=settle, step=H
+    )
+    assert [(w.start, w.end) for w in got] == expected
+
+
+def test_plan_windows_cover_without_gaps():
+    """Consecutive windows touch: no instant between start and now - settle is left out."""
+    got = plan_windows(
+        watermark=None, start=t(0, 7, 13), now=t(9, 1, 5), lookback=M, settle=M, step=H
+    )
+    assert got[0].start == t(0, 7, 13)
+    assert got[-1].end == t(9, 0, 5)
+    assert all(a.end == b.start for a, b in zip(got, got[1:], strict=False))
+
+
+def test_plan_windows_until_bounds_a_backfill():
+    """A bounded stream never plans past its end."""
+    got = plan_windows(
+        watermark=None, start=t(0), now=t(12), lookback=M, settle=M, step=H, until=t(2, 30)
+    )
+    assert got[-1].end == t(2, 30)
+
+
+@pytest.mark.parametrize(
+    ("window", "parts", "expected"),
+    [
+        (Window(t(0), t(1)), 2, [(t(0), t(0, 30)), (t(0, 30), t(1))]),
+        (Window(t(0), t(0, 0, 3)), 2, [(t(0), t(0, 0, 1)), (t(0, 0, 1), t(0, 0, 3))]),
+        (Window(t(0), t(0, 0, 1)), 2, [(t(0), t(0, 0, 1))]),
+        (Window(t(0), t(0, 0, 2)), 5, [(t(0), t(0, 0, 1)), (t(0, 0, 1), t(0, 0, 2))]),
+    ],
+)
+def test_split_window_table(window, parts, expected):
+    """Splits cut at whole seconds, cover the window exactly, and a 1 s window stays whole."""
+    assert [(w.start, w.end) for w in split_window(window, parts)] == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "page_size", "max_pages", "seconds", "deep"),
+    [
+        (5000, 100, 50, 3600, False),
+        (5001, 100, 50, 3600, True),
+        (10**6, 100, 50, 1, False),
+        (0, 100, 1, 60, False),
+        (101, 100, 1, 60, True),
+    ],
+)
+def test_too_deep_table(total, page_size, max_pages, seconds, deep):
+    """A window is split when paging it would go deeper than allowed and it can still split."""
+    window = Window(t(0), t(0) + dt.timedelta(seconds=seconds))
+    assert too_deep(total, page_size, max_pages, window) is deep
+
+
+@pytest.mark.parametrize(
+    ("total", "size", "pages"),
+    [(0, 100, 1), (1, 100, 1), (100, 100, 1), (101, 100, 2), (250, 20, 13)],
+)
+def test_pages_for_table(total, size, pages):
+    """Page count is the ceiling of total over page size, at least one."""
+    assert pages_for(total, size) == pages
+
+
+@pytest.mark.parametrize(
+    ("totals", "received", "complete", "reason"),
+    [
+        ([250, 250, 250], 250, True, "ok"),
+        ([0], 0, True, "ok"),
+        ([250, 251, 251], 250, False, "count changed between pages"),
+        ([250, 250, 250], 249, False, "distinct keys differ from count"),
+        ([250, 250, 250], 251, False, "distinct keys differ from count"),
+        ([], 0, False, "no pages read"),
+    ],
+)
+def test_check_complete_table(totals, received, complete, reason):
+    """A window closes only when every page agrees on count and the distinct keys match it."""
+    verdict = check_complete(totals, received)
+    assert (verdict.complete, verdict.reason) == (complete, reason)
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"), [(0, 0.0), (1, 1.0), (2, 2.0), (6, 32.0), (7, 60.0), (50, 60.0)]
+)
+def test_retry_delay_table(failures, delay):
+    """Failed cycles back off exponentially up to a cap."""
+    assert retry_delay(failures) == delay
+
+
+def test_floor_and_local_midnight():
+    """Steps align to the epoch; a local day starts at its zone's midnight in UTC."""
+    import zoneinfo
+
+    assert floor_to(t(5, 59, 59), H) == t(5)
+    ist = zoneinfo.ZoneInfo("Asia/Kolkata")
+    assert local_midnight_utc(dt.date(2026, 11, 23), ist) == t(18, 30, day=22)
