@@ -238,7 +238,14 @@ async def backfill(
             )
         kind = f"backfill:{since.isoformat()}..{until.isoformat() if until else 'latest'}"
         stream = build_stream(
-            rt, account, stop, clock=clock, kind=kind, start=start, until=end, on_progress=on_progress
+            rt,
+            account,
+            stop,
+            clock=clock,
+            kind=kind,
+            start=start,
+            until=end,
+            on_progress=on_progress,
         )
         await stream.run()
         return stream.finished

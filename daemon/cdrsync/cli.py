@@ -58,8 +58,12 @@ def parser() -> argparse.ArgumentParser:
     bf.add_argument("--account", required=True, help="account name from the configuration")
     bf.add_argument("--since", required=True, type=_date, help="first day (account time zone)")
     bf.add_argument("--until", type=_date, help="day after the last one (default: up to now)")
-    demo = command("demo", "simulator + embedded PostgreSQL + daemon, with a live summary", config=False)
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds to run (0: until Ctrl-C)")
+    demo = command(
+        "demo", "simulator + embedded PostgreSQL + daemon, with a live summary", config=False
+    )
+    demo.add_argument(
+        "--duration", type=float, default=60.0, help="seconds to run (0: until Ctrl-C)"
+    )
     demo.add_argument("--state-dir", help="keep the demo database here (default: a temporary dir)")
     demo.add_argument("--records", type=int, default=5000, help="simulated backlog size")
     sim = command("simulate", "run the Acefone simulator alone", config=False)
@@ -153,7 +157,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             if rt is None:
                 return EX_TEMPFAIL
             states = await rt.store.states()
-        text, failing = render_status(states, settings, now=dt.datetime.now(dt.UTC), as_json=args.json)
+        text, failing = render_status(
+            states, settings, now=dt.datetime.now(dt.UTC), as_json=args.json
+        )
         print(text)
         return EX_FAIL if failing else EX_OK
 

@@ -113,7 +113,7 @@ COMMON_ACCOUNT_KEYS = frozenset(
     {
         "name", "vendor", "base_url", "start", "timezone", "poll_interval", "lookback", "settle",
         "page_size", "window", "max_page_depth", "request_timeout", "retry_attempts", "enabled",
-        "rate_limits",
+        "rate_limits", "audit_horizon", "audit_interval",
     }
 )  # fmt: skip
 VENDOR_KEYS = frozenset({"token", "email", "password", "username", "api_key", "webhook_secret"})
@@ -130,6 +130,8 @@ ACCOUNT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "request_timeout": "30s",
         "retry_attempts": 6,
         "enabled": True,
+        "audit_horizon": "2d",
+        "audit_interval": "15m",
     }
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -178,6 +180,10 @@ class AccountSettings:
     retry_attempts: int
     enabled: bool
     rate_limits: Mapping[str, RateLimit]
+    audit_horizon: dt.timedelta = dt.timedelta(days=2)
+    """How far behind the watermark closed windows are re-counted (0s: never)."""
+    audit_interval: dt.timedelta = dt.timedelta(minutes=15)
+    """How often each closed window inside the horizon has its vendor count re-checked."""
     token: Secret | None = None
     email: str | None = None
     password: Secret | None = None
@@ -391,6 +397,8 @@ def _account(t: _Table) -> AccountSettings:
         "request_timeout": opt("request_timeout", to_duration(positive=True)),
         "retry_attempts": opt("retry_attempts", to_int(1)),
         "enabled": opt("enabled", to_bool),
+        "audit_horizon": opt("audit_horizon", to_duration()),
+        "audit_interval": opt("audit_interval", to_duration(positive=True)),
         "rate_limits": _rate_limits(t.table("rate_limits"), spec),
     }
     if spec is not None:

@@ -65,8 +65,9 @@ def demo_settings(base_url: str, token: str, dsn: str, state_dir: Path) -> Setti
                     "token": token,
                     "start": start.isoformat(),
                     "poll_interval": "3s",
-                    "lookback": "2m",
+                    "lookback": "30m",
                     "settle": "3s",
+                    "audit_interval": "30s",
                     "rate_limits": {"list": "1000/min"},
                 }
             ],
@@ -111,8 +112,10 @@ async def _summaries(store: Store, sim: AcefoneSimulator, began: float) -> None:
 async def run_demo(stop: asyncio.Event, args: argparse.Namespace) -> int:
     """Run the demo; exit code 0 when the table equals the simulator's truth at the end."""
     with contextlib.ExitStack() as files:
-        state_dir = Path(args.state_dir) if args.state_dir else Path(
-            files.enter_context(tempfile.TemporaryDirectory(prefix="cdrsync-demo-"))
+        state_dir = (
+            Path(args.state_dir)
+            if args.state_dir
+            else Path(files.enter_context(tempfile.TemporaryDirectory(prefix="cdrsync-demo-")))
         )
         state_dir.mkdir(parents=True, exist_ok=True)
         return await _demo(stop, args, state_dir)
@@ -134,7 +137,11 @@ async def _demo(stop: asyncio.Event, args: argparse.Namespace, state_dir: Path) 
 
 
 async def _run(
-    stop: asyncio.Event, args: argparse.Namespace, sim: AcefoneSimulator, base_url: str, dsn: str,
+    stop: asyncio.Event,
+    args: argparse.Namespace,
+    sim: AcefoneSimulator,
+    base_url: str,
+    dsn: str,
     state_dir: Path,
 ) -> int:
     settings = demo_settings(base_url, sim.config.token, dsn, state_dir)

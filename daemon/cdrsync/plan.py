@@ -15,13 +15,20 @@ from cdrsync.model import Window
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def floor_to(instant: dt.datetime, step: dt.timedelta) -> dt.datetime:
-    """The latest multiple of ``step`` since the Unix epoch at or before ``instant``."""
+def floor_to(instant: dt.datetime, step: dt.timedelta, anchor: dt.datetime = EPOCH) -> dt.datetime:
+    """The latest ``anchor + k * step`` (whole k, possibly negative) at or before ``instant``."""
     seconds = int(step.total_seconds())
     if seconds <= 0:
         raise ValueError("step must be at least one second")
-    elapsed = math.floor((instant - EPOCH).total_seconds())
-    return EPOCH + dt.timedelta(seconds=elapsed - elapsed % seconds)
+    elapsed = math.floor((instant - anchor).total_seconds())
+    return anchor + dt.timedelta(seconds=elapsed - elapsed % seconds)
+
+
+def on_grid(window: Window, step: dt.timedelta, anchor: dt.datetime) -> bool:
+    """Whether ``window`` is one whole step of the grid that starts at ``anchor``."""
+    return (
+        window.end - window.start == step and floor_to(window.start, step, anchor) == window.start
+    )
 
 
 def local_midnight_utc(day: dt.date, zone: dt.tzinfo) -> dt.datetime:
@@ -42,19 +49,21 @@ def plan_windows(
     """The windows one cycle reads, oldest first.
 
     They cover ``[watermark - lookback, now - settle)`` (from ``start`` before the first
-    watermark, never earlier than ``start``, never later than ``until``), cut at multiples of
-    ``step`` so that successive cycles re-read the same windows, and at whole seconds because
+    watermark, never earlier than ``start``, never later than ``until``) on a grid of ``step``
+    anchored at ``start``: the re-read reaches back to the grid line before
+    ``watermark - lookback``, so every closed window is read whole at least once and its
+    vendor count can be compared later (the window audit). Bounds are whole seconds because
     vendors take second-resolution bounds.
     """
-    low = start if watermark is None else max(start, watermark - lookback)
+    start = floor_to(start, dt.timedelta(seconds=1))
+    low = start if watermark is None else max(start, floor_to(watermark - lookback, step, start))
     high = floor_to(now - settle, dt.timedelta(seconds=1))
     if until is not None:
         high = min(high, until)
-    low = floor_to(low, dt.timedelta(seconds=1))
     windows: list[Window] = []
     cursor = low
     while cursor < high:
-        edge = min(floor_to(cursor, step) + step, high)
+        edge = min(floor_to(cursor, step, start) + step, high)
         windows.append(Window(cursor, edge))
         cursor = edge
     return windows
@@ -102,6 +111,20 @@ def check_complete(totals: Sequence[int], distinct_keys: int) -> Completeness:
     if distinct_keys != expected:
         return Completeness(False, expected, distinct_keys, "distinct keys differ from count")
     return Completeness(True, expected, distinct_keys, "ok")
+
+
+def audit_span(
+    *,
+    watermark: dt.datetime | None,
+    now: dt.datetime,
+    horizon: dt.timedelta,
+    interval: dt.timedelta,
+) -> tuple[dt.datetime, dt.datetime, dt.datetime] | None:
+    """Which recorded windows the audit may re-count: ``(since, until, checked_before)``, or
+    None when the audit is off (``horizon`` 0) or nothing is synced yet."""
+    if watermark is None or horizon <= dt.timedelta(0):
+        return None
+    return watermark - horizon, watermark, now - interval
 
 
 def retry_delay(failures: int, *, base: float = 1.0, cap: float = 60.0) -> float:

@@ -88,7 +88,9 @@ def render_status(
             )
         )
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
+    ]
     return "\n".join(lines), unhealthy
 
 

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from cdrsync.errors import ConfigError, StoreError
-from cdrsync.model import CALL_COLUMNS, CallRecord, Reject, StreamState, WriteResult
+from cdrsync.model import CALL_COLUMNS, CallRecord, Reject, StreamState, Window, WriteResult
 
 if TYPE_CHECKING:
     from cdrsync.store_lock import StreamLocks
@@ -325,12 +325,16 @@ class Store:
         now: dt.datetime,
         advance_to: dt.datetime | None = None,
         cursor: Mapping[str, Any] | None = None,
+        window: Window | None = None,
+        vendor_count: int | None = None,
     ) -> WriteResult:
         """Upsert ``records``, count ``rejects`` and advance the stream, in one transaction.
 
         ``unchanged`` counts the records that wrote nothing, collapsed duplicates included.
         The watermark moves to ``advance_to`` (never backwards) and the cursor is replaced
-        when either is given. Raises ``StoreError``; then nothing of the batch is committed.
+        when either is given. ``window`` with ``vendor_count`` records a completely read window
+        for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the batch is
+        committed.
         """
         rows = [record.row() for record in collapse(records)]
         reject_args = _reject_arrays(rejects, now) if rejects else None
@@ -352,6 +356,11 @@ class Store:
                 )  # fmt: skip
                 if found is None:
                     raise _unknown_stream(stream)
+                if window is not None and vendor_count is not None:
+                    await conn.execute(
+                        QUERIES["record_window"], stream, window.start, window.end, vendor_count,
+                        now,
+                    )  # fmt: skip
         return WriteResult(
             inserted=inserted,
             updated=updated,
@@ -367,6 +376,33 @@ class Store:
             found = await self._pool.fetchval(QUERIES["record_cycle"], stream, now, error)
         if found is None:
             raise _unknown_stream(stream)
+
+    async def windows_due(
+        self,
+        stream: str,
+        *,
+        since: dt.datetime,
+        until: dt.datetime,
+        checked_before: dt.datetime,
+        limit: int,
+    ) -> list[tuple[Window, int]]:
+        """Recorded windows inside ``[since, until]`` whose count was last checked before
+        ``checked_before``, least recently checked first, with their recorded vendor count.
+        Windows that ended before ``since`` are forgotten."""
+        with translate(f"read the windows due for audit of stream {stream}", self._dsn):
+            async with self._pool.acquire() as conn:
+                await conn.execute(QUERIES["forget_windows"], stream, since)
+                rows = await conn.fetch(
+                    QUERIES["windows_due"], stream, since, until, checked_before, limit
+                )
+        return [(Window(r["window_start"], r["window_end"]), int(r["vendor_count"])) for r in rows]
+
+    async def window_checked(self, stream: str, window: Window, *, now: dt.datetime) -> None:
+        """The vendor still counts what was recorded for ``window``: checked at ``now``."""
+        with translate(f"record an audit of stream {stream}", self._dsn):
+            await self._pool.execute(
+                QUERIES["window_checked"], stream, window.start, window.end, now
+            )
 
     async def call_count(self, vendor: str | None = None, account: str | None = None) -> int:
         """How many calls are stored (for one vendor and/or account when given)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import time
 import zoneinfo
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,8 +25,10 @@ import structlog
 from cdrsync.errors import CdrsyncError, StoreError
 from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
 from cdrsync.plan import (
+    audit_span,
     check_complete,
     local_midnight_utc,
+    on_grid,
     pages_for,
     plan_windows,
     retry_delay,
@@ -69,6 +72,9 @@ class _Batch:
     records: Sequence[CallRecord]
     rejects: Sequence[Reject]
     advance_to: dt.datetime | None
+    window: Window | None = None
+    """A whole grid window read completely: recorded with ``vendor_count`` for the audit."""
+    vendor_count: int | None = None
 
 
 @dataclass(slots=True)
@@ -78,17 +84,39 @@ class _Cycle:
     pages: int = 0
     rereads: int = 0
     splits: int = 0
+    audited: int = 0
+    recounted: int = 0
     incomplete: Window | None = None
     written: WriteResult = field(default_factory=WriteResult)
+
+
+AuditSpan = tuple[dt.datetime, dt.datetime, dt.datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """A marker in the read queue: record ``window`` (whose parts are done) with ``count``."""
+
+    window: Window
+    count: int
 
 
 class _Owner(Protocol):
     """What a stream needs of the lock session (``store.StreamLocks``)."""
 
-    held: frozenset[str]
+    @property
+    def held(self) -> frozenset[str]: ...
 
     async def alive(self) -> bool: ...
     async def try_acquire(self, stream: str) -> bool: ...
+
+
+def audit_budget(account: AccountSettings) -> int:
+    """Windows to re-count per cycle: twice what keeps every window of the horizon checked once
+    an interval (at least 4), so a backlog of due windows drains."""
+    windows = account.audit_horizon / account.window
+    cycles = max(1.0, account.audit_interval / account.poll_interval)
+    return max(4, math.ceil(2 * windows / cycles))
 
 
 class WindowStream:
@@ -110,6 +138,7 @@ class WindowStream:
         max_windows_per_cycle: int = 48,
         page_concurrency: int = 4,
         max_rereads: int = 3,
+        audit_per_cycle: int | None = None,
         on_progress: ProgressHook | None = None,
         kind: str = "list",
     ) -> None:
@@ -128,6 +157,7 @@ class WindowStream:
         self._max_windows = max_windows_per_cycle
         self._concurrency = page_concurrency
         self._max_rereads = max_rereads
+        self._audit_per_cycle = audit_per_cycle or audit_budget(account)
         self._on_progress = on_progress
         self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
         self._owned_logged: bool | None = None
@@ -198,7 +228,15 @@ class WindowStream:
         )
         windows = planned[: self._max_windows]
         tally = _Cycle(windows=len(windows))
-        error = await self._pipeline(windows, tally)
+        audit = None
+        if len(windows) == len(planned):  # catching up comes first; the audit waits for it
+            audit = audit_span(
+                watermark=state.watermark,
+                now=now,
+                horizon=self._account.audit_horizon,
+                interval=self._account.audit_interval,
+            )
+        error = await self._pipeline(windows, tally, audit)
         state = await self._store.load_state(self.name) or state
         if self._until is not None and state.watermark is not None:
             self.finished = state.watermark >= self._until
@@ -212,6 +250,8 @@ class WindowStream:
             pages=tally.pages,
             rereads=tally.rereads,
             splits=tally.splits,
+            audited=tally.audited,
+            recounted=tally.recounted,
             inserted=tally.written.inserted,
             updated=tally.written.updated,
             unchanged=tally.written.unchanged,
@@ -224,9 +264,13 @@ class WindowStream:
             raise error
         return len(planned) > len(windows) and tally.incomplete is None
 
-    async def _pipeline(self, windows: Sequence[Window], tally: _Cycle) -> CdrsyncError | None:
+    async def _pipeline(
+        self, windows: Sequence[Window], tally: _Cycle, audit: AuditSpan | None
+    ) -> CdrsyncError | None:
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
-        reader = asyncio.create_task(self._read_all(windows, queue, tally), name=f"{self.name}:read")
+        reader = asyncio.create_task(
+            self._read_all(windows, queue, tally, audit), name=f"{self.name}:read"
+        )
         writer = asyncio.create_task(self._write_all(queue, tally), name=f"{self.name}:write")
         stopper = asyncio.create_task(self._stop.wait())
         try:
@@ -252,18 +296,50 @@ class WindowStream:
                     task.cancel()
 
     async def _read_all(
-        self, windows: Sequence[Window], queue: asyncio.Queue[_Batch | None], tally: _Cycle
+        self,
+        windows: Sequence[Window],
+        queue: asyncio.Queue[_Batch | None],
+        tally: _Cycle,
+        audit: AuditSpan | None,
     ) -> None:
         try:
             for window in windows:
                 if not await self._read_window(window, queue, tally):
-                    break
+                    return
+            if audit is not None:
+                await self._audit(audit, queue, tally)
         finally:
             await queue.put(None)
 
-    async def _write_all(self, queue: asyncio.Queue[_Batch | None], tally: _Cycle) -> (
-        CdrsyncError | None
-    ):
+    async def _audit(
+        self, span: AuditSpan, queue: asyncio.Queue[_Batch | None], tally: _Cycle
+    ) -> None:
+        """Re-ask the vendor's count of closed windows; read again those whose count moved.
+
+        This answers Acefone selecting calls by start time but listing a call only after it
+        ends: a call longer than the lookback surfaces in a window the lookback no longer
+        re-reads. One one-record request per window keeps it cheap."""
+        since, until, checked_before = span
+        due = await self._store.windows_due(
+            self.name, since=since, until=until, checked_before=checked_before,
+            limit=self._audit_per_cycle,
+        )  # fmt: skip
+        for window, recorded in due:
+            tally.audited += 1
+            counted = await self._source.count(window)
+            if counted == recorded:
+                await self._store.window_checked(self.name, window, now=self._clock())
+                continue
+            tally.recounted += 1
+            self._log.info(
+                "sync.window_recount", window=str(window), recorded=recorded, counted=counted
+            )
+            if not await self._read_window(window, queue, tally):
+                return
+
+    async def _write_all(
+        self, queue: asyncio.Queue[_Batch | None], tally: _Cycle
+    ) -> CdrsyncError | None:
         failure: CdrsyncError | None = None
         while (batch := await queue.get()) is not None:
             if failure is not None:
@@ -289,6 +365,8 @@ class WindowStream:
             batch.rejects,
             now=self._clock(),
             advance_to=batch.advance_to,
+            window=batch.window,
+            vendor_count=batch.vendor_count,
         )
 
     def _report(self, watermark: dt.datetime) -> None:
@@ -309,28 +387,41 @@ class WindowStream:
     async def _read_window(
         self, window: Window, queue: asyncio.Queue[_Batch | None], tally: _Cycle
     ) -> bool:
-        """Read ``window`` until complete (splitting it when too deep). False if it stayed short."""
-        pending = [window]
+        """Read ``window`` until complete (splitting it when too deep). False if it stayed short.
+
+        A whole grid window is recorded with the vendor's count once read, for the audit; a
+        grid window that had to be split is recorded, with the count that made it split, after
+        all its parts are complete."""
+        pending: list[Window | _Recorded] = [window]
         while pending:
             part = pending.pop(0)
-            verdict = await self._read_part(part, queue, tally)
+            if isinstance(part, _Recorded):
+                await queue.put(_Batch((), (), None, part.window, part.count))
+                continue
+            verdict, total = await self._read_part(part, queue, tally)
             if verdict == "split":
                 tally.splits += 1
-                pending[0:0] = split_window(part)
+                after: list[Window | _Recorded] = [*split_window(part)]
+                if self._on_grid(part):
+                    after.append(_Recorded(part, total))
+                pending[0:0] = after
             elif verdict == "incomplete":
                 tally.incomplete = part
                 return False
         return True
 
+    def _on_grid(self, window: Window) -> bool:
+        return on_grid(window, self._account.window, self._start)
+
     async def _read_part(
         self, window: Window, queue: asyncio.Queue[_Batch | None], tally: _Cycle
-    ) -> str:
+    ) -> tuple[str, int]:
         page_size = self._source.page_size
         for attempt in range(1 + self._max_rereads):
             first = await self._source.fetch_page(window, 1)
             tally.pages += 1
             if too_deep(first.total, page_size, self._account.max_page_depth, window):
-                return "split"
+                return "split", first.total
             rest = await self._fetch_pages(window, range(2, pages_for(first.total, page_size) + 1))
             tally.pages += len(rest)
             pages = [first, *rest]
@@ -342,10 +433,20 @@ class WindowStream:
             verdict = check_complete([p.total for p in pages], len(keys) + keyless)
             records = [r for p in pages for r in p.records]
             rejects = [r for p in pages for r in p.rejects]
-            advance = window.end if verdict.complete else None
-            await queue.put(_Batch(records, rejects, advance))
             if verdict.complete:
-                return "complete"
+                grid = self._on_grid(window)
+                await queue.put(
+                    _Batch(
+                        records,
+                        rejects,
+                        window.end,
+                        window if grid else None,
+                        verdict.expected if grid else None,
+                    )
+                )
+                return "complete", verdict.expected
+            # Rows of a short read are real rows: keep them, but do not close the window.
+            await queue.put(_Batch(records, rejects, None))
             tally.rereads += 1
             self._log.warning(
                 "sync.window_drift",
@@ -361,7 +462,7 @@ class WindowStream:
             rereads=self._max_rereads,
             action="the watermark stays before this window; it is read again next cycle",
         )
-        return "incomplete"
+        return "incomplete", 0
 
     async def _fetch_pages(self, window: Window, numbers: range) -> list[Page]:
         if not numbers:

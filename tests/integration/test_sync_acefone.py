@@ -71,8 +71,8 @@ async def test_backlog_and_live_arrivals_end_exactly_equal(sim_server, dsn, stor
         diff = await synced(store, sim, timeout=30)
     assert diff == {"missing": [], "extra": [], "stale": []}
     assert len(truth_hashes(sim)) > 1500
-    dupes = await sql_value(dsn, 
-        "SELECT count(*) - count(DISTINCT (vendor, account, call_key)) FROM calls"
+    dupes = await sql_value(
+        dsn, "SELECT count(*) - count(DISTINCT (vendor, account, call_key)) FROM calls"
     )
     assert dupes == 0
 
@@ -99,7 +99,7 @@ async def test_unchanged_reread_writes_nothing(sim_server, dsn, store):
 
 
 async def _cycle(settings, dsn, clock: FakeClock, *, wrap=None) -> None:
-    """One cycle of the account's stream with a controlled clock."""
+    """One cycle of the account's stream with a controlled clock (more while catching up)."""
     stop = asyncio.Event()
     async with app.runtime(settings, stop) as rt:
         assert rt is not None
@@ -107,7 +107,8 @@ async def _cycle(settings, dsn, clock: FakeClock, *, wrap=None) -> None:
         if wrap is not None:
             stream._source = wrap(stream._source)
         assert await rt.locks.try_acquire(stream.name)
-        await stream.cycle()
+        while await stream.cycle():  # a first cycle may stop at its window cap: catch up
+            pass
 
 
 async def test_late_and_changed_records_arrive_within_one_poll(dsn, store):
@@ -115,15 +116,26 @@ async def test_late_and_changed_records_arrive_within_one_poll(dsn, store):
     next cycle; the watermark never moves back."""
     clock = FakeClock(time.time())
     sim = AcefoneSimulator(
-        AcefoneSimConfig(seed=5, backlog=400, backlog_days=0.02, live_per_minute=0,
-                         late_fraction=0.2, late_delay_s=(60.0, 120.0), change_fraction=0.3,
-                         change_delay_s=(60.0, 120.0)),
+        AcefoneSimConfig(
+            seed=5,
+            backlog=400,
+            backlog_days=0.02,
+            live_per_minute=0,
+            late_fraction=0.2,
+            late_delay_s=(60.0, 120.0),
+            change_fraction=0.3,
+            change_delay_s=(60.0, 120.0),
+        ),
         now=clock,
     )
     server = await start_server(sim)
     try:
-        settings = acefone_settings(server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
-                                    account={"settle": "0s", "lookback": "1h"})
+        settings = acefone_settings(
+            server.base_url,
+            dsn,
+            start=clock.utc().date() - dt.timedelta(days=1),
+            account={"settle": "0s", "lookback": "1h"},
+        )
         await _cycle(settings, dsn, clock)
         first = await store.call_hashes("acefone", ACCOUNT)
         mark1 = (await store.load_state(f"{ACCOUNT}/list")).watermark
@@ -146,8 +158,15 @@ async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
     read again and nothing is lost (without the check, a row would be missing)."""
     clock = FakeClock(time.time())
     sim = AcefoneSimulator(
-        AcefoneSimConfig(seed=3, backlog=600, backlog_days=0.05, live_per_minute=0,
-                         late_fraction=0.3, late_delay_s=(30.0, 40.0), change_fraction=0.0),
+        AcefoneSimConfig(
+            seed=3,
+            backlog=600,
+            backlog_days=0.05,
+            live_per_minute=0,
+            late_fraction=0.3,
+            late_delay_s=(30.0, 40.0),
+            change_fraction=0.0,
+        ),
         now=clock,
     )
     server = await start_server(sim)
@@ -168,9 +187,12 @@ async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
             return result
 
     try:
-        settings = acefone_settings(server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
-                                    account={"settle": "0s", "lookback": "0s", "window": "1d",
-                                             "max_page_depth": 1000})
+        settings = acefone_settings(
+            server.base_url,
+            dsn,
+            start=clock.utc().date() - dt.timedelta(days=1),
+            account={"settle": "0s", "lookback": "0s", "window": "1d", "max_page_depth": 1000},
+        )
         with structlog.testing.capture_logs() as logs:
             await _cycle(settings, dsn, clock, wrap=Drifting)
         stored = await store.call_hashes("acefone", ACCOUNT)
@@ -184,15 +206,24 @@ async def test_deep_window_is_split(dsn, store):
     """A window holding more rows than max_page_depth pages reach is split, not paged deeply."""
     clock = FakeClock(time.time())
     sim = AcefoneSimulator(
-        AcefoneSimConfig(seed=9, backlog=900, backlog_days=0.1, live_per_minute=0,
-                         late_fraction=0.0, change_fraction=0.0),
+        AcefoneSimConfig(
+            seed=9,
+            backlog=900,
+            backlog_days=0.1,
+            live_per_minute=0,
+            late_fraction=0.0,
+            change_fraction=0.0,
+        ),
         now=clock,
     )
     server = await start_server(sim)
     try:
-        settings = acefone_settings(server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
-                                    account={"settle": "0s", "window": "1d", "max_page_depth": 2,
-                                             "page_size": 50})
+        settings = acefone_settings(
+            server.base_url,
+            dsn,
+            start=clock.utc().date() - dt.timedelta(days=1),
+            account={"settle": "0s", "window": "1d", "max_page_depth": 2, "page_size": 50},
+        )
         with structlog.testing.capture_logs() as logs:
             await _cycle(settings, dsn, clock)
         stored = await store.call_hashes("acefone", ACCOUNT)
@@ -201,3 +232,56 @@ async def test_deep_window_is_split(dsn, store):
     done = [e for e in logs if e["event"] == "sync.cycle_done"]
     assert done and done[0]["splits"] > 0
     assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}
+
+
+@pytest.mark.parametrize("audit", [True, False])
+async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, audit):
+    """A call that becomes visible when its window is beyond the lookback (a long call: Acefone
+    selects by start time, lists after the end) is fetched by the window audit; with the audit
+    off it would be missing."""
+    clock = FakeClock(time.time())
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(
+            seed=21,
+            backlog=300,
+            backlog_days=0.05,
+            live_per_minute=0,
+            late_fraction=0.2,
+            late_delay_s=(2000.0, 3000.0),
+            change_fraction=0.0,
+        ),
+        now=clock,
+    )
+    server = await start_server(sim)
+    try:
+        settings = acefone_settings(
+            server.base_url,
+            dsn,
+            start=clock.utc().date() - dt.timedelta(days=1),
+            account={
+                "settle": "0s",
+                "lookback": "10m",
+                "window": "30m",
+                "audit_interval": "1m",
+                "audit_horizon": "1d" if audit else "0s",
+            },
+        )
+        await _cycle(settings, dsn, clock)
+        assert differences(truth_hashes(sim), await store.call_hashes("acefone", ACCOUNT)) == {
+            "missing": [],
+            "extra": [],
+            "stale": [],
+        }
+        clock.now += 3600  # the late calls are listed now, in windows an hour old
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                await _cycle(settings, dsn, clock)
+                clock.now += 90
+        diff = differences(truth_hashes(sim), await store.call_hashes("acefone", ACCOUNT))
+    finally:
+        await server.close()
+    if audit:
+        assert diff == {"missing": [], "extra": [], "stale": []}
+        assert any(e["event"] == "sync.window_recount" for e in logs)
+    else:
+        assert diff["missing"]

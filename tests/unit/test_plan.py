@@ -8,9 +8,11 @@ import pytest
 
 from cdrsync.model import Window
 from cdrsync.plan import (
+    audit_span,
     check_complete,
     floor_to,
     local_midnight_utc,
+    on_grid,
     pages_for,
     plan_windows,
     retry_delay,
@@ -38,19 +40,20 @@ def t(hh: int, mm: int = 0, ss: int = 0, day: int = 23) -> dt.datetime:
             2 * M,
             [(t(0), t(1)), (t(1), t(2)), (t(2), t(3)), (t(3), t(3, 28))],
         ),
-        # later run: the lookback behind the watermark is read again
-        (t(3, 28), t(3, 40), 30 * M, 2 * M, [(t(2, 58), t(3)), (t(3), t(3, 38))]),
+        # later run: the lookback behind the watermark is read again, from its grid line
+        (t(3, 28), t(3, 40), 30 * M, 2 * M, [(t(2), t(3)), (t(3), t(3, 38))]),
+        (t(3, 45), t(3, 50), 30 * M, 2 * M, [(t(3), t(3, 48))]),
         # lookback never reaches before start
         (t(0, 10), t(0, 40), 30 * M, 2 * M, [(t(0), t(0, 38))]),
         # nothing settled yet: no windows
         (None, t(0, 1), 30 * M, 2 * M, []),
-        # settle zero reads up to now (floored to the second)
+        # settle zero reads up to now (floored to the second), from the grid line
         (
             t(0, 50),
             dt.datetime(2026, 11, 23, 1, 0, 0, 900000, tzinfo=UTC),
             0 * M,
             0 * M,
-            [(t(0, 50), t(1))],
+            [(t(0), t(1))],
         ),
     ],
 )
@@ -63,13 +66,30 @@ def test_plan_windows_table(watermark, now, lookback, settle, expected):
 
 
 def test_plan_windows_cover_without_gaps():
-    """Consecutive windows touch: no instant between start and now - settle is left out."""
+    """Consecutive windows touch: no instant between start and now - settle is left out, and
+    the grid is anchored at start (a local midnight), so whole windows recur every cycle."""
     got = plan_windows(
         watermark=None, start=t(0, 7, 13), now=t(9, 1, 5), lookback=M, settle=M, step=H
     )
-    assert got[0].start == t(0, 7, 13)
+    assert got[0] == Window(t(0, 7, 13), t(1, 7, 13))
     assert got[-1].end == t(9, 0, 5)
     assert all(a.end == b.start for a, b in zip(got, got[1:], strict=False))
+    assert all(on_grid(w, H, t(0, 7, 13)) for w in got[:-1])
+    assert not on_grid(got[-1], H, t(0, 7, 13))
+
+
+@pytest.mark.parametrize(
+    ("watermark", "horizon", "expected"),
+    [
+        (None, 2 * H, None),
+        (t(10), 0 * H, None),
+        (t(10), 2 * H, (t(8), t(10), t(11, 45))),
+    ],
+)
+def test_audit_span_table(watermark, horizon, expected):
+    """The audit re-counts windows within the horizon behind the watermark, once an interval."""
+    got = audit_span(watermark=watermark, now=t(12), horizon=horizon, interval=15 * M)
+    assert got == expected
 
 
 def test_plan_windows_until_bounds_a_backfill():

@@ -157,3 +157,29 @@ SELECT count(*)
 FROM rejects
 WHERE ($1::text IS NULL OR vendor = $1::text)
   AND ($2::text IS NULL OR account = $2::text);
+
+-- name: record_window
+-- $1 stream, $2 start, $3 end, $4 vendor count, $5 now.
+INSERT INTO sync_windows (stream, window_start, window_end, vendor_count, read_at, checked_at)
+VALUES ($1, $2, $3, $4, $5, $5)
+ON CONFLICT (stream, window_start, window_end) DO UPDATE SET
+    vendor_count = EXCLUDED.vendor_count,
+    read_at = EXCLUDED.read_at,
+    checked_at = EXCLUDED.checked_at;
+
+-- name: windows_due
+-- $1 stream, $2 oldest start, $3 latest end, $4 checked before, $5 how many.
+-- Newest first: late calls surface mostly in recent windows. A window checked now is not due
+-- again for an interval, so older windows get their turn (the per-cycle budget is sized for it).
+SELECT window_start, window_end, vendor_count
+FROM sync_windows
+WHERE stream = $1 AND window_start >= $2 AND window_end <= $3 AND checked_at < $4
+ORDER BY window_start DESC
+LIMIT $5;
+
+-- name: window_checked
+UPDATE sync_windows SET checked_at = $4 WHERE stream = $1 AND window_start = $2 AND window_end = $3;
+
+-- name: forget_windows
+-- Windows that fell out of the audit horizon are not checked again.
+DELETE FROM sync_windows WHERE stream = $1 AND window_end < $2;

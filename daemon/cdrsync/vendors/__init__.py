@@ -25,6 +25,10 @@ class WindowSource(Protocol):
         """Fetch and parse page ``page`` (1-based) of the calls that started inside ``window``."""
         ...
 
+    async def count(self, window: Window) -> int:
+        """The vendor's count of calls in ``window``, as cheaply as the API allows."""
+        ...
+
 
 WindowSourceFactory = Callable[
     ["AccountSettings", "Transport", "dict[str, SlidingWindowLimiter]", str], WindowSource

@@ -82,7 +82,9 @@ def _local(text: Any, field: str, zone: dt.tzinfo) -> dt.datetime:
     try:
         naive = dt.datetime.strptime(str(text).strip(), LOCAL_FORMAT)  # noqa: DTZ007 (naive by vendor design; zone applied next)
     except ValueError:
-        raise ParseError(f"{field}={str(text)[:40]!r} is not a 'YYYY-MM-DD HH:MM:SS' time") from None
+        raise ParseError(
+            f"{field}={str(text)[:40]!r} is not a 'YYYY-MM-DD HH:MM:SS' time"
+        ) from None
     return naive.replace(tzinfo=zone).astimezone(dt.UTC)
 
 
@@ -95,9 +97,9 @@ def _ring_seconds(value: Any) -> int | None:
     return None
 
 
-def _answered_at(record: Mapping[str, Any], ended_at: dt.datetime | None, talk_s: int | None) -> (
-    dt.datetime | None
-):
+def _answered_at(
+    record: Mapping[str, Any], ended_at: dt.datetime | None, talk_s: int | None
+) -> dt.datetime | None:
     # call_flow carries an entry {"anstime": <epoch>, "time": <epoch>}: an absolute instant, so it
     # needs no time-zone assumption. Fall back to end minus talk time.
     flow = record.get("call_flow")
@@ -182,7 +184,9 @@ def parse_page(
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadPageError(f"Acefone page is not valid JSON ({exc.msg}); fetching it again") from None
+        raise BadPageError(
+            f"Acefone page is not valid JSON ({exc.msg}); fetching it again"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise BadPageError("Acefone page has no results list; fetching it again")
     total = _count(doc)
@@ -247,15 +251,22 @@ class AcefoneSource:
 
     async def fetch_page(self, window: Window, page: int) -> Page:
         """One page of the window; a rejected login token is renewed once."""
+        return await self._renewing(window, page, None)
+
+    async def count(self, window: Window) -> int:
+        """The window's ``count``, from a one-record page (the window audit's probe)."""
+        return (await self._renewing(window, 1, 1)).total
+
+    async def _renewing(self, window: Window, page: int, limit: int | None) -> Page:
         try:
-            return await self._fetch(window, page)
+            return await self._fetch(window, page, limit=limit)
         except AuthError:
             if self._account.token is not None:
                 raise
             self._token = None  # a login token died early: log in again, once
-            return await self._fetch(window, page)
+            return await self._fetch(window, page, limit=limit)
 
-    async def _fetch(self, window: Window, page: int) -> Page:
+    async def _fetch(self, window: Window, page: int, *, limit: int | None = None) -> Page:
         headers = {"Authorization": f"Bearer {await self._bearer()}", "Accept": "application/json"}
         fetched_at = dt.datetime.now(dt.UTC)
 
@@ -273,13 +284,16 @@ class AcefoneSource:
             f"{self._account.base_url}/v1/call/records",
             limiter=self._limiters["list"],
             endpoint="acefone.call_records",
-            params=window_params(window, page, self.page_size, self._zone),
+            params=window_params(window, page, limit or self.page_size, self._zone),
             headers=headers,
             parse=parse,
         )
 
     async def _bearer(self) -> str:
-        if self._token is not None and time.monotonic() < self._token_expires - TOKEN_REFRESH_MARGIN_S:
+        if (
+            self._token is not None
+            and time.monotonic() < self._token_expires - TOKEN_REFRESH_MARGIN_S
+        ):
             return self._token
         if self._token is not None and self._account.token is None:
             try:
