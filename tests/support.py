@@ -46,7 +46,12 @@ def acefone_settings(
     return parse(
         {
             "database": {"dsn": dsn, "schema": "cdrsync"},
-            "daemon": {"state_dir": "/tmp", "http_listen": "", "shutdown_grace": "5s", **(daemon or {})},
+            "daemon": {
+                "state_dir": "/tmp",
+                "http_listen": "",
+                "shutdown_grace": "5s",
+                **(daemon or {}),
+            },
             "accounts": [acc],
         },
         source="<test>",

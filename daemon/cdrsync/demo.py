@@ -129,7 +129,9 @@ async def _demo(stop: asyncio.Event, args: argparse.Namespace, state_dir: Path) 
         sim = demo_simulator(args.records)
         server = await start_server(sim)
         try:
-            return await _run(stop, args, sim, server.base_url, dsn, state_dir)
+            return await _run(
+                stop, args, sim, base_url=server.base_url, dsn=dsn, state_dir=state_dir
+            )
         finally:
             await server.close()
     finally:
@@ -140,6 +142,7 @@ async def _run(
     stop: asyncio.Event,
     args: argparse.Namespace,
     sim: AcefoneSimulator,
+    *,
     base_url: str,
     dsn: str,
     state_dir: Path,

@@ -6,6 +6,7 @@ No I/O here and no clock: ``now`` is always a parameter, so every rule is tested
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,12 +71,12 @@ def plan_windows(
 
 
 def split_window(window: Window, parts: int = 2) -> list[Window]:
-    """``window`` cut into up to ``parts`` spans of whole seconds (a one-second window stays whole)."""
+    """``window`` cut into up to ``parts`` spans of whole seconds (1 s windows stay whole)."""
     seconds = int(window.seconds)
     parts = max(1, min(parts, seconds))
     edges = [window.start + dt.timedelta(seconds=seconds * i // parts) for i in range(parts)]
     edges.append(window.end)
-    return [Window(a, b) for a, b in zip(edges, edges[1:], strict=False) if a < b]
+    return [Window(a, b) for a, b in itertools.pairwise(edges) if a < b]
 
 
 def pages_for(total: int, page_size: int) -> int:

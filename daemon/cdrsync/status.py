@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from cdrsync.errors import ConfigError
 from cdrsync.model import StreamState
 from cdrsync.sync import Progress
 
@@ -23,7 +24,7 @@ def lag_threshold(settings: Settings, account: str) -> dt.timedelta | None:
     """How far behind a stream may be before ``status`` calls it lagging."""
     try:
         acc = settings.account(account)
-    except Exception:  # noqa: BLE001 (a stream of an account since removed from the file)
+    except ConfigError:  # a stream of an account since removed from the file
         return None
     return acc.settle + acc.window + 3 * acc.poll_interval
 

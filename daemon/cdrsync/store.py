@@ -422,7 +422,7 @@ class Store:
 
     def lock_session(self) -> StreamLocks:
         """A new, unopened holder of this process's stream locks (its own connection)."""
-        from cdrsync.store_lock import StreamLocks  # noqa: PLC0415 - see __getattr__
+        from cdrsync.store_lock import StreamLocks
 
         return StreamLocks(self._dsn, schema=self.schema, connect_timeout=self._connect_timeout)
 
@@ -446,7 +446,7 @@ def __getattr__(name: str) -> Any:
     circular whichever of the two modules is imported first.
     """
     if name == "StreamLocks":
-        from cdrsync.store_lock import StreamLocks  # noqa: PLC0415 - see docstring
+        from cdrsync.store_lock import StreamLocks
 
         return StreamLocks
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

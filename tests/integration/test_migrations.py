@@ -104,7 +104,7 @@ async def test_every_column_has_a_comment(dsn: str, table: str) -> None:
 
 async def test_calls_has_the_documented_columns(dsn: str) -> None:
     """calls holds every CallRecord column plus first_seen_at and updated_at, keyed per vendor."""
-    from cdrsync.model import CALL_COLUMNS  # noqa: PLC0415 - the contract under test
+    from cdrsync.model import CALL_COLUMNS
 
     columns = await fetch(
         dsn,

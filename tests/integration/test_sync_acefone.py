@@ -13,7 +13,6 @@ import structlog
 from cdrsync import app
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
-from cdrsync.store import Store
 from support import (
     ACCOUNT,
     acefone_settings,

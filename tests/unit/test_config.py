@@ -408,7 +408,7 @@ RULES: list[tuple[dict[str, Any], str, str]] = [
         "unknown key; known keys are dsn, pool_size, schema",
     ),
     ({"daemon.pidfile": "/run/x"}, "daemon.pidfile", "unknown key; known keys are http_listen"),
-    ({"accounts.0.tokn": "x"}, "accounts[0].tokn", "unknown key; known keys are audit_horizon, audit_interval, base_url"),
+    ({"accounts.0.tokn": "x"}, "accounts[0].tokn", "unknown key; known keys are audit_horizon"),
     ({"accounts.0.odd key": 1}, 'accounts[0]."odd key"', "unknown key"),
     ({"database": "postgres"}, "database", "must be a table, not a string"),
     ({"accounts": DELETE}, "accounts", "no account; add at least one [[accounts]] table"),

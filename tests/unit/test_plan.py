@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_plan_windows_cover_without_gaps():
     )
     assert got[0] == Window(t(0, 7, 13), t(1, 7, 13))
     assert got[-1].end == t(9, 0, 5)
-    assert all(a.end == b.start for a, b in zip(got, got[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(got))
     assert all(on_grid(w, H, t(0, 7, 13)) for w in got[:-1])
     assert not on_grid(got[-1], H, t(0, 7, 13))
 

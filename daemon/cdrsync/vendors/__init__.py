@@ -1,4 +1,4 @@
-"""Vendor adapters: one module per vendor, each a pure parser plus a thin fetch, behind one Protocol.
+"""Vendor adapters: one module per vendor, a pure parser plus a thin fetch, behind one Protocol.
 
 Adding a vendor is one module plus one line in ``REGISTRY``.
 """

@@ -167,6 +167,15 @@ def normalize(
     )
 
 
+def normalize_item(
+    item: Any, *, account: str, zone: dt.tzinfo, fetched_at: dt.datetime
+) -> CallRecord:
+    """``normalize`` for any JSON value a page holds (a non-object is a ParseError)."""
+    if not isinstance(item, dict):
+        raise ParseError("record is not a JSON object")
+    return normalize(item, account=account, zone=zone, fetched_at=fetched_at)
+
+
 def _count(body: Mapping[str, Any]) -> int:
     value = body.get("count")
     if isinstance(value, int) and not isinstance(value, bool):
@@ -198,9 +207,7 @@ def parse_page(
         if key is not None:
             keys.append(key)
         try:
-            if not isinstance(item, dict):
-                raise ParseError("record is not a JSON object")
-            records.append(normalize(item, account=account, zone=zone, fetched_at=fetched_at))
+            records.append(normalize_item(item, account=account, zone=zone, fetched_at=fetched_at))
         except ParseError as exc:
             payload = orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
             rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
