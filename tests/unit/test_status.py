@@ -1,0 +1,79 @@
+"""The status report and the backfill progress line (pure formatting)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import orjson
+
+from cdrsync.config import parse
+from cdrsync.model import StreamState
+from cdrsync.status import ProgressPrinter, render_status
+from cdrsync.sync import Progress
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+SETTINGS = parse(
+    {
+        "accounts": [
+            {"name": "acme-in", "vendor": "acefone", "base_url": "https://api.acefone.in",
+             "token": "t0ken-value", "start": "2026-11-01"}
+        ]
+    },
+    source="<test>",
+    environ={},
+)  # fmt: skip
+
+
+def state(**kw) -> StreamState:
+    base = {"stream": "acme-in/list", "vendor": "acefone", "account": "acme-in", "kind": "list",
+            "watermark": NOW - dt.timedelta(minutes=3), "last_success_at": NOW,
+            "rows_inserted": 10, "rows_updated": 2, "cycles": 5}  # fmt: skip
+    return StreamState(**{**base, **kw})
+
+
+def test_healthy_stream_table_and_exit_ok():
+    """A stream close to now with a recent success is 'ok' and the report exits 0."""
+    text, unhealthy = render_status([state()], SETTINGS, now=NOW)
+    assert "acme-in/list" in text
+    assert "ok" in text
+    assert "180s" in text
+    assert not unhealthy
+
+
+def test_failing_stream_is_reported_with_its_error():
+    """An error newer than the last success makes the stream 'failing' (exit 1) with the error."""
+    bad = state(
+        last_error="acefone.call_records: 401, check the token",
+        last_error_at=NOW,
+        last_success_at=NOW - dt.timedelta(minutes=5),
+    )
+    text, unhealthy = render_status([bad], SETTINGS, now=NOW + dt.timedelta(seconds=1))
+    assert "failing" in text
+    assert "check the token" in text
+    assert unhealthy
+
+
+def test_lagging_stream_and_json():
+    """A watermark far behind is 'lagging'; --json carries the same facts for scripts."""
+    old = state(watermark=NOW - dt.timedelta(hours=5))
+    text, unhealthy = render_status([old], SETTINGS, now=NOW, as_json=True)
+    row = orjson.loads(text)["streams"][0]
+    assert (row["health"], row["lag_s"]) == ("lagging", 5 * 3600)
+    assert unhealthy
+
+
+def test_progress_line_shows_rate_share_and_eta():
+    """Backfill progress shows the window count, rows, rate, percentage done and time left."""
+    ticks = iter([0.0, 10.0, 20.0])
+    printer = ProgressPrinter(io.StringIO(), clock=lambda: next(ticks))
+    start = NOW - dt.timedelta(days=10)
+    first = Progress("acme-in/backfill", 1, 100, start + dt.timedelta(days=1), start, NOW)
+    printer(first)
+    line = printer.line(
+        Progress("acme-in/backfill", 3, 300, start + dt.timedelta(days=3), start, NOW)
+    )
+    assert "30%" in line
+    assert "300 rows" in line
+    # 7 days left at the pace of 2 days per 20 s (since the printer began) is 70 s
+    assert "ETA 0:01:10" in line
