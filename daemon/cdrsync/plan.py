@@ -92,26 +92,41 @@ def too_deep(total: int, page_size: int, max_pages: int, window: Window) -> bool
 
 @dataclass(frozen=True, slots=True)
 class Completeness:
-    """A window read's verdict: did we see every record the vendor counted?"""
+    """A window read's verdict: may the window close, and can its count be trusted?"""
 
-    complete: bool
+    closes: bool
+    """The watermark may pass this window."""
+    exact: bool
+    """Every page agreed on the count and the distinct keys matched it."""
     expected: int
     received: int
     reason: str
 
 
-def check_complete(totals: Sequence[int], distinct_keys: int) -> Completeness:
-    """A read is complete when every page reported the same ``count`` and the distinct keys
-    received equal it. Anything else means rows moved between pages (page drift) or a page came
-    back short, and the window must be read again before it can close."""
+def check_complete(totals: Sequence[int], received: int, *, reread_later: bool) -> Completeness:
+    """Judge one read of a window from the ``count`` each page reported and the distinct keys
+    received (records without a key count one each).
+
+    Exact: every page reported the same count and the keys match it. Otherwise rows moved
+    while the window was read. Acefone only ever adds rows (a call is listed when it ends), so
+    a read that went on to a short page saw every row that existed when it began: when it got
+    at least the count of its first page and only the count grew, the rows it may lack appeared
+    during the read. Such a window may close if a later cycle reads it again anyway
+    (``reread_later``: it is inside the lookback) — a busy account's newest window drifts on
+    almost every read and would otherwise never close. Anything else (fewer keys than the
+    first count, a count that shrank) is short and must be read again.
+    """
     if not totals:
-        return Completeness(False, 0, distinct_keys, "no pages read")
-    expected = max(totals)
-    if min(totals) != expected:
-        return Completeness(False, expected, distinct_keys, "count changed between pages")
-    if distinct_keys != expected:
-        return Completeness(False, expected, distinct_keys, "distinct keys differ from count")
-    return Completeness(True, expected, distinct_keys, "ok")
+        return Completeness(False, False, 0, received, "no pages read")
+    first, low, high = totals[0], min(totals), max(totals)
+    if low == high and received == high:
+        return Completeness(True, True, high, received, "ok")
+    grew_only = low == first and received >= first
+    if grew_only and high > low and reread_later:
+        return Completeness(True, False, high, received, "rows appeared during the read")
+    if low != high:
+        return Completeness(False, False, high, received, "count changed between pages")
+    return Completeness(False, False, high, received, "distinct keys differ from count")
 
 
 def audit_span(

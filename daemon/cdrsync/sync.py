@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
-from cdrsync.errors import CdrsyncError, StoreError
+from cdrsync.errors import CdrsyncError, PermanentError, StoreError
 from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
 from cdrsync.plan import (
     audit_span,
@@ -86,6 +86,8 @@ class _Cycle:
     splits: int = 0
     audited: int = 0
     recounted: int = 0
+    reread_from: dt.datetime = dt.datetime.max.replace(tzinfo=dt.UTC)
+    """Windows ending after this are read again by the next cycle (inside the lookback)."""
     incomplete: Window | None = None
     written: WriteResult = field(default_factory=WriteResult)
 
@@ -180,7 +182,12 @@ class WindowStream:
                         delay = 0.0
             except CdrsyncError as exc:
                 failures += 1
-                delay = min(delay, retry_delay(failures))
+                if isinstance(exc, PermanentError):
+                    # Credentials or a request the vendor refuses: retrying fast fixes nothing,
+                    # and some vendors lock an account after repeated failed logins.
+                    delay = max(delay, retry_delay(failures, cap=600.0))
+                else:
+                    delay = min(delay, retry_delay(failures))
                 self._log.warning(
                     "sync.cycle_failed",
                     error=str(exc),
@@ -227,7 +234,7 @@ class WindowStream:
             until=self._until,
         )
         windows = planned[: self._max_windows]
-        tally = _Cycle(windows=len(windows))
+        tally = _Cycle(windows=len(windows), reread_from=now - self._lookback)
         audit = None
         if len(windows) == len(planned):  # catching up comes first; the audit waits for it
             audit = audit_span(
@@ -417,34 +424,39 @@ class WindowStream:
         self, window: Window, queue: asyncio.Queue[_Batch | None], tally: _Cycle
     ) -> tuple[str, int]:
         page_size = self._source.page_size
+        reread_later = window.end > tally.reread_from
         for attempt in range(1 + self._max_rereads):
             first = await self._source.fetch_page(window, 1)
             tally.pages += 1
             if too_deep(first.total, page_size, self._account.max_page_depth, window):
                 return "split", first.total
-            rest = await self._fetch_pages(window, range(2, pages_for(first.total, page_size) + 1))
-            tally.pages += len(rest)
-            pages = [first, *rest]
+            pages = await self._read_pages(window, first)
+            tally.pages += len(pages) - 1
             keys: set[str] = set()
             keyless = 0
             for page in pages:
                 keys.update(page.keys)
                 keyless += page.size - len(page.keys)
-            verdict = check_complete([p.total for p in pages], len(keys) + keyless)
+            verdict = check_complete(
+                [p.total for p in pages], len(keys) + keyless, reread_later=reread_later
+            )
             records = [r for p in pages for r in p.records]
             rejects = [r for p in pages for r in p.rejects]
-            if verdict.complete:
+            if verdict.closes:
+                # A provisional close records what was received: if the vendor later counts
+                # more, the audit reads the window again.
                 grid = self._on_grid(window)
-                await queue.put(
-                    _Batch(
-                        records,
-                        rejects,
-                        window.end,
-                        window if grid else None,
-                        verdict.expected if grid else None,
+                count = verdict.expected if verdict.exact else verdict.received
+                batch = _Batch(records, rejects, window.end, window if grid else None, count)
+                await queue.put(batch)
+                if not verdict.exact:
+                    self._log.info(
+                        "sync.window_provisional",
+                        window=str(window),
+                        expected=verdict.expected,
+                        received=verdict.received,
                     )
-                )
-                return "complete", verdict.expected
+                return "complete", count
             # Rows of a short read are real rows: keep them, but do not close the window.
             await queue.put(_Batch(records, rejects, None))
             tally.rereads += 1
@@ -463,6 +475,18 @@ class WindowStream:
             action="the watermark stays before this window; it is read again next cycle",
         )
         return "incomplete", 0
+
+    async def _read_pages(self, window: Window, first: Page) -> list[Page]:
+        """Page 1 and the pages its count calls for; while rows keep appearing (the count grows
+        and the last page came back full), the pages they pushed the tail onto, too."""
+        page_size = self._source.page_size
+        pages = [first]
+        for _ in range(1 + self._max_rereads):
+            wanted = pages_for(max(p.total for p in pages), page_size)
+            if len(pages) >= wanted or (len(pages) > 1 and pages[-1].size < page_size):
+                break
+            pages += await self._fetch_pages(window, range(len(pages) + 1, wanted + 1))
+        return pages
 
     async def _fetch_pages(self, window: Window, numbers: range) -> list[Page]:
         if not numbers:

@@ -201,6 +201,55 @@ async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
     assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}
 
 
+async def test_newest_window_drifting_closes_provisionally_and_is_caught_next_cycle(dsn, store):
+    """On a busy account rows keep appearing in the newest window while it is read; inside the
+    lookback it closes anyway (the watermark moves on) and the next cycle fetches what appeared."""
+    clock = FakeClock(time.time())
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(seed=3, backlog=600, backlog_days=0.05, live_per_minute=0,
+                         late_fraction=0.3, late_delay_s=(30.0, 40.0), change_fraction=0.0),
+        now=clock,
+    )  # fmt: skip
+    server = await start_server(sim)
+    moved = {"done": False}
+
+    class Drifting:
+        def __init__(self, inner):
+            self.inner, self.vendor, self.page_size = inner, inner.vendor, inner.page_size
+
+        async def count(self, window):
+            return await self.inner.count(window)
+
+        async def fetch_page(self, window, page):
+            result = await self.inner.fetch_page(window, page)
+            if (
+                page == 1
+                and window.end >= clock.utc() - dt.timedelta(seconds=1)
+                and not moved["done"]
+            ):
+                moved["done"] = True
+                clock.now += 60
+            return result
+
+    try:
+        settings = acefone_settings(
+            server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
+            account={"settle": "0s", "lookback": "1h", "window": "1d", "max_page_depth": 1000},
+        )  # fmt: skip
+        planned_end = clock.utc().replace(microsecond=0)
+        with structlog.testing.capture_logs() as logs:
+            await _cycle(settings, dsn, clock, wrap=Drifting)
+        first = (await store.load_state(f"{ACCOUNT}/list")).watermark
+        await _cycle(settings, dsn, clock, wrap=Drifting)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    finally:
+        await server.close()
+    assert any(e["event"] == "sync.window_provisional" for e in logs)
+    assert not any(e["event"] == "sync.window_incomplete" for e in logs)
+    assert first == planned_end
+    assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}
+
+
 async def test_deep_window_is_split(dsn, store):
     """A window holding more rows than max_page_depth pages reach is split, not paged deeply."""
     clock = FakeClock(time.time())

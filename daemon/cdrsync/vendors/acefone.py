@@ -26,6 +26,7 @@ import structlog
 
 from cdrsync.errors import AuthError, BadPageError, ParseError
 from cdrsync.model import CallRecord, Page, Reject, Window
+from cdrsync.transport import RetryPolicy
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
@@ -253,6 +254,8 @@ class AcefoneSource:
         self._stream = stream
         self._zone = zoneinfo.ZoneInfo(account.timezone)
         self.page_size = account.page_size
+        self._timeout_s = account.request_timeout.total_seconds()
+        self._policy = RetryPolicy(attempts=account.retry_attempts)
         self._token: str | None = account.token.reveal() if account.token else None
         self._token_expires = float("inf") if account.token else 0.0
 
@@ -294,6 +297,8 @@ class AcefoneSource:
             params=window_params(window, page, limit or self.page_size, self._zone),
             headers=headers,
             parse=parse,
+            timeout_s=self._timeout_s,
+            policy=self._policy,
         )
 
     async def _bearer(self) -> str:
@@ -330,6 +335,8 @@ class AcefoneSource:
             headers=headers,
             json_body=body if body is not None else b"{}",
             parse=_login_token,
+            timeout_s=self._timeout_s,
+            policy=self._policy,
         )
         self._token, self._token_expires = token, time.monotonic() + expires_in
         log.info("acefone.token_renewed", account=self._account.name, expires_in_s=expires_in)
