@@ -84,6 +84,16 @@ def _load(path: str | None) -> Any:
     return load(path)
 
 
+EARLY_STOP: list[int] = []
+
+
+def _catch_early_stop() -> None:
+    """Remember a SIGTERM/SIGINT that arrives while the command is still starting (imports,
+    config): it stops the command as soon as its loop runs, with a clean exit."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: EARLY_STOP.append(signum))
+
+
 def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
     """Run ``main(stop)`` with SIGTERM/SIGINT setting ``stop`` (signal handling lives here only)."""
 
@@ -92,6 +102,8 @@ def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if EARLY_STOP:
+            stop.set()
         return await main(stop)
 
     return asyncio.run(wrapper())
@@ -226,6 +238,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cdrsync`` command."""
     args = parser().parse_args(argv)
+    _catch_early_stop()
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

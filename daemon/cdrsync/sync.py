@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], dt.datetime]
 T = TypeVar("T")
+FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 def utcnow() -> dt.datetime:
@@ -86,7 +87,7 @@ class _Cycle:
     splits: int = 0
     audited: int = 0
     recounted: int = 0
-    reread_from: dt.datetime = dt.datetime.max.replace(tzinfo=dt.UTC)
+    reread_from: dt.datetime = FAR_FUTURE
     """Windows ending after this are read again by the next cycle (inside the lookback)."""
     incomplete: Window | None = None
     written: WriteResult = field(default_factory=WriteResult)
