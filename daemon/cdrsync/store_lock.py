@@ -93,7 +93,8 @@ class StreamLocks:
                 return False
             try:
                 await self._conn.fetchval("SELECT 1", timeout=self._probe_timeout)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                # A session that does not answer in time may be half-dead: give its locks up.
                 await self._drop()
                 return False
             return True
@@ -106,7 +107,7 @@ class StreamLocks:
             if conn is not None and not conn.is_closed():
                 try:
                     await asyncio.wait_for(conn.close(), self._probe_timeout)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
                     conn.terminate()
 
     async def _ensure(self) -> None:

@@ -37,6 +37,29 @@ class FakeClock:
         return dt.datetime.fromtimestamp(self.now, dt.UTC)
 
 
+def drifting(clock: FakeClock):
+    """A source wrapper that moves the simulator's clock by a minute right after the first page
+    of the newest window: the rows due in that minute appear while the window is being read."""
+    moved = []
+
+    class Drifting:
+        def __init__(self, inner):
+            self.inner, self.vendor, self.page_size = inner, inner.vendor, inner.page_size
+
+        async def count(self, window):
+            return await self.inner.count(window)
+
+        async def fetch_page(self, window, page):
+            result = await self.inner.fetch_page(window, page)
+            newest = window.end >= clock.utc() - dt.timedelta(seconds=1)
+            if page == 1 and newest and not moved:
+                moved.append(window)
+                clock.now += 60
+            return result
+
+    return Drifting
+
+
 @pytest.fixture
 async def sim_server() -> AsyncIterator[tuple[AcefoneSimulator, str]]:
     """A busy simulator (backlog, live arrivals, late and changed records) on 127.0.0.1."""
@@ -169,22 +192,6 @@ async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
         now=clock,
     )
     server = await start_server(sim)
-    reads = {"n": 0}
-
-    class Drifting:
-        """Moves the simulator's clock after the first page: late rows appear mid-read."""
-
-        def __init__(self, inner):
-            self.inner, self.vendor, self.page_size = inner, inner.vendor, inner.page_size
-
-        async def fetch_page(self, window, page):
-            result = await self.inner.fetch_page(window, page)
-            # The newest window holds the rows about to appear; move time after its first page.
-            if page == 1 and window.end >= clock.utc() - dt.timedelta(seconds=1) and not reads["n"]:
-                reads["n"] += 1
-                clock.now += 60
-            return result
-
     try:
         settings = acefone_settings(
             server.base_url,
@@ -193,7 +200,7 @@ async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
             account={"settle": "0s", "lookback": "0s", "window": "1d", "max_page_depth": 1000},
         )
         with structlog.testing.capture_logs() as logs:
-            await _cycle(settings, dsn, clock, wrap=Drifting)
+            await _cycle(settings, dsn, clock, wrap=drifting(clock))
         stored = await store.call_hashes("acefone", ACCOUNT)
     finally:
         await server.close()
@@ -211,26 +218,6 @@ async def test_newest_window_drifting_closes_provisionally_and_is_caught_next_cy
         now=clock,
     )  # fmt: skip
     server = await start_server(sim)
-    moved = {"done": False}
-
-    class Drifting:
-        def __init__(self, inner):
-            self.inner, self.vendor, self.page_size = inner, inner.vendor, inner.page_size
-
-        async def count(self, window):
-            return await self.inner.count(window)
-
-        async def fetch_page(self, window, page):
-            result = await self.inner.fetch_page(window, page)
-            if (
-                page == 1
-                and window.end >= clock.utc() - dt.timedelta(seconds=1)
-                and not moved["done"]
-            ):
-                moved["done"] = True
-                clock.now += 60
-            return result
-
     try:
         settings = acefone_settings(
             server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
@@ -238,9 +225,9 @@ async def test_newest_window_drifting_closes_provisionally_and_is_caught_next_cy
         )  # fmt: skip
         planned_end = clock.utc().replace(microsecond=0)
         with structlog.testing.capture_logs() as logs:
-            await _cycle(settings, dsn, clock, wrap=Drifting)
+            await _cycle(settings, dsn, clock, wrap=drifting(clock))
         first = (await store.load_state(f"{ACCOUNT}/list")).watermark
-        await _cycle(settings, dsn, clock, wrap=Drifting)
+        await _cycle(settings, dsn, clock, wrap=drifting(clock))
         stored = await store.call_hashes("acefone", ACCOUNT)
     finally:
         await server.close()
