@@ -109,17 +109,20 @@ def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int
     return asyncio.run(wrapper())
 
 
-def _configure(settings: Any = None, *, level: str = "info", fmt: str = "auto") -> None:
+def _configure(
+    settings: Any = None, *, level: str | None = None, fmt: str = "auto", stream: Any = None
+) -> None:
     from cdrsync.observability import configure_logging
 
     if settings is not None:
         configure_logging(
-            level=settings.daemon.log_level,
+            level=level or settings.daemon.log_level,
             fmt=settings.daemon.log_format,
             secrets=settings.secret_values(),
+            stream=stream,
         )
     else:
-        configure_logging(level=level, fmt=fmt)
+        configure_logging(level=level or "info", fmt=fmt, stream=stream)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -162,7 +165,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cdrsync.status import render_status
 
     settings = _load(args.config)
-    _configure(settings, level="warning")
+    # stdout is the report (scripts parse --json); only problems are logged, on stderr.
+    _configure(settings, level="warning", stream=sys.stderr)
 
     async def main(stop: asyncio.Event) -> int:
         async with app.runtime(settings, stop) as rt:

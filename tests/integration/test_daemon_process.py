@@ -438,8 +438,11 @@ async def test_status_after_a_run_and_migrate_on_an_empty_database(
         assert await child.terminate(10) == 0, kids.tails()
         code, out, err = await kids.command("status", "--config", str(config))
         jcode, jout, jerr = await kids.command("status", "--config", str(config), "--json")
+        # status on a database it must first migrate: stdout still holds nothing but the JSON
+        ecode, eout, eerr = await kids.command("status", "--config", str(empty_cfg), "--json")
         mcode, mout, merr = await kids.command("migrate", "--config", str(empty_cfg))
     assert diff == IN_STEP
+    assert (ecode, json.loads(eout)) == (0, {"streams": []}), eout + eerr
     assert code == 0, out + err
     header, *rows = out.splitlines()
     assert header.split()[:3] == ["STREAM", "HEALTH", "WATERMARK"], out
