@@ -4,39 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 UTC = dt.UTC
-
-# Column order of `calls` as written by the batch upsert (COPY into a temp table).
-CALL_COLUMNS: tuple[str, ...] = (
-    "vendor",
-    "account",
-    "call_key",
-    "call_id",
-    "call_uuid",
-    "direction",
-    "status",
-    "started_at",
-    "answered_at",
-    "ended_at",
-    "duration_s",
-    "talk_s",
-    "ring_s",
-    "agent_name",
-    "agent_number",
-    "customer_number",
-    "line_number",
-    "department",
-    "hangup_cause",
-    "recording_url",
-    "service",
-    "description",
-    "local_date",
-    "raw",
-    "content_hash",
-    "fetched_at",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +24,13 @@ class Window:
         return f"{self.start.isoformat()}/{self.end.isoformat()}"
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One call, normalized: UTC timestamps, seconds, the vendor record beside it (scrubbed)."""
+class CallRecord(NamedTuple):
+    """One call, normalized: UTC timestamps, seconds, the vendor record beside it (scrubbed).
+
+    Immutable like the other values here, but a NamedTuple rather than a frozen dataclass: a
+    backfill builds one per call, a frozen dataclass's ``__init__`` costs a ``__setattr__`` per
+    field, and the tuple is already the row that COPY writes (fields in ``calls`` column order).
+    """
 
     vendor: str
     account: str
@@ -81,43 +55,17 @@ class CallRecord:
     service: str | None
     description: str | None
     local_date: dt.date | None
-    raw: str
-    """The vendor's record as JSON text, secrets scrubbed."""
-    content_hash: bytes
-    """A digest of ``raw``: an unchanged re-read writes nothing."""
-    fetched_at: dt.datetime
-    """When cdrsync asked the vendor for this copy: an older copy never replaces a newer one."""
+    raw: str  # the vendor's record as JSON text, secrets scrubbed
+    content_hash: bytes  # a digest of raw: an unchanged re-read writes nothing
+    fetched_at: dt.datetime  # when cdrsync asked for this copy: an older never replaces a newer
 
     def row(self) -> tuple[Any, ...]:
-        """The values in ``CALL_COLUMNS`` order."""
-        return (
-            self.vendor,
-            self.account,
-            self.call_key,
-            self.call_id,
-            self.call_uuid,
-            self.direction,
-            self.status,
-            self.started_at,
-            self.answered_at,
-            self.ended_at,
-            self.duration_s,
-            self.talk_s,
-            self.ring_s,
-            self.agent_name,
-            self.agent_number,
-            self.customer_number,
-            self.line_number,
-            self.department,
-            self.hangup_cause,
-            self.recording_url,
-            self.service,
-            self.description,
-            self.local_date,
-            self.raw,
-            self.content_hash,
-            self.fetched_at,
-        )
+        """The values in ``CALL_COLUMNS`` order (the record itself)."""
+        return self
+
+
+CALL_COLUMNS: tuple[str, ...] = CallRecord._fields
+"""Column order of ``calls`` as written by the batch upsert (COPY into a temp table)."""
 
 
 @dataclass(frozen=True, slots=True)

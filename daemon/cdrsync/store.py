@@ -325,16 +325,15 @@ class Store:
         now: dt.datetime,
         advance_to: dt.datetime | None = None,
         cursor: Mapping[str, Any] | None = None,
-        window: Window | None = None,
-        vendor_count: int | None = None,
+        windows: Sequence[tuple[Window, int]] = (),
     ) -> WriteResult:
         """Upsert ``records``, count ``rejects`` and advance the stream, in one transaction.
 
         ``unchanged`` counts the records that wrote nothing, collapsed duplicates included.
         The watermark moves to ``advance_to`` (never backwards) and the cursor is replaced
-        when either is given. ``window`` with ``vendor_count`` records a completely read window
-        for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the batch is
-        committed.
+        when either is given. ``windows`` records completely read windows with the vendor's
+        count, for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the
+        batch is committed.
         """
         rows = [record.row() for record in collapse(records)]
         reject_args = _reject_arrays(rejects, now) if rejects else None
@@ -356,10 +355,13 @@ class Store:
                 )  # fmt: skip
                 if found is None:
                     raise _unknown_stream(stream)
-                if window is not None and vendor_count is not None:
+                if windows:
+                    # One row per window: a window read twice in a batch is recorded once.
+                    windows = list({(w.start, w.end): (w, n) for w, n in windows}.values())
                     await conn.execute(
-                        QUERIES["record_window"], stream, window.start, window.end, vendor_count,
-                        now,
+                        QUERIES["record_windows"], stream,
+                        [w.start for w, _ in windows], [w.end for w, _ in windows],
+                        [count for _, count in windows], now,
                     )  # fmt: skip
         return WriteResult(
             inserted=inserted,

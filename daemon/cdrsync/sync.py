@@ -142,6 +142,7 @@ class WindowStream:
         page_concurrency: int = 4,
         max_rereads: int = 3,
         audit_per_cycle: int | None = None,
+        write_rows: int = 5000,
         on_progress: ProgressHook | None = None,
         kind: str = "list",
     ) -> None:
@@ -161,6 +162,10 @@ class WindowStream:
         self._concurrency = page_concurrency
         self._max_rereads = max_rereads
         self._audit_per_cycle = audit_per_cycle or audit_budget(account)
+        self._write_rows = write_rows
+        # Windows read ahead of the writer: enough to coalesce small windows into one
+        # transaction, few enough to bound memory (a window holds at most max_page_depth pages).
+        self._queue_depth = 4
         self._on_progress = on_progress
         self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
         self._owned_logged: bool | None = None
@@ -275,7 +280,7 @@ class WindowStream:
     async def _pipeline(
         self, windows: Sequence[Window], tally: _Cycle, audit: AuditSpan | None
     ) -> CdrsyncError | None:
-        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=self._queue_depth)
         reader = asyncio.create_task(
             self._read_all(windows, queue, tally, audit), name=f"{self.name}:read"
         )
@@ -348,33 +353,50 @@ class WindowStream:
     async def _write_all(
         self, queue: asyncio.Queue[_Batch | None], tally: _Cycle
     ) -> CdrsyncError | None:
+        """Commit batches in order. Windows already waiting in the queue are committed together
+        (up to ``write_rows`` rows): a small window then costs no transaction of its own."""
         failure: CdrsyncError | None = None
-        while (batch := await queue.get()) is not None:
+        ended = False
+        while not ended and (batch := await queue.get()) is not None:
+            batches = [batch]
+            rows = len(batch.records)
+            while rows < self._write_rows and not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    ended = True
+                    break
+                batches.append(more)
+                rows += len(more.records)
             if failure is not None:
                 continue  # keep draining so the reader never blocks; nothing more is committed
             try:
                 # The batch in hand commits even if we are being cancelled at shutdown.
-                result = await asyncio.shield(self._write(batch))
+                result = await asyncio.shield(self._write(batches))
             except CdrsyncError as exc:
                 failure = exc
                 continue
             tally.written += result
             self._rows_total += result.written
-            if batch.advance_to is not None:
-                tally.windows_done += 1
-                self._windows_done_total += 1
-                self._report(batch.advance_to)
+            for done in batches:
+                if done.advance_to is not None:
+                    tally.windows_done += 1
+                    self._windows_done_total += 1
+                    self._report(done.advance_to)
         return failure
 
-    async def _write(self, batch: _Batch) -> WriteResult:
+    async def _write(self, batches: Sequence[_Batch]) -> WriteResult:
+        advances = [b.advance_to for b in batches if b.advance_to is not None]
         return await self._store.write_batch(
             self.name,
-            batch.records,
-            batch.rejects,
+            [r for b in batches for r in b.records],
+            [r for b in batches for r in b.rejects],
             now=self._clock(),
-            advance_to=batch.advance_to,
-            window=batch.window,
-            vendor_count=batch.vendor_count,
+            advance_to=max(advances) if advances else None,
+            windows=[
+                (b.window, b.vendor_count)
+                for b in batches
+                if b.window and b.vendor_count is not None
+            ],
         )
 
     def _report(self, watermark: dt.datetime) -> None:

@@ -74,6 +74,9 @@ def test_content_hash_tracks_content_only():
         ({"call_duration": "abc"}, "call_duration='abc' is not a whole number"),
         ({"answered_seconds": True}, "answered_seconds is a boolean"),
         ({"end_stamp": "yesterday"}, "end_stamp='yesterday'"),
+        ({"time": "19:19"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ({"end_stamp": "2024-05-02 19:19+05"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ({"end_stamp": "2024-05-02T19:19:59"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
     ],
 )
 def test_malformed_records_are_rejected_with_a_reason(patch, message):

@@ -158,10 +158,11 @@ FROM rejects
 WHERE ($1::text IS NULL OR vendor = $1::text)
   AND ($2::text IS NULL OR account = $2::text);
 
--- name: record_window
--- $1 stream, $2 start, $3 end, $4 vendor count, $5 now.
+-- name: record_windows
+-- $1 stream, $2 starts, $3 ends, $4 vendor counts (arrays, one entry a window), $5 now.
 INSERT INTO sync_windows (stream, window_start, window_end, vendor_count, read_at, checked_at)
-VALUES ($1, $2, $3, $4, $5, $5)
+SELECT $1, s, e, c, $5, $5
+FROM unnest($2::timestamptz[], $3::timestamptz[], $4::int[]) AS t (s, e, c)
 ON CONFLICT (stream, window_start, window_end) DO UPDATE SET
     vendor_count = EXCLUDED.vendor_count,
     read_at = EXCLUDED.read_at,

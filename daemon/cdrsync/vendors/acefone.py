@@ -15,6 +15,7 @@ Pure parsing and normalizing first, then a thin client. Vendor behaviour this an
 from __future__ import annotations
 
 import datetime as dt
+import contextlib
 import hashlib
 import time
 import zoneinfo
@@ -60,7 +61,7 @@ def window_params(window: Window, page: int, page_size: int, zone: dt.tzinfo) ->
 def _text(value: Any) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
+    text = (value if type(value) is str else str(value)).strip()
     return text or None
 
 
@@ -79,14 +80,19 @@ def _int(record: Mapping[str, Any], field: str) -> int | None:
     raise ParseError(f"{field}={str(value)[:40]!r} is not a whole number")
 
 
+def _naive(text: Any, field: str) -> dt.datetime:
+    # strptime was a quarter of a page's parse time; fromisoformat is many times faster. It
+    # also takes other ISO shapes, so the exact 'YYYY-MM-DD HH:MM:SS' shape is checked first.
+    value = str(text).strip()
+    shaped = len(value) == 19 and value[10] == " " and value[4] == value[7] == "-"
+    if shaped and value[13] == value[16] == ":":
+        with contextlib.suppress(ValueError):  # e.g. month 13, or a letter in a digit's place
+            return dt.datetime.fromisoformat(value)
+    raise ParseError(f"{field}={value[:40]!r} is not a 'YYYY-MM-DD HH:MM:SS' time")
+
+
 def _local(text: Any, field: str, zone: dt.tzinfo) -> dt.datetime:
-    try:
-        naive = dt.datetime.strptime(str(text).strip(), LOCAL_FORMAT)  # noqa: DTZ007 (naive by vendor design; zone applied next)
-    except ValueError:
-        raise ParseError(
-            f"{field}={str(text)[:40]!r} is not a 'YYYY-MM-DD HH:MM:SS' time"
-        ) from None
-    return naive.replace(tzinfo=zone).astimezone(dt.UTC)
+    return _naive(text, field).replace(tzinfo=zone).astimezone(dt.UTC)
 
 
 def _ring_seconds(value: Any) -> int | None:
@@ -130,7 +136,8 @@ def normalize(
         raise ParseError("record has no id")
     if record.get("date") in (None, "") or record.get("time") in (None, ""):
         raise ParseError("record has no start date/time")
-    started_at = _local(f"{record['date']} {record['time']}", "date+time", zone)
+    started_local = _naive(f"{record['date']} {record['time']}", "date+time")
+    started_at = started_local.replace(tzinfo=zone).astimezone(dt.UTC)
     end_stamp = record.get("end_stamp")
     ended_at = _local(end_stamp, "end_stamp", zone) if end_stamp not in (None, "") else None
     duration_s = _int(record, "call_duration")
@@ -161,7 +168,7 @@ def normalize(
         recording_url=_text(record.get("recording_url")),
         service=_text(record.get("service")),
         description=_text(record.get("description")),
-        local_date=started_at.astimezone(zone).date(),
+        local_date=started_local.date(),
         raw=raw.decode(),
         content_hash=digest(raw),
         fetched_at=fetched_at,
