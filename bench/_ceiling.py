@@ -3,8 +3,8 @@
 The rows are the simulator's payloads run through ``cdrsync.vendors.acefone.normalize`` before
 the clock starts, grouped as the daemon writes them at best: one window of call start time
 each (on the grid anchored at the backfill's first midnight), consecutive windows coalesced
-into one transaction up to the writer's row target, as the writer does with the windows waiting
-in its queue (at most 1 + its queue depth of them). Each batch is one transaction, as in
+into one transaction while it stays within the writer's row target, as the writer does with the
+windows waiting in its queue. Each batch is one transaction, as in
 ``Store.write_batch``: ``CREATE_TEMP_SQL``, COPY into ``TEMP_TABLE``, ``UPSERT_CALLS_SQL``,
 commit.
 """
@@ -65,22 +65,19 @@ def prepare(
     return Batches(coalesce([by_window[k] for k in sorted(by_window)]), time.perf_counter() - began)
 
 
-# The writer's defaults (sync.WindowStream): it merges queued windows while under WRITE_ROWS.
+# The writer's default (sync.WindowStream): it merges queued windows into one transaction
+# while the transaction stays within WRITE_ROWS rows.
 WRITE_ROWS = 5000
-MAX_WINDOWS = 1 + 4
 
 
 def coalesce(windows: list[list[Row]]) -> list[list[Row]]:
     """Windows merged into transactions the way the writer merges them when it can."""
     batches: list[list[Row]] = []
-    count = 0
     for rows in windows:
-        if batches and len(batches[-1]) < WRITE_ROWS and count < MAX_WINDOWS:
+        if batches and len(batches[-1]) + len(rows) <= WRITE_ROWS:
             batches[-1].extend(rows)
-            count += 1
         else:
             batches.append(list(rows))
-            count = 1
     return batches
 
 

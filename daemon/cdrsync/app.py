@@ -123,6 +123,7 @@ def build_stream(
     kind: str = "list",
     start: dt.datetime | None = None,
     until: dt.datetime | None = None,
+    lookback: dt.timedelta | None = None,
     on_progress: ProgressHook | None = None,
 ) -> WindowStream:
     """The window stream of one account."""
@@ -139,7 +140,7 @@ def build_stream(
         clock=clock,
         start=start,
         until=until,
-        lookback=dt.timedelta(0) if kind == "backfill" else None,
+        lookback=lookback,
         on_progress=on_progress,
         kind=kind,
     )
@@ -237,6 +238,7 @@ async def backfill(
                 "would exceed the vendor's rate limit. Stop the daemon (or wait), then run again."
             )
         kind = f"backfill:{since.isoformat()}..{until.isoformat() if until else 'latest'}"
+        # A past range has nothing to re-read: its windows are read once, in order.
         stream = build_stream(
             rt,
             account,
@@ -245,6 +247,7 @@ async def backfill(
             kind=kind,
             start=start,
             until=end,
+            lookback=dt.timedelta(0),
             on_progress=on_progress,
         )
         await stream.run()

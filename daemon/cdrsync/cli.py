@@ -195,6 +195,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             settings, args.account, args.since, args.until, stop=stop, on_progress=printer
         )
         printer.close()
+        if not done:
+            print(
+                "cdrsync: backfill stopped before the end of its range; run the same command "
+                "again to continue where it stopped",
+                file=sys.stderr,
+            )
         return EX_OK if done else EX_TEMPFAIL
 
     return _run_async(main)

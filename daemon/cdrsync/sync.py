@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
+from cdrsync.batchqueue import RowQueue
 from cdrsync.errors import CdrsyncError, PermanentError, StoreError
 from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
 from cdrsync.plan import (
@@ -76,6 +77,9 @@ class _Batch:
     window: Window | None = None
     """A whole grid window read completely: recorded with ``vendor_count`` for the audit."""
     vendor_count: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.rejects)
 
 
 @dataclass(slots=True)
@@ -162,10 +166,9 @@ class WindowStream:
         self._concurrency = page_concurrency
         self._max_rereads = max_rereads
         self._audit_per_cycle = audit_per_cycle or audit_budget(account)
+        # Rows per transaction the writer aims at, and rows the reader may read ahead of it:
+        # enough to coalesce small windows, bounded so memory does not grow with window size.
         self._write_rows = write_rows
-        # Windows read ahead of the writer: enough to coalesce small windows into one
-        # transaction, few enough to bound memory (a window holds at most max_page_depth pages).
-        self._queue_depth = 4
         self._on_progress = on_progress
         self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
         self._owned_logged: bool | None = None
@@ -280,7 +283,7 @@ class WindowStream:
     async def _pipeline(
         self, windows: Sequence[Window], tally: _Cycle, audit: AuditSpan | None
     ) -> CdrsyncError | None:
-        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=self._queue_depth)
+        queue: RowQueue[_Batch] = RowQueue(2 * self._write_rows)
         reader = asyncio.create_task(
             self._read_all(windows, queue, tally, audit), name=f"{self.name}:read"
         )
@@ -311,7 +314,7 @@ class WindowStream:
     async def _read_all(
         self,
         windows: Sequence[Window],
-        queue: asyncio.Queue[_Batch | None],
+        queue: RowQueue[_Batch],
         tally: _Cycle,
         audit: AuditSpan | None,
     ) -> None:
@@ -324,9 +327,7 @@ class WindowStream:
         finally:
             await queue.put(None)
 
-    async def _audit(
-        self, span: AuditSpan, queue: asyncio.Queue[_Batch | None], tally: _Cycle
-    ) -> None:
+    async def _audit(self, span: AuditSpan, queue: RowQueue[_Batch], tally: _Cycle) -> None:
         """Re-ask the vendor's count of closed windows; read again those whose count moved.
 
         This answers Acefone selecting calls by start time but listing a call only after it
@@ -350,18 +351,17 @@ class WindowStream:
             if not await self._read_window(window, queue, tally):
                 return
 
-    async def _write_all(
-        self, queue: asyncio.Queue[_Batch | None], tally: _Cycle
-    ) -> CdrsyncError | None:
+    async def _write_all(self, queue: RowQueue[_Batch], tally: _Cycle) -> CdrsyncError | None:
         """Commit batches in order. Windows already waiting in the queue are committed together
-        (up to ``write_rows`` rows): a small window then costs no transaction of its own."""
+        while the transaction stays within ``write_rows`` rows: a small window then costs no
+        transaction of its own."""
         failure: CdrsyncError | None = None
         ended = False
         while not ended and (batch := await queue.get()) is not None:
             batches = [batch]
             rows = len(batch.records)
-            while rows < self._write_rows and not queue.empty():
-                more = queue.get_nowait()
+            while (head := queue.head_rows()) is not None and rows + head <= self._write_rows:
+                more = await queue.get()  # does not wait: the queue is not empty
                 if more is None:
                     ended = True
                     break
@@ -414,9 +414,7 @@ class WindowStream:
 
     # ------------------------------------------------------------------ one window
 
-    async def _read_window(
-        self, window: Window, queue: asyncio.Queue[_Batch | None], tally: _Cycle
-    ) -> bool:
+    async def _read_window(self, window: Window, queue: RowQueue[_Batch], tally: _Cycle) -> bool:
         """Read ``window`` until complete (splitting it when too deep). False if it stayed short.
 
         A whole grid window is recorded with the vendor's count once read, for the audit; a
@@ -444,7 +442,7 @@ class WindowStream:
         return on_grid(window, self._account.window, self._start)
 
     async def _read_part(
-        self, window: Window, queue: asyncio.Queue[_Batch | None], tally: _Cycle
+        self, window: Window, queue: RowQueue[_Batch], tally: _Cycle
     ) -> tuple[str, int]:
         page_size = self._source.page_size
         reread_later = window.end > tally.reread_from

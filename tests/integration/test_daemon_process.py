@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import json
 import random
+import signal
 import time
 import zoneinfo
 from collections.abc import AsyncIterator
@@ -462,3 +463,64 @@ async def test_status_after_a_run_and_migrate_on_an_empty_database(
     assert tables[0]["calls"] is not None
     assert tables[0]["state"] is not None
     assert tables[0]["versions"] >= 1
+
+
+# ---------------------------------------------------------------------------- 7. backfill
+
+
+@pytest.mark.slow
+async def test_backfill_interrupted_then_rerun_continues_where_it_stopped(
+    dsn: str, store: Store, tmp_path: Path, served: list[RunningServer]
+) -> None:
+    """`cdrsync backfill` stopped by Ctrl-C exits 75 saying to run it again; the same command
+    then resumes after the committed watermark (its first progress line is already past it)
+    and finishes with the table equal to the truth."""
+    sim = quiet_simulator(30_000, 4.0, seed=31)
+    url = await serve(served, sim)
+    truth = await final_truth(sim)
+    since = start_before(4.0)
+    config = write_config(tmp_path / "backfill.toml", dsn, [account_table(url, start=since)])
+    args = ("backfill", "--config", str(config), "--account", ACCOUNT, "--since", since.isoformat())
+    async with children(tmp_path) as kids:
+        first = await kids.spawn(*args, label="backfill-1")
+        assert await eventually(lambda: _has_rows(dsn), timeout=30), first.tail()
+        first.proc.send_signal(signal.SIGINT)
+        code = await first.wait(15)
+        stream = f"{ACCOUNT}/backfill:{since.isoformat()}..latest"
+        mark = await watermark(dsn, stream)
+        rows = await call_count(dsn)
+        second = await kids.spawn(*args, label="backfill-2")
+        code2 = await second.wait(120)
+    assert code == 75, first.tail()
+    assert "run the same command again" in "\n".join(first.stderr)
+    assert mark is not None
+    assert 0 < rows < len(truth)
+    assert code2 == 0, second.tail()
+    progress = [line for line in second.stderr if " up to " in line]
+    assert progress, second.tail()
+    first_mark = dt.datetime.strptime(
+        progress[0].split(" up to ")[1][:16], "%Y-%m-%d %H:%M"
+    ).replace(tzinfo=dt.UTC)
+    assert first_mark > mark, "\n".join(second.stderr[:5]) + f"\nmark={mark}"
+    assert differences(truth, await store.call_hashes("acefone", ACCOUNT)) == IN_STEP
+
+
+async def _has_rows(dsn: str) -> bool:
+    return await call_count(dsn) > 0
+
+
+# ---------------------------------------------------------------------------- 8. demo
+
+
+@pytest.mark.slow
+async def test_demo_runs_and_ends_equal_to_the_simulator(tmp_path: Path) -> None:
+    """`cdrsync demo` (the README's first command) starts its own PostgreSQL and simulator,
+    syncs, and ends by reporting the table equal to the simulator's truth, exit 0."""
+    async with children(tmp_path) as kids:
+        code, out, err = await kids.command(
+            "demo", "--duration", "4", "--records", "400", "--state-dir", str(tmp_path / "demo"),
+            within=110,
+        )  # fmt: skip
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "demo: OK" in out
+    assert "missing 0, extra 0, stale 0" in out

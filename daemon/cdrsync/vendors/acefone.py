@@ -14,8 +14,8 @@ Pure parsing and normalizing first, then a thin client. Vendor behaviour this an
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import hashlib
 import time
 import zoneinfo
