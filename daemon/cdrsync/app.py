@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from cdrsync import __version__
-from cdrsync.errors import CdrsyncError, StoreError
+from cdrsync.errors import StoreError, TransientError
 from cdrsync.limiter import SlidingWindowLimiter
 from cdrsync.observability import sd_notify
 from cdrsync.plan import retry_delay
@@ -233,7 +233,7 @@ async def backfill(
         # request rate, so it runs only while it owns the account's live stream too.
         live = stream_name(account.name)
         if not await rt.locks.try_acquire(live):
-            raise CdrsyncError(
+            raise TransientError(
                 f"account {account.name} is being synced by a running cdrsync; a parallel backfill "
                 "would exceed the vendor's rate limit. Stop the daemon (or wait), then run again."
             )

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from cdrsync import __version__
-from cdrsync.errors import CdrsyncError, ConfigError
+from cdrsync.errors import CdrsyncError, ConfigError, TransientError
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 
@@ -254,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cdrsync: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except TransientError as exc:  # e.g. backfill while a daemon owns the account
+        print(f"cdrsync: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except CdrsyncError as exc:
         print(f"cdrsync: {exc}", file=sys.stderr)
         return EX_FAIL

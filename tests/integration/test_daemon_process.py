@@ -524,3 +524,23 @@ async def test_demo_runs_and_ends_equal_to_the_simulator(tmp_path: Path) -> None
     assert code == 0, out[-2000:] + err[-2000:]
     assert "demo: OK" in out
     assert "missing 0, extra 0, stale 0" in out
+
+
+async def test_backfill_beside_a_running_daemon_is_refused_with_exit_75(
+    dsn: str, tmp_path: Path, served: list[RunningServer]
+) -> None:
+    """An account's rate limit is one budget: `backfill` while a daemon syncs the account exits
+    75 (try again later) and says why, instead of doubling the request rate."""
+    sim = quiet_simulator(500, 1.0, seed=41)
+    url = await serve(served, sim)
+    since = start_before(1.0)
+    config = write_config(tmp_path / "c.toml", dsn, [account_table(url, start=since)])
+    async with children(tmp_path) as kids:
+        daemon = await kids.daemon(config)
+        assert await daemon.wait_event("stream.owned", within=30), daemon.tail()
+        code, out, err = await kids.command(
+            "backfill", "--config", str(config), "--account", ACCOUNT, "--since", since.isoformat()
+        )
+        assert await daemon.terminate(10) == 0, daemon.tail()
+    assert code == 75, out + err
+    assert "being synced by a running cdrsync" in err
