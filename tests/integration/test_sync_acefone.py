@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +24,8 @@ from support import (
     synced,
     truth_hashes,
 )
+
+IN_STEP = {"missing": [], "extra": [], "stale": []}
 
 
 class FakeClock:
@@ -91,7 +95,7 @@ async def test_backlog_and_live_arrivals_end_exactly_equal(sim_server, dsn, stor
         await asyncio.sleep(4)  # live calls keep arriving while the backlog is read
         sim.stop_live()
         diff = await synced(store, sim, timeout=30)
-    assert diff == {"missing": [], "extra": [], "stale": []}
+    assert diff == IN_STEP
     assert len(truth_hashes(sim)) > 1500
     dupes = await sql_value(
         dsn, "SELECT count(*) - count(DISTINCT (vendor, account, call_key)) FROM calls"
@@ -105,7 +109,7 @@ async def test_unchanged_reread_writes_nothing(sim_server, dsn, store):
     sim.stop_live()
     settings = acefone_settings(url, dsn, account={"settle": "0s"})
     async with running_daemon(settings):
-        assert await synced(store, sim, timeout=30) == {"missing": [], "extra": [], "stale": []}
+        assert await synced(store, sim, timeout=30) == IN_STEP
         await asyncio.sleep(max(0.0, sim.last_visible_time() - time.time()) + 0.5)
         before = await sql_value(dsn, "SELECT max(updated_at) FROM calls")
         state_before = await store.load_state(f"{ACCOUNT}/list")
@@ -120,153 +124,116 @@ async def test_unchanged_reread_writes_nothing(sim_server, dsn, store):
     )
 
 
-async def _cycle(settings, dsn, clock: FakeClock, *, wrap=None) -> None:
-    """One cycle of the account's stream with a controlled clock (more while catching up)."""
-    stop = asyncio.Event()
-    async with app.runtime(settings, stop) as rt:
-        assert rt is not None
-        stream = app.build_stream(rt, settings.accounts[0], stop, clock=clock.utc)
-        if wrap is not None:
-            stream._source = wrap(stream._source)
-        assert await rt.locks.try_acquire(stream.name)
-        while await stream.cycle():  # a first cycle may stop at its window cap: catch up
-            pass
+@dataclasses.dataclass
+class Clocked:
+    """A simulator on a fake clock, served on 127.0.0.1, and settings for an account on it."""
+
+    clock: FakeClock
+    sim: AcefoneSimulator
+    dsn: str
+    url: str
+
+    def settings(self, **account):
+        """Settings starting the day before, with ``account`` overrides (settle 0s default)."""
+        start = self.clock.utc().date() - dt.timedelta(days=1)
+        return acefone_settings(
+            self.url, self.dsn, start=start, account={"settle": "0s", **account}
+        )
+
+    async def cycle(self, settings, *, wrap=None) -> None:
+        """Cycles of the account's stream at the fake time, until it has caught up."""
+        stop = asyncio.Event()
+        async with app.runtime(settings, stop) as rt:
+            assert rt is not None
+            stream = app.build_stream(rt, settings.accounts[0], stop, clock=self.clock.utc)
+            if wrap is not None:
+                stream._source = wrap(self.clock)(stream._source)
+            assert await rt.locks.try_acquire(stream.name)
+            while await stream.cycle():  # a first cycle may stop at its window cap
+                pass
+
+
+@contextlib.asynccontextmanager
+async def clocked(dsn: str, **config) -> AsyncIterator[Clocked]:
+    """A backlog-only simulator (no live calls, no changes unless ``config`` says) on a fake
+    clock, served for the block."""
+    clock = FakeClock(time.time())
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(**{"live_per_minute": 0, "change_fraction": 0.0, **config}), now=clock
+    )
+    server = await start_server(sim)
+    try:
+        yield Clocked(clock, sim, dsn, server.base_url)
+    finally:
+        await server.close()
 
 
 async def test_late_and_changed_records_arrive_within_one_poll(dsn, store):
     """A record that appears late inside a synced window, or changes, is in calls after the
     next cycle; the watermark never moves back."""
-    clock = FakeClock(time.time())
-    sim = AcefoneSimulator(
-        AcefoneSimConfig(
-            seed=5,
-            backlog=400,
-            backlog_days=0.02,
-            live_per_minute=0,
-            late_fraction=0.2,
-            late_delay_s=(60.0, 120.0),
-            change_fraction=0.3,
-            change_delay_s=(60.0, 120.0),
-        ),
-        now=clock,
-    )
-    server = await start_server(sim)
-    try:
-        settings = acefone_settings(
-            server.base_url,
-            dsn,
-            start=clock.utc().date() - dt.timedelta(days=1),
-            account={"settle": "0s", "lookback": "1h"},
-        )
-        await _cycle(settings, dsn, clock)
+    async with clocked(
+        dsn, seed=5, backlog=400, backlog_days=0.02, late_fraction=0.2,
+        late_delay_s=(60.0, 120.0), change_fraction=0.3, change_delay_s=(60.0, 120.0),
+    ) as c:  # fmt: skip
+        settings = c.settings(lookback="1h")
+        await c.cycle(settings)
         first = await store.call_hashes("acefone", ACCOUNT)
         mark1 = (await store.load_state(f"{ACCOUNT}/list")).watermark
-        assert differences(truth_hashes(sim), first) == {"missing": [], "extra": [], "stale": []}
-        clock.now += 200  # late records become visible and changes happen
-        later = truth_hashes(sim)
+        assert differences(truth_hashes(c.sim), first) == IN_STEP
+        c.clock.now += 200  # late records become visible and changes happen
+        later = truth_hashes(c.sim)
         assert len(later) > len(first)
         assert any(first.get(k) not in (None, h) for k, h in later.items())
-        await _cycle(settings, dsn, clock)
+        await c.cycle(settings)
         second = await store.call_hashes("acefone", ACCOUNT)
         mark2 = (await store.load_state(f"{ACCOUNT}/list")).watermark
-    finally:
-        await server.close()
-    assert differences(later, second) == {"missing": [], "extra": [], "stale": []}
+    assert differences(later, second) == IN_STEP
     assert mark2 >= mark1
+
+
+DRIFTY = {"seed": 3, "backlog": 600, "backlog_days": 0.05, "late_fraction": 0.3,
+          "late_delay_s": (30.0, 40.0)}  # fmt: skip
 
 
 async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
     """Rows that appear between page reads shift Acefone's newest-first pages; the window is
     read again and nothing is lost (without the check, a row would be missing)."""
-    clock = FakeClock(time.time())
-    sim = AcefoneSimulator(
-        AcefoneSimConfig(
-            seed=3,
-            backlog=600,
-            backlog_days=0.05,
-            live_per_minute=0,
-            late_fraction=0.3,
-            late_delay_s=(30.0, 40.0),
-            change_fraction=0.0,
-        ),
-        now=clock,
-    )
-    server = await start_server(sim)
-    try:
-        settings = acefone_settings(
-            server.base_url,
-            dsn,
-            start=clock.utc().date() - dt.timedelta(days=1),
-            account={"settle": "0s", "lookback": "0s", "window": "1d", "max_page_depth": 1000},
-        )
+    async with clocked(dsn, **DRIFTY) as c:
+        settings = c.settings(lookback="0s", window="1d", max_page_depth=1000)
         with structlog.testing.capture_logs() as logs:
-            await _cycle(settings, dsn, clock, wrap=drifting(clock))
+            await c.cycle(settings, wrap=drifting)
         stored = await store.call_hashes("acefone", ACCOUNT)
-    finally:
-        await server.close()
     assert any(e["event"] == "sync.window_drift" for e in logs)
-    assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
 
 
 async def test_newest_window_drifting_closes_provisionally_and_is_caught_next_cycle(dsn, store):
     """On a busy account rows keep appearing in the newest window while it is read; inside the
     lookback it closes anyway (the watermark moves on) and the next cycle fetches what appeared."""
-    clock = FakeClock(time.time())
-    sim = AcefoneSimulator(
-        AcefoneSimConfig(seed=3, backlog=600, backlog_days=0.05, live_per_minute=0,
-                         late_fraction=0.3, late_delay_s=(30.0, 40.0), change_fraction=0.0),
-        now=clock,
-    )  # fmt: skip
-    server = await start_server(sim)
-    try:
-        settings = acefone_settings(
-            server.base_url, dsn, start=clock.utc().date() - dt.timedelta(days=1),
-            account={"settle": "0s", "lookback": "1h", "window": "1d", "max_page_depth": 1000},
-        )  # fmt: skip
-        planned_end = clock.utc().replace(microsecond=0)
+    async with clocked(dsn, **DRIFTY) as c:
+        settings = c.settings(lookback="1h", window="1d", max_page_depth=1000)
+        planned_end = c.clock.utc().replace(microsecond=0)
         with structlog.testing.capture_logs() as logs:
-            await _cycle(settings, dsn, clock, wrap=drifting(clock))
+            await c.cycle(settings, wrap=drifting)
         first = (await store.load_state(f"{ACCOUNT}/list")).watermark
-        await _cycle(settings, dsn, clock, wrap=drifting(clock))
+        await c.cycle(settings, wrap=drifting)
         stored = await store.call_hashes("acefone", ACCOUNT)
-    finally:
-        await server.close()
     assert any(e["event"] == "sync.window_provisional" for e in logs)
     assert not any(e["event"] == "sync.window_incomplete" for e in logs)
     assert first == planned_end
-    assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
 
 
 async def test_deep_window_is_split(dsn, store):
     """A window holding more rows than max_page_depth pages reach is split, not paged deeply."""
-    clock = FakeClock(time.time())
-    sim = AcefoneSimulator(
-        AcefoneSimConfig(
-            seed=9,
-            backlog=900,
-            backlog_days=0.1,
-            live_per_minute=0,
-            late_fraction=0.0,
-            change_fraction=0.0,
-        ),
-        now=clock,
-    )
-    server = await start_server(sim)
-    try:
-        settings = acefone_settings(
-            server.base_url,
-            dsn,
-            start=clock.utc().date() - dt.timedelta(days=1),
-            account={"settle": "0s", "window": "1d", "max_page_depth": 2, "page_size": 50},
-        )
+    async with clocked(dsn, seed=9, backlog=900, backlog_days=0.1, late_fraction=0.0) as c:
+        settings = c.settings(window="1d", max_page_depth=2, page_size=50)
         with structlog.testing.capture_logs() as logs:
-            await _cycle(settings, dsn, clock)
+            await c.cycle(settings)
         stored = await store.call_hashes("acefone", ACCOUNT)
-    finally:
-        await server.close()
     done = [e for e in logs if e["event"] == "sync.cycle_done"]
     assert done and done[0]["splits"] > 0
-    assert differences(truth_hashes(sim), stored) == {"missing": [], "extra": [], "stale": []}
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
 
 
 @pytest.mark.parametrize("audit", [True, False])
@@ -274,49 +241,26 @@ async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, 
     """A call that becomes visible when its window is beyond the lookback (a long call: Acefone
     selects by start time, lists after the end) is fetched by the window audit; with the audit
     off it would be missing."""
-    clock = FakeClock(time.time())
-    sim = AcefoneSimulator(
-        AcefoneSimConfig(
-            seed=21,
-            backlog=300,
-            backlog_days=0.05,
-            live_per_minute=0,
-            late_fraction=0.2,
-            late_delay_s=(2000.0, 3000.0),
-            change_fraction=0.0,
-        ),
-        now=clock,
-    )
-    server = await start_server(sim)
-    try:
-        settings = acefone_settings(
-            server.base_url,
-            dsn,
-            start=clock.utc().date() - dt.timedelta(days=1),
-            account={
-                "settle": "0s",
-                "lookback": "10m",
-                "window": "30m",
-                "audit_interval": "1m",
-                "audit_horizon": "1d" if audit else "0s",
-            },
+    async with clocked(
+        dsn, seed=21, backlog=300, backlog_days=0.05, late_fraction=0.2,
+        late_delay_s=(2000.0, 3000.0),
+    ) as c:  # fmt: skip
+        settings = c.settings(
+            lookback="10m", window="30m", audit_interval="1m",
+            audit_horizon="1d" if audit else "0s",
+        )  # fmt: skip
+        await c.cycle(settings)
+        assert differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT)) == (
+            IN_STEP
         )
-        await _cycle(settings, dsn, clock)
-        assert differences(truth_hashes(sim), await store.call_hashes("acefone", ACCOUNT)) == {
-            "missing": [],
-            "extra": [],
-            "stale": [],
-        }
-        clock.now += 3600  # the late calls are listed now, in windows an hour old
+        c.clock.now += 3600  # the late calls are listed now, in windows an hour old
         with structlog.testing.capture_logs() as logs:
             for _ in range(3):
-                await _cycle(settings, dsn, clock)
-                clock.now += 90
-        diff = differences(truth_hashes(sim), await store.call_hashes("acefone", ACCOUNT))
-    finally:
-        await server.close()
+                await c.cycle(settings)
+                c.clock.now += 90
+        diff = differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT))
     if audit:
-        assert diff == {"missing": [], "extra": [], "stale": []}
+        assert diff == IN_STEP
         assert any(e["event"] == "sync.window_recount" for e in logs)
     else:
         assert diff["missing"]
