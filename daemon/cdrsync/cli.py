@@ -35,7 +35,11 @@ def _date(text: str) -> dt.date:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser (also documents every command in ``--help``)."""
-    top = argparse.ArgumentParser(prog="cdrsync", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(
+        prog="cdrsync",
+        description="Keeps PostgreSQL in step with telephony vendors' call detail records.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad usage, 75 try again later, 78 bad config.",
+    )
     top.add_argument("--version", action="version", version=f"cdrsync {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
