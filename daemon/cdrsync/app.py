@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from cdrsync import __version__
-from cdrsync.errors import StoreError, TransientError
+from cdrsync.errors import CdrsyncError, StoreError, TransientError
 from cdrsync.limiter import SlidingWindowLimiter
 from cdrsync.observability import sd_notify
 from cdrsync.plan import retry_delay
@@ -168,7 +168,13 @@ async def _health_server(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, listen[0], listen[1])
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        raise CdrsyncError(
+            f"cannot listen on {listen[0]}:{listen[1]} (daemon.http_listen): {exc.strerror}; "
+            "another process may hold the port: stop it, or set another daemon.http_listen"
+        ) from None
     log.info("http.listening", host=listen[0], port=listen[1])
 
 

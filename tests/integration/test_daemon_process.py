@@ -544,3 +544,25 @@ async def test_backfill_beside_a_running_daemon_is_refused_with_exit_75(
         assert await daemon.terminate(10) == 0, daemon.tail()
     assert code == 75, out + err
     assert "being synced by a running cdrsync" in err
+
+
+async def test_http_listen_port_in_use_is_a_clear_error(
+    dsn: str, tmp_path: Path, served: list[RunningServer]
+) -> None:
+    """A daemon whose daemon.http_listen port is taken exits 1 naming the setting, no traceback."""
+    import socket
+
+    sim = quiet_simulator(10, 0.1, seed=43)
+    url = await serve(served, sim)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "c.toml", dsn, [account_table(url)], http_listen=f"127.0.0.1:{port}"
+        )
+        async with children(tmp_path) as kids:
+            code, out, err = await kids.command("run", "--config", str(config), within=30)
+    assert code == 1, out + err
+    assert "daemon.http_listen" in err
+    assert "Traceback" not in out + err
