@@ -229,8 +229,10 @@ class Children:
         self.cwd = cwd
         self.started: list[Child] = []
 
-    async def spawn(self, *args: str, label: str = "cdrsync") -> Child:
-        """Start ``python -m cdrsync ARGS``."""
+    async def spawn(
+        self, *args: str, label: str = "cdrsync", env: dict[str, str] | None = None
+    ) -> Child:
+        """Start ``python -m cdrsync ARGS`` (``env`` adds to the child's environment)."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -240,16 +242,18 @@ class Children:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=self.cwd,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             limit=_LINE_LIMIT,
         )
         child = Child(proc, label)
         self.started.append(child)
         return child
 
-    async def daemon(self, config: Path, label: str = "daemon") -> Child:
+    async def daemon(
+        self, config: Path, label: str = "daemon", env: dict[str, str] | None = None
+    ) -> Child:
         """Start ``cdrsync run --config CONFIG``."""
-        return await self.spawn("run", "--config", str(config), label=label)
+        return await self.spawn("run", "--config", str(config), label=label, env=env)
 
     async def command(self, *args: str, within: float = 60) -> tuple[int | None, str, str]:
         """Run a one-shot command to its end: (exit code, stdout, stderr); killed after

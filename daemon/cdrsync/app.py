@@ -19,10 +19,10 @@ from aiohttp import web
 from cdrsync import __version__
 from cdrsync.errors import CdrsyncError, StoreError, TransientError
 from cdrsync.limiter import SlidingWindowLimiter
-from cdrsync.observability import sd_notify
+from cdrsync.observability import StatusBoard, sd_notify, watchdog_interval
 from cdrsync.plan import retry_delay
 from cdrsync.store import Store, StreamLocks
-from cdrsync.sync import Clock, ProgressHook, WindowStream, utcnow
+from cdrsync.sync import Clock, CycleHook, ProgressHook, WindowStream, utcnow
 from cdrsync.transport import Transport
 from cdrsync.vendors import window_source_factory
 
@@ -55,8 +55,14 @@ def limiters_for(account: AccountSettings) -> dict[str, SlidingWindowLimiter]:
     }
 
 
-async def database_dsn(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
-    """``database.dsn``, or a private embedded PostgreSQL under ``daemon.state_dir``."""
+async def database_dsn(
+    settings: Settings, stack: contextlib.AsyncExitStack, *, own_database: bool = True
+) -> str:
+    """``database.dsn``, or a private embedded PostgreSQL under ``daemon.state_dir``.
+
+    The daemon owns the embedded server and stops it on exit. A one-shot command
+    (``own_database=False``: status, migrate, backfill) stops it only if it started it, so
+    asking ``status`` beside a running daemon leaves the daemon's server alone."""
     if settings.database.dsn is not None:
         return settings.database.dsn.reveal()
     from cdrsync.embedded import EmbeddedPostgres
@@ -65,7 +71,8 @@ async def database_dsn(settings: Settings, stack: contextlib.AsyncExitStack) -> 
     data_dir = settings.daemon.state_dir / "postgres"
     log.info("db.embedded_starting", data_dir=str(data_dir))
     dsn = await asyncio.to_thread(server.start, data_dir)
-    stack.push_async_callback(asyncio.to_thread, server.stop)
+    if own_database or server.started:
+        stack.push_async_callback(asyncio.to_thread, server.stop)
     return dsn
 
 
@@ -96,10 +103,12 @@ async def connect_store(settings: Settings, dsn: str, stop: asyncio.Event) -> St
 
 
 @contextlib.asynccontextmanager
-async def runtime(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runtime | None]:
+async def runtime(
+    settings: Settings, stop: asyncio.Event, *, own_database: bool = True
+) -> AsyncIterator[Runtime | None]:
     """Open the database, the HTTP client and the lock session; None if stopped while waiting."""
     async with contextlib.AsyncExitStack() as stack:
-        dsn = await database_dsn(settings, stack)
+        dsn = await database_dsn(settings, stack, own_database=own_database)
         store = await connect_store(settings, dsn, stop)
         if store is None:
             yield None
@@ -125,6 +134,7 @@ def build_stream(
     until: dt.datetime | None = None,
     lookback: dt.timedelta | None = None,
     on_progress: ProgressHook | None = None,
+    on_cycle: CycleHook | None = None,
 ) -> WindowStream:
     """The window stream of one account."""
     name = stream_name(account.name, kind)
@@ -142,6 +152,7 @@ def build_stream(
         until=until,
         lookback=lookback,
         on_progress=on_progress,
+        on_cycle=on_cycle,
         kind=kind,
     )
 
@@ -202,14 +213,35 @@ async def run(settings: Settings, *, stop: asyncio.Event, clock: Clock = utcnow)
         if rt is None:
             return
         await _health_server(rt, stack)
-        streams = [build_stream(rt, a, stop, clock=clock) for a in settings.accounts if a.enabled]
+        board = StatusBoard()
+
+        def cycled(stream: str, ok: bool, lag_s: float | None, rows: int) -> None:
+            sd_notify(f"STATUS={board.update(stream, ok=ok, lag_s=lag_s, rows=rows)}")
+
+        streams = [
+            build_stream(rt, a, stop, clock=clock, on_cycle=cycled)
+            for a in settings.accounts
+            if a.enabled
+        ]
         sd_notify("READY=1", f"STATUS=syncing {len(streams)} streams")
         log.info("daemon.started", streams=[s.name for s in streams], version=__version__)
+        watchdog = asyncio.create_task(_watchdog(watchdog_interval()), name="watchdog")
         try:
             await _run_streams(streams, stop, settings.daemon.shutdown_grace.total_seconds())
         finally:
+            watchdog.cancel()
             sd_notify("STOPPING=1")
             log.info("daemon.stopped")
+
+
+async def _watchdog(interval: float | None) -> None:
+    """Ping systemd's watchdog from the event loop itself: a loop that stops turning stops the
+    pings, and systemd restarts the service (``WatchdogSec=``)."""
+    if interval is None:
+        return
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 async def backfill(
@@ -232,7 +264,7 @@ async def backfill(
     zone = zoneinfo.ZoneInfo(account.timezone)
     start = local_midnight_utc(since, zone)
     end = local_midnight_utc(until, zone) if until else clock() - account.settle
-    async with runtime(settings, stop) as rt:
+    async with runtime(settings, stop, own_database=False) as rt:
         if rt is None:
             return False
         # Rate limits are per account: a backfill beside a running daemon would double the

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -158,4 +158,36 @@ def sd_notify(*lines: str, environ: MutableMapping[str, str] | None = None) -> b
     return True
 
 
-HealthCheck = Callable[[], Any]
+def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings: half of systemd's ``WatchdogSec`` (from
+    ``WATCHDOG_USEC``), or None when the watchdog is off or meant for another process."""
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+class StatusBoard:
+    """The one-line ``STATUS=`` summary systemd shows: streams, failures, worst lag, rows."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, tuple[bool, float | None]] = {}
+        self._rows = 0
+
+    def update(self, stream: str, *, ok: bool, lag_s: float | None, rows: int) -> str:
+        """Record a finished cycle of ``stream``; the new summary line."""
+        self._streams[stream] = (ok, lag_s)
+        self._rows += rows
+        return self.line()
+
+    def line(self) -> str:
+        """E.g. ``3 streams, 1 failing; max lag 63s (acme-in/list); 1204 rows written``."""
+        failing = sum(1 for ok, _ in self._streams.values() if not ok)
+        lags = [(lag, name) for name, (_, lag) in self._streams.items() if lag is not None]
+        text = f"{len(self._streams)} streams, {failing} failing"
+        if lags:
+            lag, name = max(lags)
+            text += f"; max lag {lag:.0f}s ({name})"
+        return f"{text}; {self._rows} rows written"

@@ -67,6 +67,8 @@ class Progress:
 
 
 ProgressHook = Callable[[Progress], None]
+CycleHook = Callable[[str, bool, "float | None", int], None]
+"""Called after every cycle with (stream, succeeded, watermark lag in seconds, rows written)."""
 
 
 @dataclass(slots=True)
@@ -148,6 +150,7 @@ class WindowStream:
         audit_per_cycle: int | None = None,
         write_rows: int = 5000,
         on_progress: ProgressHook | None = None,
+        on_cycle: CycleHook | None = None,
         kind: str = "list",
     ) -> None:
         self.name = name
@@ -170,6 +173,7 @@ class WindowStream:
         # enough to coalesce small windows, bounded so memory does not grow with window size.
         self._write_rows = write_rows
         self._on_progress = on_progress
+        self._on_cycle = on_cycle
         self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
         self._owned_logged: bool | None = None
         self.finished = False
@@ -276,6 +280,8 @@ class WindowStream:
             lag_s=round(lag, 1) if lag is not None else None,
             ms=round((time.monotonic() - began) * 1000),
         )
+        if self._on_cycle is not None:
+            self._on_cycle(self.name, error is None, lag, tally.written.written)
         if error is not None:
             raise error
         return len(planned) > len(windows) and tally.incomplete is None

@@ -566,3 +566,40 @@ async def test_http_listen_port_in_use_is_a_clear_error(
     assert code == 1, out + err
     assert "daemon.http_listen" in err
     assert "Traceback" not in out + err
+
+
+async def test_systemd_notify_ready_status_watchdog_stopping(
+    dsn: str, tmp_path: Path, served: list[RunningServer]
+) -> None:
+    """Under systemd (a real NOTIFY_SOCKET datagram socket) the daemon says READY=1 once
+    started, a STATUS= summary after cycles, WATCHDOG=1 from its loop at half of WatchdogSec,
+    and STOPPING=1 on SIGTERM."""
+    import socket
+
+    sim = quiet_simulator(200, 0.5, seed=47)
+    url = await serve(served, sim)
+    config = write_config(tmp_path / "c.toml", dsn, [account_table(url, start=start_before(0.5))])
+    path = str(tmp_path / "notify.sock")
+    messages: list[str] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.setblocking(False)
+
+        async def drain(until: float) -> None:
+            while time.monotonic() < until:
+                try:
+                    messages.append(sock.recv(4096).decode())
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+
+        async with children(tmp_path) as kids:
+            env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+            daemon = await kids.daemon(config, env=env)
+            await drain(time.monotonic() + 3.0)
+            assert await daemon.terminate(10) == 0, daemon.tail()
+            await drain(time.monotonic() + 0.3)
+    lines = [line for message in messages for line in message.splitlines()]
+    assert "READY=1" in lines, lines
+    assert any(line.startswith("STATUS=1 streams, 0 failing") for line in lines), lines
+    assert lines.count("WATCHDOG=1") >= 5, lines  # every 0.2 s for ~3 s
+    assert lines[-1] == "STOPPING=1", lines

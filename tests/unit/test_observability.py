@@ -9,7 +9,13 @@ import socket
 import pytest
 import structlog
 
-from cdrsync.observability import SecretScrubber, configure_logging, sd_notify
+from cdrsync.observability import (
+    SecretScrubber,
+    StatusBoard,
+    configure_logging,
+    sd_notify,
+    watchdog_interval,
+)
 
 
 @pytest.mark.parametrize(
@@ -97,3 +103,26 @@ def test_sd_notify_sends_datagrams_to_notify_socket(tmp_path):
         assert sd_notify("READY=1", "STATUS=ok", environ={"NOTIFY_SOCKET": path})
         assert server.recv(100) == b"READY=1\nSTATUS=ok"
     assert not sd_notify("READY=1", environ={})
+
+
+@pytest.mark.parametrize(
+    ("environ", "interval"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "junk"}, None),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),  # meant for another process
+    ],
+)
+def test_watchdog_interval_table(environ, interval):
+    """Pings go at half of WatchdogSec, only when systemd asked this very process for them."""
+    assert watchdog_interval(environ) == interval
+
+
+def test_status_line_summarizes_streams():
+    """STATUS= names the stream count, failures, the worst lag and the rows written."""
+    board = StatusBoard()
+    board.update("a/list", ok=True, lag_s=12.0, rows=100)
+    line = board.update("b/list", ok=False, lag_s=63.4, rows=5)
+    assert line == "2 streams, 1 failing; max lag 63s (b/list); 105 rows written"
