@@ -149,7 +149,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _configure(settings)
 
     async def main(stop: asyncio.Event) -> int:
-        async with app.runtime(settings, stop) as rt:
+        async with app.runtime(settings, stop, own_database=False) as rt:
             return EX_OK if rt is not None else EX_TEMPFAIL
 
     return _run_async(main)
@@ -173,7 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _configure(settings, level="warning", stream=sys.stderr)
 
     async def main(stop: asyncio.Event) -> int:
-        async with app.runtime(settings, stop) as rt:
+        async with app.runtime(settings, stop, own_database=False) as rt:
             if rt is None:
                 return EX_TEMPFAIL
             states = await rt.store.states()

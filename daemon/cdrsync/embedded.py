@@ -58,6 +58,9 @@ class EmbeddedPostgres:
         self.data_dir: Path | None = None
         self.socket_dir: Path | None = None
         self._user = SYSTEM_USER if os.geteuid() == 0 else None
+        self._owner: tuple[int, int] | None = None
+        self.started = False
+        """Whether start() started the server (False: it was already running, and is shared)."""
 
     @property
     def log_file(self) -> Path | None:
@@ -70,6 +73,7 @@ class EmbeddedPostgres:
         A server already running on ``data_dir`` (left by a killed cdrsync) is reused.
         """
         self.data_dir = data_dir.expanduser().resolve()
+        self._adopt_owner(self.data_dir)
         self._prepare_data_dir(self.data_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(
@@ -78,7 +82,8 @@ class EmbeddedPostgres:
                 action="initialise the database directory",
             )
         self.socket_dir = self._choose_socket_dir(self.data_dir)
-        if not self.running():
+        self.started = not self.running()
+        if self.started:
             self._pg_start()
         return self.dsn("postgres")
 
@@ -126,10 +131,22 @@ class EmbeddedPostgres:
         Keeping root's groups would make root-group directories apply their (closed) group
         bits instead of the "other" bits that ``_make_traversable`` opens.
         """
+        if self._owner is not None:
+            uid, gid = self._owner
+            return {"user": uid, "group": gid, "extra_groups": []}
         if self._user is None:
             return {}
         entry = _ensure_user(self._user)
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _adopt_owner(self, data_dir: Path) -> None:
+        """As root on an existing cluster, act as the user who owns it (for example the
+        service's systemd DynamicUser) rather than taking the directory over."""
+        if self._user is None or not (data_dir / "PG_VERSION").exists():
+            return
+        info = data_dir.stat()
+        if info.st_uid != 0:
+            self._owner = (info.st_uid, info.st_gid)
 
     def _pg_start(self) -> None:
         if self.socket_dir is None:
@@ -153,7 +170,7 @@ class EmbeddedPostgres:
 
     def _prepare_data_dir(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        if self._user is None:
+        if self._user is None or self._owner is not None:
             return
         entry = _ensure_user(self._user)
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
