@@ -19,6 +19,8 @@ from aiohttp import web
 from cdrsync import __version__
 from cdrsync.errors import CdrsyncError, StoreError, TransientError
 from cdrsync.limiter import SlidingWindowLimiter
+from cdrsync.metrics import CONTENT_TYPE, Metrics
+from cdrsync.model import WriteResult
 from cdrsync.observability import StatusBoard, sd_notify, watchdog_interval
 from cdrsync.plan import retry_delay
 from cdrsync.store import Store, StreamLocks
@@ -40,6 +42,7 @@ class Runtime:
     store: Store
     transport: Transport
     locks: StreamLocks
+    metrics: Metrics
 
 
 def stream_name(account: str, kind: str = "list") -> str:
@@ -116,10 +119,11 @@ async def runtime(
         stack.push_async_callback(store.close)
         locks = store.lock_session()
         stack.push_async_callback(locks.close)
+        metrics = Metrics()
         transport = await stack.enter_async_context(
-            Transport.open(user_agent=f"cdrsync/{__version__}")
+            Transport.open(user_agent=f"cdrsync/{__version__}", observer=metrics)
         )
-        yield Runtime(settings, store, transport, locks)
+        yield Runtime(settings, store, transport, locks, metrics)
 
 
 def build_stream(
@@ -172,9 +176,13 @@ async def _health_server(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
             return web.json_response({"status": "unavailable", "database": str(exc)}, status=503)
         return web.json_response({"status": "ready", "database": "ok"})
 
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=rt.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
@@ -215,8 +223,10 @@ async def run(settings: Settings, *, stop: asyncio.Event, clock: Clock = utcnow)
         await _health_server(rt, stack)
         board = StatusBoard()
 
-        def cycled(stream: str, ok: bool, lag_s: float | None, rows: int) -> None:
-            sd_notify(f"STATUS={board.update(stream, ok=ok, lag_s=lag_s, rows=rows)}")
+        def cycled(stream: str, ok: bool, lag_s: float | None, written: WriteResult) -> None:
+            rt.metrics.on_cycle(stream, ok, lag_s, written)
+            line = board.update(stream, ok=ok, lag_s=lag_s, rows=written.written)
+            sd_notify(f"STATUS={line}")
 
         streams = [
             build_stream(rt, a, stop, clock=clock, on_cycle=cycled)

@@ -67,8 +67,8 @@ class Progress:
 
 
 ProgressHook = Callable[[Progress], None]
-CycleHook = Callable[[str, bool, "float | None", int], None]
-"""Called after every cycle with (stream, succeeded, watermark lag in seconds, rows written)."""
+CycleHook = Callable[[str, bool, "float | None", WriteResult], None]
+"""Called after every cycle with (stream, succeeded, watermark lag in seconds, what it wrote)."""
 
 
 @dataclass(slots=True)
@@ -281,7 +281,7 @@ class WindowStream:
             ms=round((time.monotonic() - began) * 1000),
         )
         if self._on_cycle is not None:
-            self._on_cycle(self.name, error is None, lag, tally.written.written)
+            self._on_cycle(self.name, error is None, lag, tally.written)
         if error is not None:
             raise error
         return len(planned) > len(windows) and tally.incomplete is None

@@ -10,7 +10,7 @@ import aiohttp
 from cdrsync.embedded import EmbeddedPostgres
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
-from support import acefone_settings, eventually, running_daemon
+from support import acefone_settings, eventually, running_daemon, synced
 
 
 def free_port() -> int:
@@ -53,3 +53,48 @@ async def test_readyz_follows_the_database_and_healthz_stays_up(
             assert await eventually(lambda: ready_is(200), timeout=30), seen[-5:]
     finally:
         await server.close()
+
+
+async def test_metrics_count_rows_requests_and_429s(dsn: str, store) -> None:
+    """/metrics parses as Prometheus text; rows inserted equal the calls stored, 200s are
+    counted, every 429 the simulator sent is counted, and the lag gauge is set."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(seed=4, backlog=1200, backlog_days=0.5, live_per_minute=0,
+                         rate_limit=8, rate_period_s=2.0)
+    )  # fmt: skip
+    server = await start_server(sim)
+    port = free_port()
+    settings = acefone_settings(
+        server.base_url, dsn, daemon={"http_listen": f"127.0.0.1:{port}"},
+        account={"rate_limits": {"list": "30/2s"}},
+    )  # fmt: skip
+    try:
+        async with running_daemon(settings), aiohttp.ClientSession() as http:
+            assert await synced(store, sim, timeout=60) == {"missing": [], "extra": [], "stale": []}
+            await asyncio.sleep(1.0)  # let the cycle that wrote the last rows report
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+    finally:
+        await server.close()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    stored = await store.call_count("acefone", "acme-in")
+    assert value("cdrsync_rows_total", stream="acme-in/list", result="inserted") == stored
+    ok = value("cdrsync_requests_total", account="acme-in", endpoint="acefone.call_records",
+               status="200")  # fmt: skip
+    assert ok > 0
+    limited = value(
+        "cdrsync_rate_limited_total", account="acme-in", endpoint="acefone.call_records"
+    )
+    assert limited == sim.stats.rate_limited > 0
+    assert ("cdrsync_watermark_lag_seconds", (("stream", "acme-in/list"),)) in samples

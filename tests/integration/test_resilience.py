@@ -212,7 +212,7 @@ async def test_5xx_slow_and_truncated_pages_are_retried_and_nothing_is_skipped(d
                 assert not daemon.done()
     assert diff == IN_STEP
     assert sim.stats.responses.get(503, 0) > 0
-    retries = events(logs, "http.retry", endpoint="acefone.call_records")
+    retries = events(logs, "http.retry", endpoint="acme-in/acefone.call_records")
     kinds = {e["error"] for e in retries}
     assert {"TransientError", "BadPageError"} <= kinds, kinds
 

@@ -1,0 +1,118 @@
+"""Prometheus metrics, served at ``/metrics`` on ``daemon.http_listen``.
+
+One private registry per process (tests build their own). The transport reports every request
+attempt (``RequestObserver``), and each stream reports every finished cycle.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from cdrsync.errors import CdrsyncError
+from cdrsync.model import WriteResult
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def split_endpoint(endpoint: str) -> tuple[str, str]:
+    """``"acme-in/acefone.call_records"`` -> ``("acme-in", "acefone.call_records")``."""
+    account, _, name = endpoint.rpartition("/")
+    return account, name
+
+
+class Metrics:
+    """Every metric cdrsync exports; also the transport's ``RequestObserver``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rows = Counter(
+            "cdrsync_rows", "Calls a stream wrote or found unchanged, by outcome.",
+            ["stream", "result"], registry=r,
+        )  # fmt: skip
+        self.rejects = Counter(
+            "cdrsync_rejects", "Records that could not be normalized (see the rejects table).",
+            ["stream"], registry=r,
+        )  # fmt: skip
+        self.cycles = Counter(
+            "cdrsync_cycles", "Sync cycles, by outcome (ok or failed).", ["stream", "outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.lag = Gauge(
+            "cdrsync_watermark_lag_seconds", "How far a stream's watermark is behind now.",
+            ["stream"], registry=r,
+        )  # fmt: skip
+        self.last_success = Gauge(
+            "cdrsync_last_success_timestamp_seconds", "When a stream last finished a cycle.",
+            ["stream"], registry=r,
+        )  # fmt: skip
+        self.requests = Counter(
+            "cdrsync_requests", "Vendor API responses, by account, endpoint and HTTP status.",
+            ["account", "endpoint", "status"], registry=r,
+        )  # fmt: skip
+        self.rate_limited = Counter(
+            "cdrsync_rate_limited", "Vendor answers 429 (rate limited).",
+            ["account", "endpoint"], registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "cdrsync_retries", "Request attempts retried after a transient failure.",
+            ["account", "endpoint"], registry=r,
+        )  # fmt: skip
+        self.errors = Counter(
+            "cdrsync_request_errors", "Failed request attempts, by error category.",
+            ["account", "endpoint", "error"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "cdrsync_request_seconds", "Vendor API response time.", ["account", "endpoint"],
+            registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+    # ---------------------------------------------------------------- streams
+
+    def on_cycle(self, stream: str, ok: bool, lag_s: float | None, written: WriteResult) -> None:
+        """A stream finished a cycle."""
+        self.cycles.labels(stream, "ok" if ok else "failed").inc()
+        for result, count in (
+            ("inserted", written.inserted),
+            ("updated", written.updated),
+            ("unchanged", written.unchanged),
+        ):
+            self.rows.labels(stream, result).inc(count)
+        self.rejects.labels(stream).inc(written.rejected)
+        if lag_s is not None:
+            self.lag.labels(stream).set(lag_s)
+        if ok:
+            self.last_success.labels(stream).set(time.time())
+
+    # ---------------------------------------------------------------- transport
+
+    def on_response(self, endpoint: str, status: int, elapsed_s: float) -> None:
+        """An attempt got a complete response."""
+        account, name = split_endpoint(endpoint)
+        self.requests.labels(account, name, str(status)).inc()
+        self.latency.labels(account, name).observe(elapsed_s)
+        if status == 429:
+            self.rate_limited.labels(account, name).inc()
+
+    def on_error(self, endpoint: str, error: CdrsyncError) -> None:
+        """An attempt failed."""
+        account, name = split_endpoint(endpoint)
+        self.errors.labels(account, name, type(error).__name__).inc()
+
+    def on_retry(self, endpoint: str, attempt: int, wait_s: float, error: CdrsyncError) -> None:
+        """Another attempt follows."""
+        account, name = split_endpoint(endpoint)
+        self.retries.labels(account, name).inc()
