@@ -176,10 +176,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         async with app.runtime(settings, stop, own_database=False) as rt:
             if rt is None:
                 return EX_TEMPFAIL
+            now = dt.datetime.now(dt.UTC)
             states = await rt.store.states()
-        text, failing = render_status(
-            states, settings, now=dt.datetime.now(dt.UTC), as_json=args.json
-        )
+            midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            today = await rt.store.rows_since(midnight)
+        text, failing = render_status(states, settings, now=now, as_json=args.json, today=today)
         print(text)
         return EX_FAIL if failing else EX_OK
 

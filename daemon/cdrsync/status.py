@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -40,7 +40,9 @@ def _ago(moment: dt.datetime | None, now: dt.datetime) -> str:
     return f"{seconds // 3600}h ago"
 
 
-def assess(state: StreamState, settings: Settings, now: dt.datetime) -> dict[str, Any]:
+def assess(
+    state: StreamState, settings: Settings, now: dt.datetime, rows_today: int | None = None
+) -> dict[str, Any]:
     """One stream's figures and health, as ``status --json`` prints them."""
     lag = (now - state.watermark).total_seconds() if state.watermark else None
     failing = state.last_error_at is not None and (
@@ -57,6 +59,7 @@ def assess(state: StreamState, settings: Settings, now: dt.datetime) -> dict[str
         "lag_s": round(lag) if lag is not None else None,
         "last_success_at": state.last_success_at.isoformat() if state.last_success_at else None,
         "last_error": state.last_error if failing else None,
+        "rows_today": rows_today,
         "rows_inserted": state.rows_inserted,
         "rows_updated": state.rows_updated,
         "cycles": state.cycles,
@@ -65,16 +68,24 @@ def assess(state: StreamState, settings: Settings, now: dt.datetime) -> dict[str
 
 
 def render_status(
-    states: Sequence[StreamState], settings: Settings, *, now: dt.datetime, as_json: bool = False
+    states: Sequence[StreamState],
+    settings: Settings,
+    *,
+    now: dt.datetime,
+    as_json: bool = False,
+    today: Mapping[tuple[str, str], int] | None = None,
 ) -> tuple[str, bool]:
-    """The status report and whether any stream is failing or lagging (exit code 1)."""
-    rows = [assess(s, settings, now) for s in states]
+    """The status report and whether any stream is failing or lagging (exit code 1).
+
+    ``today``: calls first stored since midnight UTC, per (vendor, account)."""
+    today = today or {}
+    rows = [assess(s, settings, now, today.get((s.vendor, s.account), 0)) for s in states]
     unhealthy = any(r["health"] != "ok" for r in rows if r["kind"] == "list")
     if as_json:
         return orjson.dumps({"streams": rows}, option=orjson.OPT_INDENT_2).decode(), unhealthy
     if not rows:
         return "no streams yet: run `cdrsync run` first", False
-    header = ("STREAM", "HEALTH", "WATERMARK", "LAG", "LAST SUCCESS", "ROWS", "LAST ERROR")
+    header = ("STREAM", "HEALTH", "WATERMARK", "LAG", "LAST SUCCESS", "TODAY", "ROWS", "LAST ERROR")
     table = [header]
     for row, state in zip(rows, states, strict=True):
         table.append(
@@ -84,6 +95,7 @@ def render_status(
                 state.watermark.strftime("%Y-%m-%d %H:%M:%SZ") if state.watermark else "-",
                 f"{row['lag_s']}s" if row["lag_s"] is not None else "-",
                 _ago(state.last_success_at, now),
+                str(row["rows_today"]),
                 f"{state.rows_inserted}+{state.rows_updated}",
                 (row["last_error"] or "")[:80],
             )

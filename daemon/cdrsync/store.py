@@ -406,6 +406,12 @@ class Store:
                 QUERIES["window_checked"], stream, window.start, window.end, now
             )
 
+    async def rows_since(self, since: dt.datetime) -> dict[tuple[str, str], int]:
+        """``(vendor, account) -> calls first stored at or after ``since``."""
+        with translate("count the calls stored recently", self._dsn):
+            rows = await self._pool.fetch(QUERIES["rows_since"], since)
+        return {(r["vendor"], r["account"]): int(r["rows"]) for r in rows}
+
     async def call_count(self, vendor: str | None = None, account: str | None = None) -> int:
         """How many calls are stored (for one vendor and/or account when given)."""
         with translate("count calls", self._dsn):

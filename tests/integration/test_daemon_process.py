@@ -453,6 +453,11 @@ async def test_status_after_a_run_and_migrate_on_an_empty_database(
     mark = await watermark(dsn)
     assert mark is not None
     assert dt.datetime.fromisoformat(streams[STREAM]["watermark"]) == mark
+    stored_today = await fetch(
+        dsn,
+        "SELECT count(*) AS n FROM calls WHERE first_seen_at >= date_trunc('day', now(), 'UTC')",
+    )
+    assert streams[STREAM]["rows_today"] == stored_today[0]["n"] > 0
 
     assert mcode == 0, mout + merr
     tables = await fetch(

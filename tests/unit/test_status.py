@@ -54,6 +54,16 @@ def test_failing_stream_is_reported_with_its_error():
     assert unhealthy
 
 
+def test_rows_today_per_account_in_table_and_json():
+    """Calls first stored today are shown per stream, from its vendor and account."""
+    today = {("acefone", "acme-in"): 42}
+    text, _ = render_status([state()], SETTINGS, now=NOW, today=today)
+    header, row = text.splitlines()
+    assert row[header.index("TODAY") :].split()[0] == "42"
+    data, _ = render_status([state()], SETTINGS, now=NOW, today=today, as_json=True)
+    assert orjson.loads(data)["streams"][0]["rows_today"] == 42
+
+
 def test_lagging_stream_and_json():
     """A watermark far behind is 'lagging'; --json carries the same facts for scripts."""
     old = state(watermark=NOW - dt.timedelta(hours=5))

@@ -184,3 +184,10 @@ UPDATE sync_windows SET checked_at = $4 WHERE stream = $1 AND window_start = $2 
 -- name: forget_windows
 -- Windows that fell out of the audit horizon are not checked again.
 DELETE FROM sync_windows WHERE stream = $1 AND window_end < $2;
+
+-- name: rows_since
+-- Calls first stored since $1, per vendor and account (for `cdrsync status`: rows today).
+SELECT vendor, account, count(*)::bigint AS rows
+FROM calls
+WHERE first_seen_at >= $1
+GROUP BY vendor, account;
