@@ -143,6 +143,8 @@ def build_stream(
     """The window stream of one account."""
     name = stream_name(account.name, kind)
     limiters = limiters or limiters_for(account)
+    for group, limiter in limiters.items():
+        rt.metrics.watch_limiter(account.name, group, limiter)
     source = window_source_factory(account.vendor)(account, rt.transport, limiters, name)
     return WindowStream(
         name=name,

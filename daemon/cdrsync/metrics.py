@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from cdrsync.errors import CdrsyncError
+from cdrsync.limiter import SlidingWindowLimiter
 from cdrsync.model import WriteResult
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -71,10 +72,23 @@ class Metrics:
             "cdrsync_request_errors", "Failed request attempts, by error category.",
             ["account", "endpoint", "error"], registry=r,
         )  # fmt: skip
+        self.budget_used = Gauge(
+            "cdrsync_rate_budget_used", "Requests in the current sliding window of a limit.",
+            ["account", "limit"], registry=r,
+        )  # fmt: skip
+        self.budget_limit = Gauge(
+            "cdrsync_rate_budget_limit", "Requests a limit allows in one window.",
+            ["account", "limit"], registry=r,
+        )  # fmt: skip
         self.latency = Histogram(
             "cdrsync_request_seconds", "Vendor API response time.", ["account", "endpoint"],
             registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
+
+    def watch_limiter(self, account: str, group: str, limiter: SlidingWindowLimiter) -> None:
+        """Export how much of ``limiter``'s budget the current sliding window has used."""
+        self.budget_used.labels(account, group).set_function(lambda: limiter.used(time.monotonic()))
+        self.budget_limit.labels(account, group).set(limiter.limit)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -98,3 +98,6 @@ async def test_metrics_count_rows_requests_and_429s(dsn: str, store) -> None:
     )
     assert limited == sim.stats.rate_limited > 0
     assert ("cdrsync_watermark_lag_seconds", (("stream", "acme-in/list"),)) in samples
+    assert value("cdrsync_rate_budget_limit", account="acme-in", limit="list") == 30
+    used = ("cdrsync_rate_budget_used", (("account", "acme-in"), ("limit", "list")))
+    assert 0 <= samples[used] <= 30
