@@ -108,12 +108,14 @@ def check_complete(totals: Sequence[int], received: int, *, reread_later: bool) 
     received (records without a key count one each).
 
     Exact: every page reported the same count and the keys match it. Otherwise rows moved
-    while the window was read. Acefone only ever adds rows (a call is listed when it ends), so
-    a read that went on to a short page saw every row that existed when it began: when it got
-    at least the count of its first page and only the count grew, the rows it may lack appeared
-    during the read. Such a window may close if a later cycle reads it again anyway
-    (``reread_later``: it is inside the lookback) — a busy account's newest window drifts on
-    almost every read and would otherwise never close. Anything else (fewer keys than the
+    while the window was read. Acefone only ever adds rows (a call is listed when it ends); when
+    only the count grew and the read got at least the count of its first page, the window may
+    close if a later cycle reads it again anyway (``reread_later``: it is inside the lookback)
+    — a busy account's newest window drifts on almost every read and would otherwise never
+    close. Such a read may still lack rows (those that appeared during it, or, with pages
+    fetched concurrently, one pushed across a page boundary between two fetches): the next
+    cycle's re-read fetches them, and the window is recorded with the count *received*, so the
+    audit reads it again if the vendor later counts more. Anything else (fewer keys than the
     first count, a count that shrank) is short and must be read again.
     """
     if not totals:

@@ -348,3 +348,30 @@ async def test_stream_locks_are_lost_on_restart(
         assert await locks.alive()
     finally:
         await locks.close()
+
+
+async def test_records_postgres_cannot_store_become_rejects_not_a_stuck_batch(store) -> None:
+    """A NUL character or an out-of-range number in one record sends that record to rejects;
+    the rest of its page is stored (kept, it would fail the whole batch on every cycle)."""
+    import zoneinfo
+
+    import orjson
+
+    from cdrsync.vendors.acefone import parse_page
+
+    good = {"id": "ok1", "date": "2026-11-20", "time": "10:00:00", "end_stamp": "",
+            "call_duration": 30, "status": "answered"}  # fmt: skip
+    page = orjson.dumps(
+        {"count": 3, "results": [good, {**good, "id": "nul1", "agent_name": "a\x00b"},
+                                 {**good, "id": "big1", "call_duration": 10**12}]}
+    )  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    parsed = parse_page(
+        page, account="main", stream="main/list", zone=zoneinfo.ZoneInfo("Asia/Kolkata"),
+        fetched_at=now,
+    )  # fmt: skip
+    await store.ensure_stream("main/list", vendor="acefone", account="main", kind="list")
+    result = await store.write_batch("main/list", parsed.records, parsed.rejects, now=now)
+    assert (result.inserted, result.rejected) == (1, 2)
+    assert await store.call_count("acefone", "main") == 1
+    assert await store.reject_count("acefone", "main") == 2

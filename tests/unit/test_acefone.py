@@ -77,6 +77,9 @@ def test_content_hash_tracks_content_only():
         ({"time": "19:19"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
         ({"end_stamp": "2024-05-02 19:19+05"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
         ({"end_stamp": "2024-05-02T19:19:59"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ({"date": "0001-01-01", "time": "00:00:00"}, "out of range"),
+        ({"call_duration": 10**12}, "call_duration=1000000000000 is out of range"),
+        ({"agent_name": "bad\x00name"}, "NUL character"),
     ],
 )
 def test_malformed_records_are_rejected_with_a_reason(patch, message):

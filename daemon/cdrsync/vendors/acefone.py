@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 VENDOR = "acefone"
 LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
+INT4_MAX = 2**31 - 1
 # Refresh a login token this long before Acefone's one-hour expiry.
 TOKEN_REFRESH_MARGIN_S = 300.0
 
@@ -71,13 +72,20 @@ def _int(record: Mapping[str, Any], field: str) -> int | None:
         return None
     if isinstance(value, bool):
         raise ParseError(f"{field} is a boolean, expected a number of seconds")
+    number: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise ParseError(f"{field}={str(value)[:40]!r} is not a whole number")
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None:
+        raise ParseError(f"{field}={str(value)[:40]!r} is not a whole number")
+    if not -INT4_MAX <= number <= INT4_MAX:
+        # The column is a PostgreSQL integer: a wild value would fail the whole batch, every
+        # cycle, instead of rejecting this one record.
+        raise ParseError(f"{field}={number} is out of range for seconds")
+    return number
 
 
 def _naive(text: Any, field: str) -> dt.datetime:
@@ -92,7 +100,14 @@ def _naive(text: Any, field: str) -> dt.datetime:
 
 
 def _local(text: Any, field: str, zone: dt.tzinfo) -> dt.datetime:
-    return _naive(text, field).replace(tzinfo=zone).astimezone(dt.UTC)
+    return _utc(_naive(text, field), field, zone)
+
+
+def _utc(naive: dt.datetime, field: str, zone: dt.tzinfo) -> dt.datetime:
+    try:
+        return naive.replace(tzinfo=zone).astimezone(dt.UTC)
+    except OverflowError:  # e.g. 0001-01-01 00:00 in IST is before year 1 in UTC
+        raise ParseError(f"{field}={naive} is out of range") from None
 
 
 def _ring_seconds(value: Any) -> int | None:
@@ -137,12 +152,16 @@ def normalize(
     if record.get("date") in (None, "") or record.get("time") in (None, ""):
         raise ParseError("record has no start date/time")
     started_local = _naive(f"{record['date']} {record['time']}", "date+time")
-    started_at = started_local.replace(tzinfo=zone).astimezone(dt.UTC)
+    started_at = _utc(started_local, "date+time", zone)
     end_stamp = record.get("end_stamp")
     ended_at = _local(end_stamp, "end_stamp", zone) if end_stamp not in (None, "") else None
     duration_s = _int(record, "call_duration")
     talk_s = _int(record, "answered_seconds")
     raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    if b"\\u0000" in raw:
+        # PostgreSQL stores no NUL character in text or jsonb; kept, it would fail the whole
+        # batch on every cycle. The record goes to rejects instead.
+        raise ParseError("record contains a NUL character, which PostgreSQL cannot store")
     direction = _text(record.get("direction"))
     status = _text(record.get("status"))
     return CallRecord(
