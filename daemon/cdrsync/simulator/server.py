@@ -209,7 +209,12 @@ async def start_server(
     sim: AcefoneSimulator, host: str = "127.0.0.1", port: int = 0
 ) -> RunningServer:
     """Serve ``sim`` on host:port (0 picks a free port) and return once it accepts connections."""
-    runner = web.AppRunner(build_app(sim), access_log=None)
+    return await serve_app(build_app(sim), host, port)
+
+
+async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
+    """Serve any simulator's ``app`` on host:port (0 picks a free port) once it accepts."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -1,0 +1,552 @@
+"""VCC Live (Database API v2): day lists, per-call lookups, record events and Add record.
+
+The pure parsers live in ``vcclive_parse.py`` and are re-exported here; this module adds the
+request paths, the lookup schedule (pure) and the thin clients. Vendor behaviour answered here
+(vendor-notes.md, section 1):
+- HTTP Basic auth with the call-centre subdomain as user and the API token as password. The
+  docs' examples put both in the URL; cdrsync sends them in the ``Authorization`` header only,
+  so they can never reach a log line that names a URL;
+- ``GET /v2/cdrs/Y/M/D`` pages by ``start``/``num`` over one local day (the finest window);
+- a call's CDR is processed after the call ends: ``GET /v2/cdr/Y/M/{uuid}`` answers 404 until
+  then. VCC advises asking 5 minutes after the webhook and then every 5 minutes, 20 times in
+  all (``lookup_schedule``); a 404 before the last attempt is normal, not an error;
+- ``POST /v2/projects/{p}/records`` is not idempotent: it is sent exactly once per call
+  (``RetryPolicy(attempts=1)``) and the outbox decides what an unknown outcome means.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+import structlog
+
+from cdrsync.errors import AuthError, ParseError, PermanentError
+from cdrsync.model import (
+    CallRecord,
+    LookupItem,
+    LookupOutcome,
+    LookupRequest,
+    Page,
+    PushResult,
+    Reject,
+)
+from cdrsync.transport import RetryPolicy
+from cdrsync.vendors.acefone import digest
+from cdrsync.vendors.vcclive_parse import (
+    DIRECTIONS,
+    VENDOR,
+    agent_of,
+    as_text,
+    as_whole,
+    canonical,
+    normalize,
+    parse_cdr,
+    parse_day_page,
+    parse_record_data,
+    parse_record_detail,
+    parties,
+    read_stamp,
+    soft_int,
+    to_utc,
+    unwrap,
+)
+
+if TYPE_CHECKING:
+    from cdrsync.config import AccountSettings
+    from cdrsync.limiter import SlidingWindowLimiter
+    from cdrsync.model import CallEvent
+    from cdrsync.transport import Response, Transport
+
+T = TypeVar("T")
+
+__all__ = [
+    "VENDOR",
+    "VccDaySource",
+    "VccLookups",
+    "VccOutbox",
+    "add_records_body",
+    "cdr_path",
+    "day_path",
+    "lookup_schedule",
+    "normalize",
+    "parse_add_result",
+    "parse_cdr",
+    "parse_day_page",
+    "parse_push",
+    "parse_record_data",
+    "parse_record_detail",
+    "record_path",
+    "records_path",
+    "unwrap",
+]
+
+log = structlog.get_logger(__name__)
+
+# An add is not idempotent: a transport retry after a lost answer could add the records twice.
+ADD_POLICY = RetryPolicy(attempts=1)
+RECORD_LOOKUP_DELAY = dt.timedelta(minutes=1)
+"""A record's events are fetched a minute after its disposition webhook: the event the webhook
+announces is written by then."""
+
+
+# ---------------------------------------------------------------------------- pure: paths
+
+
+def day_path(day: dt.date) -> str:
+    """``/v2/cdrs/YYYY/MM/DD``: the CDRs of one local day."""
+    return f"/v2/cdrs/{day.year:04d}/{day.month:02d}/{day.day:02d}"
+
+
+def cdr_path(year: int, month: int, uuid: str) -> str:
+    """``/v2/cdr/YYYY/MM/{uuid}``; the uuid comes from a webhook, so it is quoted whole."""
+    return f"/v2/cdr/{int(year):04d}/{int(month):02d}/{urllib.parse.quote(uuid, safe='')}"
+
+
+def record_path(projectid: int, numberid: int) -> str:
+    """``/v2/projects/{projectid}/records/{numberid}``: one record's data, events and CDRs."""
+    return f"/v2/projects/{int(projectid)}/records/{int(numberid)}"
+
+
+def records_path(projectid: int) -> str:
+    """``/v2/projects/{projectid}/records``: where Add record posts."""
+    return f"/v2/projects/{int(projectid)}/records"
+
+
+# ---------------------------------------------------------------------------- pure: schedule
+
+
+def lookup_schedule(
+    created_at: dt.datetime,
+    attempts: int,
+    now: dt.datetime,
+    *,
+    delay: dt.timedelta,
+    interval: dt.timedelta,
+    max_attempts: int,
+) -> dt.datetime | None:
+    """When the next uuid lookup is due, never before ``now``; None once all attempts are made.
+
+    VCC's advice: first ``delay`` after the webhook, then every ``interval``, ``max_attempts``
+    times in all. With ``attempts`` requests made, the next is due at ``created_at + delay +
+    attempts * interval``; a past instant means "due now" (the result is ``now``). After an
+    attempt the caller passes ``now + interval`` as ``now``: a late attempt (daemon down,
+    queue behind) then pushes the rest of the schedule back instead of bunching the missed
+    attempts into a burst, so attempts are always at least ``interval`` apart.
+    """
+    if attempts >= max_attempts:
+        return None
+    return max(created_at + delay + attempts * interval, now)
+
+
+# ---------------------------------------------------------------------------- push
+
+
+def _push_start(
+    doc: Mapping[str, Any], zone: dt.tzinfo
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """(UTC start, local start) from ``call_start_time`` (local), else ``timestamp`` (ISO)."""
+    for field in ("call_start_time", "timestamp"):
+        with contextlib.suppress(ParseError):
+            stamp = read_stamp(doc.get(field), field)
+            if stamp is not None:
+                started = to_utc(stamp, field, zone)
+                return started, started.astimezone(zone)
+    return None, None
+
+
+def _push_call(
+    doc: Mapping[str, Any], key: str, account: AccountSettings, received_at: dt.datetime
+) -> CallRecord:
+    """The provisional call of a webhook: visible at once, replaced by its CDR later."""
+    zone = account.zone
+    started_at, local = _push_start(doc, zone)
+    direction = DIRECTIONS.get((as_text(doc.get("direction")) or "").lower())
+    customer, line = parties(direction, as_text(doc.get("source")), as_text(doc.get("destination")))
+    raw = canonical(doc)
+    return CallRecord(
+        vendor=VENDOR,
+        account=account.name,
+        call_key=key,
+        call_id=as_text(doc.get("numberid")),
+        call_uuid=key,
+        direction=direction,
+        status=None,
+        started_at=started_at,
+        answered_at=None,
+        ended_at=None,
+        duration_s=None,
+        talk_s=None,
+        ring_s=None,
+        agent_name=as_text(doc.get("username")) or as_text(doc.get("agentName")),
+        agent_number=agent_of(soft_int(doc.get("userid"))),
+        customer_number=customer,
+        line_number=line,
+        department=as_text(doc.get("projectName")) or as_text(doc.get("projectid")),
+        hangup_cause=None,
+        recording_url=None,
+        service=None,
+        description=None,
+        local_date=local.date() if local is not None else None,
+        raw=raw.decode(),
+        content_hash=digest(raw),
+        fetched_at=received_at,
+        source="push",
+    )
+
+
+def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) -> PushResult:
+    """A Call Disposition webhook: a provisional call now, and lookups for its CDR and events.
+
+    The webhook is a trigger, not a CDR (it fires only when an agent or the dialer disposes a
+    call): the ``vcclive.cdr`` lookup fetches the real CDR by uuid after ``lookup_delay``, in
+    the month of the call's local start (the path takes year and month).
+    """
+    key = as_text(doc.get("uuid")) if isinstance(doc, dict) else None
+    if key is None:
+        raise ParseError("VCC Live webhook has no call uuid; it is not a Call Disposition")
+    records: tuple[CallRecord, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+    try:
+        records = (_push_call(doc, key, account, received_at),)
+    except ParseError as exc:
+        payload = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
+        rejects = (Reject(VENDOR, account.name, "push", key, str(exc), payload, received_at),)
+    _, local = _push_start(doc, account.zone)
+    month = local or received_at.astimezone(account.zone)
+    lookups = [
+        LookupRequest(
+            kind="vcclive.cdr",
+            call_key=key,
+            context={"year": month.year, "month": month.month},
+            not_before=received_at + account.option("lookup_delay"),
+        )
+    ]
+    projectid, numberid = soft_int(doc.get("projectid")), soft_int(doc.get("numberid"))
+    if account.option("record_details") and projectid is not None and numberid is not None:
+        lookups.append(
+            LookupRequest(
+                kind="vcclive.record",
+                call_key=f"{projectid}/{numberid}",
+                context={"projectid": projectid, "numberid": numberid},
+                not_before=received_at + RECORD_LOOKUP_DELAY,
+            )
+        )
+    return PushResult(records=records, rejects=rejects, lookups=tuple(lookups))
+
+
+# ---------------------------------------------------------------------------- add record
+
+
+def add_records_body(payloads: Sequence[Mapping[str, Any]]) -> bytes:
+    """The JSON array body of ``POST /v2/projects/{p}/records`` (many records in one request).
+
+    Each payload must be an object with a ``form`` object (VCC requires it); anything else is
+    a ``PermanentError`` naming the payload's position, before a request is sent.
+    """
+    for index, payload in enumerate(payloads):
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("form"), Mapping):
+            raise PermanentError(
+                f"outbox payload {index} has no form object; VCC Live requires form "
+                "(the record's data); fix the outbox row"
+            )
+    try:
+        return orjson.dumps([dict(payload) for payload in payloads])
+    except TypeError as exc:
+        raise PermanentError(f"outbox payload is not JSON-serializable ({exc})") from None
+
+
+def parse_add_result(body: bytes, count: int, *, endpoint: str = "vcclive.add_record") -> list[int]:
+    """The numberids of ``count`` added records, in payload order.
+
+    ``{"response": [7, 8], "errors": []}``. Errors, or a count that does not match what was
+    sent, are a ``PermanentError`` (never retried blindly: an add is not idempotent).
+    """
+    response = unwrap(body, endpoint=endpoint)
+    ids = [as_whole(item) for item in response] if isinstance(response, list) else None
+    if ids is None or len(ids) != count or any(i is None or i < 1 for i in ids):
+        shown = orjson.dumps(response).decode()[:80]
+        raise PermanentError(
+            f"{endpoint}: VCC Live answered {shown} for {count} added record(s), not one "
+            "numberid each; check the project's records before sending again"
+        )
+    return [i for i in ids if i is not None]
+
+
+# ---------------------------------------------------------------------------- thin clients
+
+
+def _basic_auth(account: AccountSettings) -> str:
+    if not account.username or account.api_key is None:
+        raise AuthError(f"account {account.name}: VCC Live needs username and api_key")
+    pair = f"{account.username}:{account.api_key.reveal()}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _not_found(exc: PermanentError) -> bool:
+    """Whether a refusal was HTTP 404 (the transport's message says "HTTP 404,")."""
+    return getattr(exc, "status", None) == 404 or ": HTTP 404," in str(exc)
+
+
+class _Client:
+    """What every VCC Live client of one account shares: auth header, limits, timeouts."""
+
+    vendor = VENDOR
+
+    def __init__(
+        self,
+        account: AccountSettings,
+        transport: Transport,
+        limiters: Mapping[str, SlidingWindowLimiter],
+        stream: str,
+    ) -> None:
+        self._account = account
+        self._transport = transport
+        self._limiters = limiters
+        self._stream = stream
+        self._zone = account.zone
+        self._timeout_s = account.request_timeout.total_seconds()
+        self._policy = RetryPolicy(attempts=account.retry_attempts)
+        self._headers = {"Authorization": _basic_auth(account), "Accept": "application/json"}
+
+    def _endpoint(self, name: str) -> str:
+        return f"{self._account.name}/vcclive.{name}"
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        group: str,
+        name: str,
+        parse: Callable[[Response], T],
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> T:
+        return await self._transport.request(
+            method,
+            f"{self._account.base_url}{path}",
+            limiter=self._limiters[group],
+            endpoint=self._endpoint(name),
+            params=params,
+            headers=self._headers,
+            json_body=body,
+            parse=parse,
+            timeout_s=self._timeout_s,
+            policy=policy or self._policy,
+        )
+
+
+class VccDaySource(_Client):
+    """Pages of ``GET /v2/cdrs/Y/M/D`` (one local day, ``start``/``num`` offsets)."""
+
+    def __init__(
+        self,
+        account: AccountSettings,
+        transport: Transport,
+        limiters: Mapping[str, SlidingWindowLimiter],
+        stream: str,
+    ) -> None:
+        super().__init__(account, transport, limiters, stream)
+        self.page_size = account.page_size
+
+    async def fetch_day(self, day: dt.date, offset: int, num: int) -> Page:
+        """Rows ``offset`` .. ``offset + num`` of ``day``'s CDRs, with the day's totalCount."""
+        fetched_at = dt.datetime.now(dt.UTC)
+
+        def parse(response: Response) -> Page:
+            return parse_day_page(
+                response.body,
+                account=self._account.name,
+                stream=self._stream,
+                zone=self._zone,
+                fetched_at=fetched_at,
+            )
+
+        params = {"start": str(offset), "num": str(num)}
+        return await self._send(
+            "GET", day_path(day), group="list", name="cdrs", parse=parse, params=params
+        )
+
+    async def count_day(self, day: dt.date) -> int:
+        """The day's totalCount, from a one-row page (an audit probe)."""
+        return (await self.fetch_day(day, 0, 1)).total
+
+
+class VccLookups(_Client):
+    """The ``vcclive.cdr`` (CDR by uuid) and ``vcclive.record`` (record events) lookups."""
+
+    kinds = ("vcclive.cdr", "vcclive.record")
+
+    def limiter_group(self, kind: str) -> str:
+        """``lookup`` for a CDR by uuid, ``records`` for a record's details."""
+        return "lookup" if kind == "vcclive.cdr" else "records"
+
+    async def perform(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
+        """One attempt of ``item`` under VCC's schedule (see ``lookup_schedule``)."""
+        if item.kind == "vcclive.cdr":
+            return await self._cdr(item, now)
+        if item.kind == "vcclive.record":
+            return await self._record(item, now)
+        return LookupOutcome("gave_up", counted=False, note=f"unknown lookup kind {item.kind!r}")
+
+    def _schedule(self, item: LookupItem, attempts: int, now: dt.datetime) -> dt.datetime | None:
+        option = self._account.option
+        return lookup_schedule(
+            item.created_at,
+            attempts,
+            now,
+            delay=option("lookup_delay"),
+            interval=option("lookup_interval"),
+            max_attempts=option("lookup_attempts"),
+        )
+
+    def _month(self, item: LookupItem) -> tuple[int, int]:
+        """(year, month) of the call's local start, from the context the push queued."""
+        year, month = item.context.get("year"), item.context.get("month")
+        if isinstance(year, int) and isinstance(month, int) and 1 <= month <= 12:
+            return year, month
+        local = item.created_at.astimezone(self._zone)
+        return local.year, local.month
+
+    async def _cdr(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
+        attempts = self._account.option("lookup_attempts")
+        due = self._schedule(item, item.attempts, now)
+        if due is None:
+            return LookupOutcome("gave_up", counted=False, note=f"no CDR after {attempts} attempts")
+        if due > now:
+            return LookupOutcome("retry", next_attempt_at=due, counted=False)
+        try:
+            found = await self._get_cdr(*self._month(item), item.call_key)
+        except PermanentError as exc:
+            if not _not_found(exc):
+                raise
+            found = None
+        if isinstance(found, Reject):  # a malformed CDR: kept in rejects, the lookup is over
+            return LookupOutcome("done", rejects=(found,))
+        if found is not None:
+            return LookupOutcome("done", records=(found,))
+        following = self._schedule(
+            item, item.attempts + 1, now + self._account.option("lookup_interval")
+        )
+        if following is None:
+            return LookupOutcome("gave_up", note=f"no CDR after {attempts} attempts")
+        # Expected for the first attempts: VCC processes (costs) a call before serving it.
+        log.debug("vcclive.cdr_not_yet", account=self._account.name, attempt=item.attempts + 1)
+        return LookupOutcome("retry", next_attempt_at=following, note="CDR not processed yet (404)")
+
+    async def _get_cdr(self, year: int, month: int, uuid: str) -> CallRecord | Reject | None:
+        fetched_at = dt.datetime.now(dt.UTC)
+
+        def parse(response: Response) -> CallRecord | Reject | None:
+            try:
+                return parse_cdr(
+                    response.body,
+                    account=self._account.name,
+                    stream=self._stream,
+                    zone=self._zone,
+                    fetched_at=fetched_at,
+                )
+            except ParseError as exc:
+                payload = response.body.decode("utf-8", errors="replace")
+                return Reject(
+                    VENDOR, self._account.name, self._stream, uuid, str(exc), payload, fetched_at
+                )
+
+        path = cdr_path(year, month, uuid)
+        return await self._send("GET", path, group="lookup", name="cdr", parse=parse)
+
+    async def _record(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
+        ids = _record_ids(item)
+        if ids is None:
+            return LookupOutcome(
+                "gave_up", counted=False, note="lookup names no projectid/numberid"
+            )
+        try:
+            events, records = await self._get_record(*ids)
+        except PermanentError as exc:
+            if not _not_found(exc):
+                raise
+            if item.attempts + 1 >= self._account.option("lookup_attempts"):
+                return LookupOutcome("gave_up", note="record not found (404) on every attempt")
+            return LookupOutcome(
+                "retry",
+                next_attempt_at=now + self._account.option("lookup_interval"),
+                note="record not found yet (404)",
+            )
+        return LookupOutcome("done", records=records, events=events)
+
+    async def _get_record(
+        self, projectid: int, numberid: int
+    ) -> tuple[tuple[CallEvent, ...], tuple[CallRecord, ...]]:
+        fetched_at = dt.datetime.now(dt.UTC)
+
+        def parse(response: Response) -> tuple[tuple[CallEvent, ...], tuple[CallRecord, ...]]:
+            return parse_record_detail(
+                response.body,
+                account=self._account.name,
+                projectid=projectid,
+                numberid=numberid,
+                zone=self._zone,
+                fetched_at=fetched_at,
+            )
+
+        path = record_path(projectid, numberid)
+        return await self._send("GET", path, group="records", name="record", parse=parse)
+
+
+def _record_ids(item: LookupItem) -> tuple[int, int] | None:
+    """(projectid, numberid) from the context, else from the key "projectid/numberid"."""
+    projectid, numberid = item.context.get("projectid"), item.context.get("numberid")
+    if isinstance(projectid, int) and isinstance(numberid, int):
+        return projectid, numberid
+    head, _, tail = item.call_key.partition("/")
+    if head.isdigit() and tail.isdigit():
+        return int(head), int(tail)
+    return None
+
+
+class VccOutbox(_Client):
+    """``POST /v2/projects/{projectid}/records``: outbox rows delivered as VCC Live records."""
+
+    async def add_records(self, projectid: int, payloads: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Add ``payloads`` as records of ``projectid``; their numberids, in payload order.
+
+        ``PermanentError`` when VCC refuses (4xx, or errors in the answer); ``TransientError``
+        for a network failure or 5xx, after which the records may or may not exist: the
+        request is never repeated here (see ``ADD_POLICY``).
+        """
+        if not payloads:
+            return []
+        body = add_records_body(payloads)
+        endpoint = self._endpoint("add_record")
+
+        def parse(response: Response) -> list[int]:
+            return parse_add_result(response.body, len(payloads), endpoint=endpoint)
+
+        return await self._send(
+            "POST", records_path(projectid), group="records", name="add_record", parse=parse,
+            body=body, policy=ADD_POLICY,
+        )  # fmt: skip
+
+    async def record_data(self, projectid: int, numberid: int) -> Mapping[str, Any] | None:
+        """A record's form data (``GET .../records/{numberid}``), or None when VCC has no such
+        record in the project (404): how the outbox finds records whose add answer was lost."""
+        endpoint = self._endpoint("record")
+
+        def parse(response: Response) -> dict[str, Any]:
+            return parse_record_data(response.body, endpoint=endpoint)
+
+        try:
+            path = record_path(projectid, numberid)
+            return await self._send("GET", path, group="records", name="record", parse=parse)
+        except PermanentError as exc:
+            if _not_found(exc):
+                return None
+            raise
