@@ -24,9 +24,11 @@ from cdrsync.model import WriteResult
 from cdrsync.observability import StatusBoard, sd_notify, watchdog_interval
 from cdrsync.plan import retry_delay
 from cdrsync.store import Store, StreamLocks
+from cdrsync.streams import AccountStreams, Stream, build_account, limiters_for, stream_name
 from cdrsync.sync import Clock, CycleHook, ProgressHook, WindowStream, utcnow
 from cdrsync.transport import Transport
 from cdrsync.vendors import window_source_factory
+from cdrsync.webhooks import Receiver
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings, Settings
@@ -43,19 +45,6 @@ class Runtime:
     transport: Transport
     locks: StreamLocks
     metrics: Metrics
-
-
-def stream_name(account: str, kind: str = "list") -> str:
-    """The ``sync_state.stream`` key of an account's stream."""
-    return f"{account}/{kind}"
-
-
-def limiters_for(account: AccountSettings) -> dict[str, SlidingWindowLimiter]:
-    """One sliding-window limiter per rate-limited endpoint group of the account."""
-    return {
-        name: SlidingWindowLimiter(rate.requests, rate.period_s, name=f"{account.name}:{name}")
-        for name, rate in account.rate_limits.items()
-    }
 
 
 async def database_dsn(
@@ -163,7 +152,9 @@ def build_stream(
     )
 
 
-async def _health_server(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
+async def _health_server(
+    rt: Runtime, stack: contextlib.AsyncExitStack, receiver: Receiver | None = None
+) -> None:
     listen = rt.settings.daemon.http_listen
     if listen is None:
         return
@@ -179,9 +170,15 @@ async def _health_server(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
         return web.json_response({"status": "ready", "database": "ok"})
 
     async def metrics(request: web.Request) -> web.Response:
+        # Queue depths are read at scrape time; a database outage leaves the last values.
+        with contextlib.suppress(StoreError):
+            rt.metrics.set_queues(await rt.store.queues.depths())
         return web.Response(body=rt.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
-    app = web.Application()
+    # A push bigger than this is refused with 413 before it is read whole.
+    app = web.Application(client_max_size=1024 * 1024)
+    if receiver is not None:
+        receiver.routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -199,7 +196,7 @@ async def _health_server(rt: Runtime, stack: contextlib.AsyncExitStack) -> None:
     log.info("http.listening", host=listen[0], port=listen[1])
 
 
-async def _run_streams(streams: Sequence[WindowStream], stop: asyncio.Event, grace: float) -> None:
+async def _run_streams(streams: Sequence[Stream], stop: asyncio.Event, grace: float) -> None:
     """Run every stream as a named task; after ``stop``, give them ``grace`` seconds to commit
     the batch in hand, then cancel what is left."""
     async with asyncio.TaskGroup() as group:
@@ -222,7 +219,6 @@ async def run(settings: Settings, *, stop: asyncio.Event, clock: Clock = utcnow)
         rt = await stack.enter_async_context(runtime(settings, stop))
         if rt is None:
             return
-        await _health_server(rt, stack)
         board = StatusBoard()
 
         def cycled(stream: str, ok: bool, lag_s: float | None, written: WriteResult) -> None:
@@ -230,11 +226,23 @@ async def run(settings: Settings, *, stop: asyncio.Event, clock: Clock = utcnow)
             line = board.update(stream, ok=ok, lag_s=lag_s, rows=written.written)
             sd_notify(f"STATUS={line}")
 
-        streams = [
-            build_stream(rt, a, stop, clock=clock, on_cycle=cycled)
-            for a in settings.accounts
-            if a.enabled
-        ]
+        built: dict[str, AccountStreams] = {}
+        for account in settings.accounts:
+            if account.enabled:
+                built[account.name] = await build_account(
+                    rt, account, stop, clock=clock, on_cycle=cycled
+                )
+        streams = [s for b in built.values() for s in b.streams]
+
+        def wake(name: str) -> None:
+            for stream in built[name].wake if name in built else ():
+                stream.wake()
+
+        receiver = Receiver(
+            {a.name: a for a in settings.accounts if a.enabled}, rt.store, wake=wake,
+            observe=rt.metrics.on_push,
+        )  # fmt: skip
+        await _health_server(rt, stack, receiver)
         sd_notify("READY=1", f"STATUS=syncing {len(streams)} streams")
         log.info("daemon.started", streams=[s.name for s in streams], version=__version__)
         watchdog = asyncio.create_task(_watchdog(watchdog_interval()), name="watchdog")

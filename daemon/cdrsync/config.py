@@ -90,7 +90,15 @@ class VendorSpec:
         default_factory=_empty
     )  # endpoint name -> default path, where configurable
     example_url: str = "https://api.example.com"
+    options: Mapping[str, tuple[Callable[[Any], Any], Any]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Vendor-only settings: key -> (converter, default as written in TOML). Where a vendor
+    fact is unknown the option is the setting, with the safe default (README: vendor tables)."""
 
+
+_DUR = to_duration()
+_POSITIVE = to_duration(positive=True)
 
 VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
     {
@@ -105,6 +113,95 @@ VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
             # The only documented maximum of `limit` is 100 (UK /v1/call_report).
             max_page_size=100,
             example_url="https://api.acefone.in",
+        ),
+        "ozonetel": VendorSpec(
+            keys=frozenset({"username", "api_key", "webhook_secret", "endpoints"}),
+            required=frozenset({"username"}),
+            credentials=(("api_key",),),
+            # Documented: bulk reports 2/min (fetchCdrByPagination and fetchCDRDetails share
+            # it), CDR in CallBacks 50/min; generateToken 10/hour (third-party code).
+            rate_limits=MappingProxyType({"bulk": "2/min", "lookup": "50/min", "token": "10/h"}),
+            defaults=MappingProxyType(
+                {
+                    "timezone": "Asia/Kolkata",
+                    # The largest page seen working (max pageSize is undocumented): with two
+                    # requests a minute every request should carry as many calls as it can.
+                    "page_size": 500,
+                    "window": "1h",
+                    "lookback": "30m",
+                    # A one-record count costs a whole bulk request: audit rarely.
+                    "audit_horizon": "1d",
+                    "audit_interval": "6h",
+                }
+            ),
+            max_page_size=5000,
+            endpoints=MappingProxyType(
+                {
+                    "bulk": "/ca_reports/fetchCdrByPagination",
+                    # The callbacks path comes from the doc slug; its casing is unverified.
+                    "lookup": "/CAServices/CDR/callbacks.php",
+                    "token": "/ca_apis/CAToken/generateToken",
+                }
+            ),
+            example_url="https://in1-ccaas-api.ozonetel.com",
+            options=MappingProxyType(
+                {
+                    # "token": also send a generateToken JWT as Bearer (accounts whose admin
+                    # setting "API Authentication" is TOKEN); "apikey": the apiKey header only.
+                    "auth": (to_choice(("apikey", "token")), "apikey"),
+                    # The bulk API serves the last 15 days only (older dates come back empty).
+                    "retention": (_POSITIVE, "15d"),
+                    # The backlog stream reads whole IST days: the fewest requests at 2/min.
+                    "history_window": (_POSITIVE, "1d"),
+                    # First confirming CallBacks lookup after a push, and the wait after
+                    # "No Data Found".
+                    "lookup_delay": (_DUR, "2m"),
+                    "lookup_retry": (_POSITIVE, "10m"),
+                }
+            ),
+        ),
+        "vcclive": VendorSpec(
+            keys=frozenset({"username", "api_key", "webhook_secret"}),
+            required=frozenset({"username"}),
+            # HTTP Basic: the username is the call-centre subdomain, the password the API token.
+            credentials=(("api_key",),),
+            # VCC Live documents no API rate limit: these are settings with cautious defaults.
+            rate_limits=MappingProxyType(
+                {"list": "60/min", "lookup": "60/min", "records": "60/min"}
+            ),
+            defaults=MappingProxyType(
+                {
+                    # Inferred for a Hungarian tenant; the day partition's zone is undocumented.
+                    "timezone": "Europe/Budapest",
+                    # One client found pages capped near 500 (undocumented).
+                    "page_size": 500,
+                    "window": "1d",
+                    # Days re-read each cycle: today and yesterday (CDRs register late).
+                    "lookback": "1d",
+                    "audit_horizon": "0s",
+                }
+            ),
+            max_page_size=5000,
+            example_url="https://mycc.asp.virtual-call-center.eu",
+            options=MappingProxyType(
+                {
+                    # The vendor's advice for Get CDR by uuid: 5 minutes after the webhook,
+                    # then every 5 minutes, 20 times in all.
+                    "lookup_delay": (_DUR, "5m"),
+                    "lookup_interval": (_POSITIVE, "5m"),
+                    "lookup_attempts": (to_int(1, 1000), 20),
+                    # Rows before a day's resume offset re-fetched to check the order held.
+                    "verify_rows": (to_int(1, 100), 3),
+                    # Fetch each disposed record's events (GET .../records/{numberid}).
+                    "record_details": (to_bool, True),
+                    "outbox_batch": (to_int(1, 1000), 50),
+                    "outbox_retry": (_POSITIVE, "1m"),
+                    "outbox_interval": (_POSITIVE, "5s"),
+                    # After a lost answer, look for the rows in VCC Live before resending
+                    # (numberids increase: an inference from the vendor's examples).
+                    "outbox_probe": (to_bool, True),
+                }
+            ),
         ),
     }
 )
@@ -191,6 +288,16 @@ class AccountSettings:
     api_key: Secret | None = None
     webhook_secret: Secret | None = None
     endpoints: Mapping[str, str] = field(default_factory=_empty)
+    options: Mapping[str, Any] = field(default_factory=_empty)
+    """Vendor-only settings (``VendorSpec.options``), every one filled in."""
+
+    def option(self, key: str) -> Any:
+        """A vendor-only setting; a KeyError names the known ones."""
+        try:
+            return self.options[key]
+        except KeyError:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise KeyError(f"{self.vendor} has no option {key!r} (known: {known})") from None
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:
@@ -403,10 +510,31 @@ def _account(t: _Table) -> AccountSettings:
     }
     if spec is not None:
         values |= _vendor_fields(t, vendor, spec)
-        t.reject_unknown(COMMON_ACCOUNT_KEYS | spec.keys, vendor=vendor)
+        values["options"] = MappingProxyType(
+            {key: t.get(key, convert, convert(raw)) for key, (convert, raw) in spec.options.items()}
+        )
+        _check_vendor_rules(t, vendor, values)
+        t.reject_unknown(COMMON_ACCOUNT_KEYS | spec.keys | set(spec.options), vendor=vendor)
     else:
         t.reject_unknown(COMMON_ACCOUNT_KEYS | VENDOR_KEYS | {"endpoints"})
     return AccountSettings(**values)
+
+
+def _check_vendor_rules(t: _Table, vendor: str, values: Mapping[str, Any]) -> None:
+    """Rules one vendor's API imposes on otherwise common settings."""
+    day = dt.timedelta(days=1)
+    if vendor == "ozonetel":
+        # fromDate and toDate must fall on the same IST day: windows must tile a day.
+        for key in ("window", "history_window"):
+            span = values["window"] if key == "window" else values["options"][key]
+            if span > day or day % span:
+                t.ctx.add(
+                    t.at(key),
+                    f"{quote(format_duration(span))} does not divide a day; Ozonetel takes "
+                    'windows inside one IST day: use e.g. "1h", "2h", "6h" or "1d"',
+                )
+    if vendor == "vcclive" and values["window"] != day:
+        t.ctx.add(t.at("window"), 'VCC Live lists calls by day: window must be "1d"')
 
 
 def _rate_limits(t: _Table, spec: VendorSpec | None) -> Mapping[str, RateLimit]:
@@ -518,6 +646,7 @@ def render(settings: Settings) -> str:
         spec = VENDOR_SPECS.get(account.vendor)
         unused = VENDOR_KEYS - (spec.keys if spec else frozenset())
         lines += ["", "[[accounts]]", *_render_fields(account, skip=unused)]
+        lines += [f"{key} = {_render_value(value)}" for key, value in account.options.items()]
         lines += ["[accounts.rate_limits]"]
         lines += [f"{name} = {quote(str(rate))}" for name, rate in account.rate_limits.items()]
         if account.endpoints:

@@ -85,6 +85,25 @@ class Metrics:
             registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
 
+        self.pushes = Counter(
+            "cdrsync_pushes", "Webhook pushes received, by account and HTTP answer.",
+            ["account", "status"], registry=r,
+        )  # fmt: skip
+        self.queue = Gauge(
+            "cdrsync_queue_rows", "Rows of the lookups queue and the VCC Live outbox, by state.",
+            ["vendor", "account", "queue", "state"], registry=r,
+        )  # fmt: skip
+
+    def on_push(self, account: str, status: str) -> None:
+        """A push was answered with ``status``."""
+        self.pushes.labels(account, status).inc()
+
+    def set_queues(self, depths: dict[tuple[str, str, str], dict[str, int]]) -> None:
+        """The queue depths just read from the database (at scrape time)."""
+        for (vendor, account, queue), states in depths.items():
+            for state, rows in states.items():
+                self.queue.labels(vendor, account, queue, state).set(rows)
+
     def watch_limiter(self, account: str, group: str, limiter: SlidingWindowLimiter) -> None:
         """Export how much of ``limiter``'s budget the current sliding window has used."""
         self.budget_used.labels(account, group).set_function(lambda: limiter.used(time.monotonic()))

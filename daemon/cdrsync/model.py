@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -58,6 +59,11 @@ class CallRecord(NamedTuple):
     raw: str  # the vendor's record as JSON text, secrets scrubbed
     content_hash: bytes  # a digest of raw: an unchanged re-read writes nothing
     fetched_at: dt.datetime  # when cdrsync asked for this copy: an older never replaces a newer
+    source: str = "list"
+    """Where this copy came from: "list" (the bulk poller, the source of truth), "lookup" (a
+    per-call endpoint) or "push" (a webhook). A copy never replaces one from a higher-ranked
+    source (list > lookup > push): the shapes differ per source, so without the rank a list
+    re-read and a lookup would overwrite each other forever."""
 
     def row(self) -> tuple[Any, ...]:
         """The values in ``CALL_COLUMNS`` order (the record itself)."""
@@ -66,6 +72,10 @@ class CallRecord(NamedTuple):
 
 CALL_COLUMNS: tuple[str, ...] = CallRecord._fields
 """Column order of ``calls`` as written by the batch upsert (COPY into a temp table)."""
+
+
+SOURCES: tuple[str, ...] = ("push", "lookup", "list")
+"""Values of ``CallRecord.source``, lowest rank first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +146,82 @@ class StreamState:
     cycles: int = 0
     updated_at: dt.datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRequest:
+    """A per-call lookup to queue (table ``lookups``): by a push, or as a follow-up."""
+
+    kind: str
+    """What to fetch, e.g. "ozonetel.cdr", "vcclive.cdr", "vcclive.record"."""
+    call_key: str
+    """The id the lookup is about (unique per vendor, account and kind)."""
+    context: Mapping[str, Any]
+    """What the vendor module needs later (JSON-serializable), e.g. the call's start time."""
+    not_before: dt.datetime
+    """The first attempt is not made before this instant (UTC)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupItem:
+    """A queued lookup as claimed from ``lookups``."""
+
+    id: int
+    vendor: str
+    account: str
+    kind: str
+    call_key: str
+    context: Mapping[str, Any]
+    attempts: int
+    """Requests already made for it (waits that sent nothing do not count)."""
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One event (disposition) of a VCC Live record, from the record detail endpoint."""
+
+    vendor: str
+    account: str
+    projectid: int
+    numberid: int
+    seq: int
+    """Position of the event in the vendor's list (0-based)."""
+    call_uuid: str | None
+    type: str | None
+    dispositionid: int | None
+    state: str | None
+    userid: int | None
+    description: str | None
+    created_at: dt.datetime | None
+    """When the event was created, UTC."""
+    raw: str
+    """The vendor's event object as JSON text."""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupOutcome:
+    """What one attempt at a lookup came to; the lookup stream writes it in one transaction."""
+
+    state: str
+    """"done" (finished), "retry" (try again at ``next_attempt_at``) or "gave_up" (final)."""
+    records: tuple[CallRecord, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+    events: tuple[CallEvent, ...] = ()
+    """Replace the stored events of each (projectid, numberid) present here."""
+    follow_ups: tuple[LookupRequest, ...] = ()
+    next_attempt_at: dt.datetime | None = None
+    counted: bool = True
+    """Whether a request was sent (it counts toward the attempts); a rule-based wait is not."""
+    note: str | None = None
+    """Why it waits or gave up, in words (stored as ``last_error``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """A parsed push (webhook): calls to store now, rejects, and lookups to queue."""
+
+    records: tuple[CallRecord, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+    lookups: tuple[LookupRequest, ...] = ()

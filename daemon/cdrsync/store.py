@@ -27,10 +27,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 
 from cdrsync.errors import ConfigError, StoreError
-from cdrsync.model import CALL_COLUMNS, CallRecord, Reject, StreamState, Window, WriteResult
+from cdrsync.model import (
+    CALL_COLUMNS,
+    SOURCES,
+    CallRecord,
+    Reject,
+    StreamState,
+    Window,
+    WriteResult,
+)
 
 if TYPE_CHECKING:
     from cdrsync.store_lock import StreamLocks
+    from cdrsync.store_queues import Queues
 
 __all__ = [
     "ADVANCE_STATE_SQL",
@@ -48,6 +57,7 @@ __all__ = [
     "quote_ident",
     "server_settings",
     "translate",
+    "upsert_in",
     "validate_schema",
 ]
 
@@ -177,15 +187,39 @@ def translate(operation: str, dsn: str) -> Iterator[None]:
         raise StoreError(f"could not {operation} on {target} ({detail}): {advice}") from exc
 
 
+_RANK = {source: rank for rank, source in enumerate(SOURCES)}
+
+
 def collapse(records: Sequence[CallRecord]) -> list[CallRecord]:
-    """One record per key: the greatest ``fetched_at`` wins, the later one on a tie."""
+    """One record per key: the highest-ranked source wins (list > lookup > push), then the
+    greatest ``fetched_at``, the later one on a tie (the rule of ``upsert_calls``)."""
     best: dict[tuple[str, str, str], CallRecord] = {}
     for record in records:
         key = (record.vendor, record.account, record.call_key)
         kept = best.get(key)
-        if kept is None or record.fetched_at >= kept.fetched_at:
+        if kept is None or (_RANK.get(record.source, 0), record.fetched_at) >= (
+            _RANK.get(kept.source, 0),
+            kept.fetched_at,
+        ):
             best[key] = record
     return list(best.values())
+
+
+async def upsert_in(
+    conn: Any, records: Sequence[CallRecord], rejects: Sequence[Reject], now: dt.datetime
+) -> tuple[int, int]:
+    """Upsert ``records`` and count ``rejects`` on ``conn`` inside the caller's transaction;
+    returns (inserted, updated)."""
+    inserted = updated = 0
+    if records:
+        rows = [record.row() for record in collapse(records)]
+        await conn.execute(CREATE_TEMP_SQL)
+        await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=CALL_COLUMNS)
+        counts = await conn.fetchrow(UPSERT_CALLS_SQL, now)
+        inserted, updated = int(counts["inserted"]), int(counts["updated"])
+    if rejects:
+        await conn.execute(UPSERT_REJECTS_SQL, *_reject_arrays(rejects, now))
+    return inserted, updated
 
 
 def _reject_arrays(rejects: Sequence[Reject], now: dt.datetime) -> list[Any]:
@@ -335,20 +369,11 @@ class Store:
         count, for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the
         batch is committed.
         """
-        rows = [record.row() for record in collapse(records)]
-        reject_args = _reject_arrays(rejects, now) if rejects else None
         cursor_json = None if cursor is None else json.dumps(dict(cursor), sort_keys=True)
         set_cursor = cursor is not None or advance_to is not None
-        inserted = updated = 0
-        with translate(f"write {len(rows)} calls of stream {stream}", self._dsn):
+        with translate(f"write {len(records)} calls of stream {stream}", self._dsn):
             async with self._pool.acquire() as conn, conn.transaction():
-                if rows:
-                    await conn.execute(CREATE_TEMP_SQL)
-                    await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=CALL_COLUMNS)
-                    counts = await conn.fetchrow(UPSERT_CALLS_SQL, now)
-                    inserted, updated = int(counts["inserted"]), int(counts["updated"])
-                if reject_args is not None:
-                    await conn.execute(UPSERT_REJECTS_SQL, *reject_args)
+                inserted, updated = await upsert_in(conn, records, rejects, now)
                 found = await conn.fetchval(
                     ADVANCE_STATE_SQL, stream, inserted, updated, advance_to, cursor_json,
                     set_cursor, now,
@@ -427,6 +452,13 @@ class Store:
         """How many distinct rejected records are stored (for one vendor and/or account)."""
         with translate("count rejects", self._dsn):
             return int(await self._pool.fetchval(QUERIES["reject_count"], vendor, account))
+
+    @property
+    def queues(self) -> Queues:
+        """The lookup queue and the VCC Live outbox on this store's pool."""
+        from cdrsync.store_queues import Queues
+
+        return Queues(self._pool, self._dsn)
 
     def lock_session(self) -> StreamLocks:
         """A new, unopened holder of this process's stream locks (its own connection)."""

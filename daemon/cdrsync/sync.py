@@ -152,6 +152,9 @@ class WindowStream:
         on_progress: ProgressHook | None = None,
         on_cycle: CycleHook | None = None,
         kind: str = "list",
+        window: dt.timedelta | None = None,
+        earliest: Callable[[dt.datetime], dt.datetime] | None = None,
+        audit: bool = True,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -165,6 +168,11 @@ class WindowStream:
         self._start = start or local_midnight_utc(account.start, zone)
         self._until = until
         self._lookback = account.lookback if lookback is None else lookback
+        self._step = window or account.window
+        # The oldest instant the vendor still serves, given now (Ozonetel: 15 days): windows
+        # before it are not requested (the vendor answers them empty, not with an error).
+        self._earliest = earliest
+        self._audit_on = audit
         self._max_windows = max_windows_per_cycle
         self._concurrency = page_concurrency
         self._max_rereads = max_rereads
@@ -239,17 +247,17 @@ class WindowStream:
             )
         planned = plan_windows(
             watermark=state.watermark,
-            start=self._start,
+            start=self._horizon(now, state.watermark),
             now=now,
             lookback=self._lookback,
             settle=self._account.settle,
-            step=self._account.window,
+            step=self._step,
             until=self._until,
         )
         windows = planned[: self._max_windows]
         tally = _Cycle(windows=len(windows), reread_from=now - self._lookback)
         audit = None
-        if len(windows) == len(planned):  # catching up comes first; the audit waits for it
+        if self._audit_on and len(windows) == len(planned):  # catch up first; audit after
             audit = audit_span(
                 watermark=state.watermark,
                 now=now,
@@ -285,6 +293,23 @@ class WindowStream:
         if error is not None:
             raise error
         return len(planned) > len(windows) and tally.incomplete is None
+
+    def _horizon(self, now: dt.datetime, watermark: dt.datetime | None) -> dt.datetime:
+        """The start of this cycle's plan: the stream's start, or the vendor's horizon when
+        that is later (saying once what can no longer be fetched)."""
+        if self._earliest is None:
+            return self._start
+        earliest = self._earliest(now)
+        if earliest <= self._start:
+            return self._start
+        if watermark is None or watermark < earliest:
+            self._log.warning(
+                "sync.beyond_horizon",
+                lost_from=(watermark or self._start).isoformat(),
+                lost_until=earliest.isoformat(),
+                action="the vendor no longer serves these calls; they cannot be fetched",
+            )
+        return earliest
 
     async def _pipeline(
         self, windows: Sequence[Window], tally: _Cycle, audit: AuditSpan | None
@@ -445,7 +470,7 @@ class WindowStream:
         return True
 
     def _on_grid(self, window: Window) -> bool:
-        return on_grid(window, self._account.window, self._start)
+        return on_grid(window, self._step, self._start)
 
     async def _read_part(
         self, window: Window, queue: RowQueue[_Batch], tally: _Cycle

@@ -27,21 +27,24 @@ CREATE TEMP TABLE IF NOT EXISTS cdrsync_calls_in (LIKE calls INCLUDING DEFAULTS)
 
 -- name: upsert_calls
 -- $1: the batch's time (first_seen_at of new rows, updated_at of changed ones).
--- A row changes only when its content differs and the copy is not older than the stored one.
+-- A row changes only when its content differs and the copy is not older than the stored one,
+-- and never to a copy from a lower-ranked source (list > lookup > push): a push or a lookup
+-- has another shape than the list record, and the two would otherwise overwrite each other.
+-- A higher-ranked copy always replaces a lower one.
 WITH up AS (
     INSERT INTO calls AS c (
         vendor, account, call_key, call_id, call_uuid, direction, status,
         started_at, answered_at, ended_at, duration_s, talk_s, ring_s,
         agent_name, agent_number, customer_number, line_number, department,
         hangup_cause, recording_url, service, description, local_date,
-        raw, content_hash, fetched_at, first_seen_at, updated_at
+        raw, content_hash, fetched_at, source, first_seen_at, updated_at
     )
     SELECT
         vendor, account, call_key, call_id, call_uuid, direction, status,
         started_at, answered_at, ended_at, duration_s, talk_s, ring_s,
         agent_name, agent_number, customer_number, line_number, department,
         hangup_cause, recording_url, service, description, local_date,
-        raw, content_hash, fetched_at, $1::timestamptz, $1::timestamptz
+        raw, content_hash, fetched_at, source, $1::timestamptz, $1::timestamptz
     FROM cdrsync_calls_in
     -- Rows are locked in key order, so two batches sharing keys (a webhook and a list
     -- stream of one account) wait for each other instead of deadlocking.
@@ -70,9 +73,16 @@ WITH up AS (
         raw = EXCLUDED.raw,
         content_hash = EXCLUDED.content_hash,
         fetched_at = EXCLUDED.fetched_at,
+        source = EXCLUDED.source,
         updated_at = EXCLUDED.updated_at
-    WHERE c.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-      AND c.fetched_at <= EXCLUDED.fetched_at
+    WHERE (
+        CASE EXCLUDED.source WHEN 'list' THEN 2 WHEN 'lookup' THEN 1 ELSE 0 END
+        > CASE c.source WHEN 'list' THEN 2 WHEN 'lookup' THEN 1 ELSE 0 END
+    ) OR (
+        EXCLUDED.source = c.source
+        AND c.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+        AND c.fetched_at <= EXCLUDED.fetched_at
+    )
     RETURNING (c.xmax = 0) AS inserted
 )
 SELECT
@@ -191,3 +201,129 @@ SELECT vendor, account, count(*)::bigint AS rows
 FROM calls
 WHERE first_seen_at >= $1
 GROUP BY vendor, account;
+
+-- name: enqueue_lookups
+-- $1 vendor, $2 account, $3 kinds, $4 call keys, $5 contexts (json text), $6 not_before, $7 now.
+-- A lookup already queued keeps its attempts; a pending one becomes due at the earlier time.
+-- A finished one stays finished: its call was confirmed (or given up) already.
+INSERT INTO lookups AS l (
+    vendor, account, kind, call_key, context, next_attempt_at, created_at, updated_at
+)
+SELECT $1, $2, k, ck, ctx::jsonb, nb, $7, $7
+FROM unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS t (k, ck, ctx, nb)
+ORDER BY k, ck
+ON CONFLICT (vendor, account, kind, call_key) DO UPDATE SET
+    context = l.context || EXCLUDED.context,
+    next_attempt_at = LEAST(l.next_attempt_at, EXCLUDED.next_attempt_at),
+    updated_at = EXCLUDED.updated_at
+WHERE l.state = 'pending';
+
+-- name: due_lookups
+-- $1 vendor, $2 account, $3 kinds, $4 now, $5 how many. Oldest due first.
+SELECT id, vendor, account, kind, call_key, context, attempts, created_at, next_attempt_at
+FROM lookups
+WHERE vendor = $1 AND account = $2 AND kind = ANY($3::text[]) AND state = 'pending'
+  AND next_attempt_at <= $4
+ORDER BY next_attempt_at, id
+LIMIT $5
+FOR UPDATE SKIP LOCKED;
+
+-- name: next_lookup_due
+SELECT min(next_attempt_at)
+FROM lookups
+WHERE vendor = $1 AND account = $2 AND kind = ANY($3::text[]) AND state = 'pending';
+
+-- name: finish_lookup
+-- $1 id, $2 state, $3 counted (attempts + 1), $4 next attempt, $5 note, $6 now.
+UPDATE lookups SET
+    state = $2,
+    attempts = attempts + CASE WHEN $3::boolean THEN 1 ELSE 0 END,
+    next_attempt_at = coalesce($4::timestamptz, next_attempt_at),
+    last_error = $5,
+    updated_at = $6,
+    finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $6::timestamptz END
+WHERE id = $1;
+
+-- name: lookups_confirmed_by_list
+-- Pending lookups whose call the list stream has stored since: nothing left to confirm.
+UPDATE lookups l SET state = 'done', last_error = 'confirmed by the list poller',
+    updated_at = $3, finished_at = $3
+FROM calls c
+WHERE l.vendor = $1 AND l.account = $2 AND l.state = 'pending' AND l.kind = ANY($4::text[])
+  AND c.vendor = l.vendor AND c.account = l.account AND c.call_key = l.call_key
+  AND c.source = 'list';
+
+-- name: queue_depths
+-- Pending lookups and outbox rows per vendor/account (status and metrics).
+SELECT vendor, account, 'lookups' AS queue, state, count(*)::bigint AS rows
+FROM lookups GROUP BY vendor, account, state
+UNION ALL
+SELECT 'vcclive', account, 'outbox', state, count(*)::bigint
+FROM vcclive_outbox GROUP BY account, state;
+
+-- name: delete_events
+DELETE FROM call_events
+WHERE vendor = $1 AND account = $2
+  AND (projectid, numberid) IN (SELECT * FROM unnest($3::bigint[], $4::bigint[]));
+
+-- name: insert_events
+INSERT INTO call_events (
+    vendor, account, projectid, numberid, seq, call_uuid, type, dispositionid, state, userid,
+    description, created_at, raw, fetched_at
+)
+SELECT $1, $2, p, n, s, u, t, d, st, us, de, ca, r::jsonb, $13
+FROM unnest(
+    $3::bigint[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::bigint[], $9::text[],
+    $10::bigint[], $11::text[], $12::timestamptz[], $14::text[]
+) AS x (p, n, s, u, t, d, st, us, de, ca, r);
+
+-- name: outbox_recover
+-- At start: rows left "sending" by a process that died mid-request. Their answer is lost, so
+-- they may or may not be in VCC Live: "unknown" until checked, never sent blindly again.
+UPDATE vcclive_outbox SET state = 'unknown', updated_at = $2,
+    error = 'cdrsync stopped while this row was being sent; checking VCC Live before resending'
+WHERE account = $1 AND state = 'sending'
+RETURNING id;
+
+-- name: outbox_claim
+-- $1 account, $2 now, $3 batch size, $4 batch id. The oldest due row's project, up to $3 rows
+-- of it (one request per project), marked sending in the same statement.
+WITH head AS (
+    SELECT projectid FROM vcclive_outbox
+    WHERE account = $1 AND state = 'pending' AND next_attempt_at <= $2
+    ORDER BY id LIMIT 1
+), picked AS (
+    SELECT o.id FROM vcclive_outbox o, head
+    WHERE o.account = $1 AND o.state = 'pending' AND o.next_attempt_at <= $2
+      AND o.projectid = head.projectid
+    ORDER BY o.id LIMIT $3
+    FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE vcclive_outbox o SET state = 'sending', attempts = attempts + 1, sent_at = $2,
+    updated_at = $2, batch = $4
+FROM picked WHERE o.id = picked.id
+RETURNING o.id, o.projectid, o.payload, o.attempts;
+
+-- name: outbox_delivered
+UPDATE vcclive_outbox o SET state = 'delivered', numberid = t.n, error = NULL,
+    delivered_at = $3, updated_at = $3
+FROM unnest($1::bigint[], $2::bigint[]) AS t (i, n)
+WHERE o.id = t.i;
+
+-- name: outbox_set_state
+-- $1 ids, $2 state, $3 error, $4 next attempt (NULL: keep), $5 now.
+UPDATE vcclive_outbox SET state = $2, error = $3,
+    next_attempt_at = coalesce($4::timestamptz, next_attempt_at), updated_at = $5
+WHERE id = ANY($1::bigint[]);
+
+-- name: outbox_unknown
+SELECT id, projectid, payload, attempts, sent_at FROM vcclive_outbox
+WHERE account = $1 AND state = 'unknown' ORDER BY id LIMIT $2;
+
+-- name: outbox_numberids
+-- The highest numberid delivered per project of the account (where a probe starts).
+SELECT projectid, max(numberid) AS numberid FROM vcclive_outbox
+WHERE account = $1 AND state = 'delivered' GROUP BY projectid;
+
+-- name: next_outbox_due
+SELECT min(next_attempt_at) FROM vcclive_outbox WHERE account = $1 AND state = 'pending';

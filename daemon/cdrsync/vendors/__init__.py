@@ -1,17 +1,21 @@
-"""Vendor adapters: one module per vendor, a pure parser plus a thin fetch, behind one Protocol.
+"""Vendor adapters: one module per vendor, a pure parser plus a thin fetch, behind Protocols.
 
-Adding a vendor is one module plus one line in ``REGISTRY``.
+A vendor offers some of: a ``WindowSource`` (a list endpoint read by time window: Acefone,
+Ozonetel), a ``DaySource`` (a list endpoint read by local day with offsets: VCC Live), a
+``LookupSource`` (per-call endpoints fed by the ``lookups`` queue), a push parser (webhooks) and
+an outbox sink (VCC Live add record). Adding a vendor is one module plus its lines here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
     from cdrsync.limiter import SlidingWindowLimiter
-    from cdrsync.model import Page, Window
+    from cdrsync.model import LookupItem, LookupOutcome, Page, PushResult, Window
     from cdrsync.transport import Transport
 
 
@@ -30,19 +34,72 @@ class WindowSource(Protocol):
         ...
 
 
-WindowSourceFactory = Callable[
-    ["AccountSettings", "Transport", "dict[str, SlidingWindowLimiter]", str], WindowSource
-]
+class LookupSource(Protocol):
+    """Per-call endpoints of one account, driven by the ``lookups`` queue."""
+
+    kinds: tuple[str, ...]
+    """The lookup kinds it performs (``LookupRequest.kind``), e.g. ("vcclive.cdr", ...)."""
+
+    def limiter_group(self, kind: str) -> str:
+        """The rate-limit group ("lookup", "records", ...) one attempt of ``kind`` spends."""
+        ...
+
+    async def perform(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
+        """One attempt: apply the vendor's schedule rules to ``now``, then (maybe) request.
+
+        Raises ``TransientError``/``RateLimited`` when the vendor could not answer (the item is
+        retried later without counting), ``AuthError``/``PermanentError`` for the account."""
+        ...
 
 
-def window_source_factory(vendor: str) -> WindowSourceFactory:
-    """The factory for a vendor's window source (imported lazily to keep start-up light)."""
+PushParser = Callable[..., "PushResult"]
+"""``parse_push(doc, *, account: AccountSettings, received_at: datetime) -> PushResult``:
+a decoded push body (a JSON object) as calls to store now and lookups to queue. Raises
+``ParseError`` for a body that cannot be used (the receiver answers 422 and keeps it in
+``rejects``)."""
+
+Factory = Callable[["AccountSettings", "Transport", "Mapping[str, SlidingWindowLimiter]", str], Any]
+WindowSourceFactory = Factory
+
+
+def window_source_factory(vendor: str) -> Factory:
+    """The factory of a vendor's window source (imported lazily to keep start-up light)."""
     if vendor == "acefone":
         from cdrsync.vendors.acefone import AcefoneSource
 
         return AcefoneSource
+    if vendor == "ozonetel":
+        from cdrsync.vendors.ozonetel import OzonetelSource
+
+        return OzonetelSource
     raise KeyError(vendor)
 
 
-REGISTRY: tuple[str, ...] = ("acefone",)
+def lookup_source_factory(vendor: str) -> Factory | None:
+    """The factory of a vendor's lookup source, or None when the vendor has no lookups."""
+    if vendor == "ozonetel":
+        from cdrsync.vendors.ozonetel import OzonetelLookups
+
+        return OzonetelLookups
+    if vendor == "vcclive":
+        from cdrsync.vendors.vcclive import VccLookups
+
+        return VccLookups
+    return None
+
+
+def push_parser(vendor: str) -> PushParser | None:
+    """The vendor's push (webhook) parser, or None when cdrsync takes no pushes from it."""
+    if vendor == "ozonetel":
+        from cdrsync.vendors.ozonetel import parse_push
+
+        return parse_push
+    if vendor == "vcclive":
+        from cdrsync.vendors.vcclive import parse_push as parse_vcc_push
+
+        return parse_vcc_push
+    return None
+
+
+REGISTRY: tuple[str, ...] = ("acefone", "ozonetel", "vcclive")
 """Vendors cdrsync can sync. Config validation lists these."""

@@ -1,0 +1,278 @@
+"""PostgreSQL: the per-call lookup queue (``lookups``), VCC Live events and the outbox.
+
+Part of the store (it uses ``store``'s pool, named queries and error translation; asyncpg stays
+behind ``store``). Every write that finishes a piece of work commits together with what the work
+produced: a lookup's calls, events and follow-ups with its new state; a push's calls with the
+lookups it queues; an outbox row's numberid with its ``delivered`` state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdrsync.model import (
+    CallEvent,
+    CallRecord,
+    LookupItem,
+    LookupOutcome,
+    LookupRequest,
+    Reject,
+    WriteResult,
+)
+from cdrsync.store import ADVANCE_STATE_SQL, QUERIES, translate, upsert_in
+
+LOOKUP_STATES = ("pending", "done", "gave_up")
+OUTBOX_STATES = ("pending", "sending", "delivered", "failed", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A claimed ``vcclive_outbox`` row."""
+
+    id: int
+    projectid: int
+    payload: Mapping[str, Any]
+    attempts: int
+    sent_at: dt.datetime | None = None
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _item(row: Mapping[str, Any]) -> LookupItem:
+    return LookupItem(
+        id=int(row["id"]),
+        vendor=row["vendor"],
+        account=row["account"],
+        kind=row["kind"],
+        call_key=row["call_key"],
+        context=_json(row["context"]) or {},
+        attempts=int(row["attempts"]),
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+    )
+
+
+def _outbox(row: Mapping[str, Any]) -> OutboxRow:
+    return OutboxRow(
+        id=int(row["id"]),
+        projectid=int(row["projectid"]),
+        payload=_json(row["payload"]),
+        attempts=int(row["attempts"]),
+        sent_at=row.get("sent_at") if hasattr(row, "get") else None,
+    )
+
+
+async def _enqueue(
+    conn: Any, vendor: str, account: str, lookups: Sequence[LookupRequest], now: dt.datetime
+) -> None:
+    if not lookups:
+        return
+    await conn.execute(
+        QUERIES["enqueue_lookups"], vendor, account,
+        [lk.kind for lk in lookups], [lk.call_key for lk in lookups],
+        [json.dumps(dict(lk.context), sort_keys=True, default=str) for lk in lookups],
+        [lk.not_before for lk in lookups], now,
+    )  # fmt: skip
+
+
+async def _replace_events(
+    conn: Any, vendor: str, account: str, events: Sequence[CallEvent], now: dt.datetime
+) -> None:
+    if not events:
+        return
+    records = sorted({(e.projectid, e.numberid) for e in events})
+    await conn.execute(
+        QUERIES["delete_events"], vendor, account,
+        [p for p, _ in records], [n for _, n in records],
+    )  # fmt: skip
+    await conn.execute(
+        QUERIES["insert_events"], vendor, account,
+        [e.projectid for e in events], [e.numberid for e in events], [e.seq for e in events],
+        [e.call_uuid for e in events], [e.type for e in events],
+        [e.dispositionid for e in events], [e.state for e in events],
+        [e.userid for e in events], [e.description for e in events],
+        [e.created_at for e in events], now, [e.raw for e in events],
+    )  # fmt: skip
+
+
+class Queues:
+    """Lookup queue, events and outbox operations on the store's pool."""
+
+    def __init__(self, pool: Any, dsn: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+
+    # ------------------------------------------------------------------ pushes and lookups
+
+    async def write_push(
+        self,
+        stream: str,
+        records: Sequence[CallRecord],
+        rejects: Sequence[Reject],
+        lookups: Sequence[LookupRequest],
+        *,
+        vendor: str,
+        account: str,
+        now: dt.datetime,
+    ) -> WriteResult:
+        """Store a push: its calls, rejects and the lookups it queues, in one transaction
+        (the receiver answers 200 only after this commits)."""
+        with translate(f"store a push for stream {stream}", self._dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                inserted, updated = await upsert_in(conn, records, rejects, now)
+                await _enqueue(conn, vendor, account, lookups, now)
+                await conn.fetchval(ADVANCE_STATE_SQL, stream, inserted, updated, None, None,
+                                    False, now)  # fmt: skip
+        return WriteResult(inserted, updated, len(records) - inserted - updated, len(rejects))
+
+    async def enqueue(
+        self, vendor: str, account: str, lookups: Sequence[LookupRequest], *, now: dt.datetime
+    ) -> None:
+        """Queue lookups (an already queued one keeps its attempts)."""
+        with translate(f"queue lookups of {vendor} account {account}", self._dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await _enqueue(conn, vendor, account, lookups, now)
+
+    async def due_lookups(
+        self, vendor: str, account: str, kinds: Iterable[str], *, now: dt.datetime, limit: int
+    ) -> list[LookupItem]:
+        """Pending lookups due at ``now``, oldest due first."""
+        with translate(f"read the due lookups of {vendor} account {account}", self._dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    QUERIES["due_lookups"], vendor, account, list(kinds), now, limit
+                )
+        return [_item(row) for row in rows]
+
+    async def next_lookup_due(
+        self, vendor: str, account: str, kinds: Iterable[str]
+    ) -> dt.datetime | None:
+        """When the earliest pending lookup is due (None: the queue is empty)."""
+        with translate(f"read the lookup queue of {vendor} account {account}", self._dsn):
+            value = await self._pool.fetchval(
+                QUERIES["next_lookup_due"], vendor, account, list(kinds)
+            )
+        return value  # type: ignore[no-any-return]
+
+    async def finish_lookup(
+        self,
+        stream: str,
+        item: LookupItem,
+        outcome: LookupOutcome,
+        *,
+        now: dt.datetime,
+    ) -> WriteResult:
+        """Commit one lookup attempt: its calls, rejects, events and follow-ups with the item's
+        new state (pending again for a retry, done, gave_up)."""
+        state = "pending" if outcome.state == "retry" else outcome.state
+        with translate(f"finish lookup {item.kind} {item.call_key}", self._dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                inserted, updated = await upsert_in(conn, outcome.records, outcome.rejects, now)
+                await _replace_events(conn, item.vendor, item.account, outcome.events, now)
+                await _enqueue(conn, item.vendor, item.account, outcome.follow_ups, now)
+                await conn.execute(
+                    QUERIES["finish_lookup"], item.id, state, outcome.counted,
+                    outcome.next_attempt_at, outcome.note, now,
+                )  # fmt: skip
+                await conn.fetchval(ADVANCE_STATE_SQL, stream, inserted, updated, None, None,
+                                    False, now)  # fmt: skip
+        records = len(outcome.records)
+        return WriteResult(inserted, updated, records - inserted - updated, len(outcome.rejects))
+
+    async def confirmed_by_list(
+        self, vendor: str, account: str, kinds: Iterable[str], *, now: dt.datetime
+    ) -> int:
+        """Close pending lookups whose call the list poller has stored: the list is the source
+        of truth, so the request would buy nothing. Returns how many were closed."""
+        with translate(f"close confirmed lookups of {vendor} account {account}", self._dsn):
+            status = await self._pool.execute(
+                QUERIES["lookups_confirmed_by_list"], vendor, account, now, list(kinds)
+            )
+        return int(status.split()[-1]) if status else 0
+
+    async def depths(self) -> dict[tuple[str, str, str], dict[str, int]]:
+        """``(vendor, account, "lookups" | "outbox") -> {state: rows}``."""
+        with translate("read the queue depths", self._dsn):
+            rows = await self._pool.fetch(QUERIES["queue_depths"])
+        found: dict[tuple[str, str, str], dict[str, int]] = {}
+        for row in rows:
+            key = (row["vendor"], row["account"], row["queue"])
+            found.setdefault(key, {})[row["state"]] = int(row["rows"])
+        return found
+
+    async def events_of(self, vendor: str, account: str) -> list[Mapping[str, Any]]:
+        """Every stored event of an account (for tests and tools)."""
+        with translate(f"read the events of {vendor} account {account}", self._dsn):
+            rows = await self._pool.fetch(
+                "SELECT * FROM call_events WHERE vendor = $1 AND account = $2 "
+                "ORDER BY projectid, numberid, seq",
+                vendor,
+                account,
+            )
+        return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------------ outbox
+
+    async def outbox_recover(self, account: str, *, now: dt.datetime) -> int:
+        """Rows a dead process left ``sending`` become ``unknown`` (checked before resending)."""
+        with translate(f"recover the outbox of account {account}", self._dsn):
+            rows = await self._pool.fetch(QUERIES["outbox_recover"], account, now)
+        return len(rows)
+
+    async def outbox_claim(
+        self, account: str, *, now: dt.datetime, limit: int, batch: str
+    ) -> list[OutboxRow]:
+        """Claim up to ``limit`` due rows of one project: they are ``sending`` once this
+        returns (committed before the request goes out)."""
+        with translate(f"claim outbox rows of account {account}", self._dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(QUERIES["outbox_claim"], account, now, limit, batch)
+        return sorted((_outbox(row) for row in rows), key=lambda r: r.id)
+
+    async def outbox_delivered(
+        self, ids: Sequence[int], numberids: Sequence[int], *, now: dt.datetime
+    ) -> None:
+        """Write back the numberids VCC Live gave the rows."""
+        with translate("record delivered outbox rows", self._dsn):
+            await self._pool.execute(QUERIES["outbox_delivered"], list(ids), list(numberids), now)
+
+    async def outbox_set_state(
+        self,
+        ids: Sequence[int],
+        state: str,
+        *,
+        error: str | None,
+        now: dt.datetime,
+        next_attempt_at: dt.datetime | None = None,
+    ) -> None:
+        """Move rows to ``state`` with ``error`` (and a retry time for ``pending``)."""
+        if state not in OUTBOX_STATES:
+            raise ValueError(f"unknown outbox state {state!r}")
+        with translate(f"mark outbox rows {state}", self._dsn):
+            await self._pool.execute(
+                QUERIES["outbox_set_state"], list(ids), state, error, next_attempt_at, now
+            )
+
+    async def outbox_unknown(self, account: str, *, limit: int) -> list[OutboxRow]:
+        """Rows whose delivery is in doubt, oldest first."""
+        with translate(f"read the unknown outbox rows of account {account}", self._dsn):
+            rows = await self._pool.fetch(QUERIES["outbox_unknown"], account, limit)
+        return [_outbox(row) for row in rows]
+
+    async def outbox_numberids(self, account: str) -> dict[int, int]:
+        """``projectid -> highest numberid delivered`` for the account."""
+        with translate(f"read the delivered numberids of account {account}", self._dsn):
+            rows = await self._pool.fetch(QUERIES["outbox_numberids"], account)
+        return {int(r["projectid"]): int(r["numberid"]) for r in rows}
+
+    async def next_outbox_due(self, account: str) -> dt.datetime | None:
+        """When the earliest pending outbox row is due (None: nothing pending)."""
+        with translate(f"read the outbox of account {account}", self._dsn):
+            value = await self._pool.fetchval(QUERIES["next_outbox_due"], account)
+        return value  # type: ignore[no-any-return]

@@ -1,0 +1,256 @@
+"""Which streams an account runs, per vendor: the composition the daemon starts.
+
+- Acefone: one window stream over ``/v1/call/records``.
+- Ozonetel: a live window stream (newest windows, the bulk budget first), a backlog stream of
+  whole IST days that spends what the live stream leaves (until it reaches where the live stream
+  began), and a lookup stream for the CallBacks confirmations that pushes queue.
+- VCC Live: a day stream over ``/v2/cdrs/{y}/{m}/{d}``, a lookup stream (CDR by uuid after a
+  disposition webhook, record details) and the outbox stream (Add record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import structlog
+
+from cdrsync.limiter import LowPriority, SlidingWindowLimiter
+from cdrsync.plan import local_midnight_utc
+from cdrsync.sync import Clock, CycleHook, WindowStream, utcnow
+from cdrsync.vendors import lookup_source_factory, window_source_factory
+
+if TYPE_CHECKING:
+    from cdrsync.app import Runtime
+    from cdrsync.config import AccountSettings
+
+log = structlog.get_logger(__name__)
+_HISTORY = re.compile(r"history:\.\.(\S+)")
+
+
+class Stream(Protocol):
+    """What the daemon runs: a named loop until the stop event."""
+
+    name: str
+
+    async def run(self) -> None:
+        """Work until stopped."""
+
+
+@dataclass(slots=True)
+class AccountStreams:
+    """An account's streams, and the one a push wakes."""
+
+    streams: list[Stream] = field(default_factory=list)
+    wake: list[Any] = field(default_factory=list)
+
+
+def stream_name(account: str, kind: str = "list") -> str:
+    """The ``sync_state.stream`` key of an account's stream."""
+    return f"{account}/{kind}"
+
+
+def limiters_for(account: AccountSettings) -> dict[str, SlidingWindowLimiter]:
+    """One sliding-window limiter per rate-limited endpoint group of the account, shared by
+    every stream of the account (the vendor counts them together)."""
+    return {
+        name: SlidingWindowLimiter(rate.requests, rate.period_s, name=f"{account.name}:{name}")
+        for name, rate in account.rate_limits.items()
+    }
+
+
+async def build_account(
+    rt: Runtime,
+    account: AccountSettings,
+    stop: asyncio.Event,
+    *,
+    clock: Clock = utcnow,
+    on_cycle: CycleHook | None = None,
+) -> AccountStreams:
+    """Every stream of one account, sharing one set of limiters."""
+    limiters = limiters_for(account)
+    for group, limiter in limiters.items():
+        rt.metrics.watch_limiter(account.name, group, limiter)
+    built = AccountStreams()
+    if account.vendor == "vcclive":
+        built.streams += _vcclive(
+            rt, account, stop, limiters=limiters, clock=clock, on_cycle=on_cycle
+        )
+    elif account.vendor == "ozonetel":
+        built.streams += await _ozonetel(
+            rt, account, stop, limiters=limiters, clock=clock, on_cycle=on_cycle
+        )
+    else:
+        built.streams.append(window_stream(rt, account, stop, limiters, clock=clock,
+                                           on_cycle=on_cycle))  # fmt: skip
+    lookup = _lookup_stream(rt, account, stop, limiters=limiters, clock=clock, on_cycle=on_cycle)
+    if lookup is not None:
+        built.streams.append(lookup)
+        built.wake.append(lookup)
+    if account.webhook_secret is not None:
+        await rt.store.ensure_stream(
+            stream_name(account.name, "push"), vendor=account.vendor, account=account.name,
+            kind="push",
+        )  # fmt: skip
+    return built
+
+
+def window_stream(
+    rt: Runtime,
+    account: AccountSettings,
+    stop: asyncio.Event,
+    limiters: Mapping[str, Any],
+    *,
+    kind: str = "list",
+    clock: Clock = utcnow,
+    on_cycle: CycleHook | None = None,
+    **options: Any,
+) -> WindowStream:
+    """A window stream of the account (``options``: WindowStream's keyword arguments)."""
+    name = stream_name(
+        account.name, kind.split(":", maxsplit=1)[0] if kind.startswith("history") else kind
+    )
+    source = window_source_factory(account.vendor)(account, rt.transport, limiters, name)
+    return WindowStream(
+        name=name, account=account, source=source, store=rt.store, locks=rt.locks, stop=stop,
+        clock=clock, on_cycle=on_cycle, kind=kind, **options,
+    )  # fmt: skip
+
+
+def _lookup_stream(
+    rt: Runtime,
+    account: AccountSettings,
+    stop: asyncio.Event,
+    *,
+    limiters: Mapping[str, SlidingWindowLimiter],
+    clock: Clock,
+    on_cycle: CycleHook | None,
+) -> Any:
+    factory = lookup_source_factory(account.vendor)
+    if factory is None:
+        return None
+    from cdrsync.lookup import LookupStream
+
+    name = stream_name(account.name, "lookup")
+    source = factory(account, rt.transport, limiters, name)
+    return LookupStream(
+        name=name, account=account, source=source, store=rt.store, locks=rt.locks, stop=stop,
+        clock=clock, on_cycle=on_cycle,
+    )  # fmt: skip
+
+
+def _vcclive(
+    rt: Runtime,
+    account: AccountSettings,
+    stop: asyncio.Event,
+    *,
+    limiters: Mapping[str, SlidingWindowLimiter],
+    clock: Clock,
+    on_cycle: CycleHook | None,
+) -> list[Stream]:
+    from cdrsync.daystream import DayStream
+    from cdrsync.outbox import OutboxStream
+    from cdrsync.vendors.vcclive import VccDaySource, VccOutbox
+
+    name = stream_name(account.name)
+    days = DayStream(
+        name=name, account=account, source=VccDaySource(account, rt.transport, limiters, name),
+        store=rt.store, locks=rt.locks, stop=stop, clock=clock, on_cycle=on_cycle,
+        verify_rows=int(account.option("verify_rows")),
+    )  # fmt: skip
+    outbox_name = stream_name(account.name, "outbox")
+    outbox = OutboxStream(
+        name=outbox_name, account=account,
+        sink=VccOutbox(account, rt.transport, limiters, outbox_name),
+        store=rt.store, locks=rt.locks, stop=stop, clock=clock,
+    )  # fmt: skip
+    return [days, outbox]
+
+
+async def _ozonetel(
+    rt: Runtime,
+    account: AccountSettings,
+    stop: asyncio.Event,
+    *,
+    limiters: Mapping[str, SlidingWindowLimiter],
+    clock: Clock,
+    on_cycle: CycleHook | None,
+) -> list[Stream]:
+    """The live stream starts at today's IST midnight (or where it stood); a backlog stream
+    reads from ``start`` (clamped to the 15-day horizon) up to there, in whole days, with the
+    bulk requests the live stream leaves."""
+    from cdrsync.vendors.ozonetel import earliest_available
+
+    zone = account.zone
+    retention = account.option("retention")
+
+    def earliest(now: dt.datetime) -> dt.datetime:
+        return earliest_available(now, zone, retention)
+
+    now = clock()
+    configured = local_midnight_utc(account.start, zone)
+    if configured < earliest(now):
+        log.warning(
+            "ozonetel.start_clamped", account=account.name, start=account.start.isoformat(),
+            earliest=earliest(now).isoformat(),
+            action="Ozonetel's bulk API serves the last "
+            f"{retention.days} days only: calls before {earliest(now).date()} cannot be fetched",
+        )  # fmt: skip
+    live = await rt.store.load_state(stream_name(account.name))
+    history = await rt.store.load_state(stream_name(account.name, "history"))
+    today = local_midnight_utc(now.astimezone(zone).date(), zone)
+    if live is not None and live.watermark is not None:
+        resume = live.watermark - account.lookback
+        live_start = local_midnight_utc(resume.astimezone(zone).date(), zone)
+    else:
+        live_start = max(configured, today)
+    split = live_start
+    if history is not None and (found := _HISTORY.fullmatch(history.kind)):
+        split = dt.datetime.fromisoformat(found[1])
+    elif live is not None and live.watermark is not None:
+        split = configured  # an earlier install read everything in the live stream
+    streams: list[Stream] = [
+        window_stream(
+            rt,
+            account,
+            stop,
+            limiters,
+            clock=clock,
+            on_cycle=on_cycle,
+            start=live_start,
+            earliest=earliest,
+        )
+    ]
+    backlog_from = max(configured, earliest(now))
+    done = history is not None and history.watermark is not None and history.watermark >= split
+    if backlog_from < split and not done:
+        slow = {**limiters, "bulk": cast(SlidingWindowLimiter, LowPriority(limiters["bulk"]))}
+        kind = f"history:..{split.isoformat()}"
+        # Registered before the live stream commits anything: after a crash the split point is
+        # read back from here, so the days before it are never taken for done.
+        await rt.store.ensure_stream(
+            stream_name(account.name, "history"), vendor=account.vendor, account=account.name,
+            kind=kind,
+        )  # fmt: skip
+        streams.append(
+            window_stream(
+                rt,
+                account,
+                stop,
+                slow,
+                kind=kind,
+                clock=clock,
+                on_cycle=on_cycle,
+                start=configured,
+                until=split,
+                lookback=dt.timedelta(0),
+                window=account.option("history_window"),
+                earliest=earliest,
+                audit=False,
+            )
+        )
+    return streams

@@ -1,0 +1,196 @@
+"""Push receivers: ``POST /hooks/{account}?token=SECRET`` on ``daemon.http_listen``.
+
+Ozonetel posts the whole call record after a call (form data, a ``data`` field holding JSON;
+plain JSON is accepted too); VCC Live posts its Call Disposition webhook as JSON. Neither vendor
+can sign a push or add a header, so the account's ``webhook_secret`` travels in the URL's query:
+it is compared in constant time, and neither the URL's query nor the body is ever logged (the
+access log is off; Ozonetel's body carries the account's ``Apikey``). A push is stored (its calls,
+and the lookups that will confirm them) in one transaction before the 200 goes out, so a vendor
+that sees 200 can forget it. Every refusal is a 4xx with a short JSON reason, and a log line
+saying what was refused and what to do; the daemon carries on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from cdrsync.errors import ParseError, StoreError
+from cdrsync.model import PushResult, Reject
+from cdrsync.vendors import push_parser
+
+if TYPE_CHECKING:
+    from cdrsync.config import AccountSettings
+    from cdrsync.store import Store
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY = 1024 * 1024
+"""Bytes a push may have (a call record is a few kB)."""
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Values of keys like Apikey/api_key/token inside a body kept as a reject, whatever its shape.
+_SECRET_FIELD = re.compile(
+    rb'(?i)("?(?:api_?key|apikey|token|password|secret)"?\s*[:=]\s*"?)([^"&,}\s]+)'
+)
+
+
+def push_stream(account: str) -> str:
+    """The ``sync_state`` stream that counts an account's pushes."""
+    return f"{account}/push"
+
+
+def scrub_body(body: bytes) -> str:
+    """A refused body as text for ``rejects``, with any key-like field's value blanked."""
+    return _SECRET_FIELD.sub(rb"\1***", body).decode("utf-8", "replace").replace("\x00", "")
+
+
+class Refusal(Exception):
+    """A push that is not stored: HTTP status, a reason for the vendor, advice for the log."""
+
+    def __init__(self, status: int, reason: str, advice: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.advice = advice
+
+
+class Receiver:
+    """The ``/hooks/{account}`` handler for every account that takes pushes."""
+
+    def __init__(
+        self,
+        accounts: Mapping[str, AccountSettings],
+        store: Store,
+        *,
+        wake: Callable[[str], None] = lambda account: None,
+        observe: Callable[[str, str], None] = lambda account, result: None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._accounts = accounts
+        self._store = store
+        self._wake = wake
+        self._observe = observe
+        self._clock = clock
+
+    def routes(self, app: web.Application) -> None:
+        """Add the receiver's route to ``app``."""
+        app.router.add_post("/hooks/{account}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Authenticate, decode, store, answer; any refusal is a logged 4xx."""
+        began = time.monotonic()
+        name = request.match_info["account"]
+        try:
+            account = self._authenticate(name, request.query.get("token"))
+            result, body = await self._decode(account, request)
+            written = await self._store.queues.write_push(
+                push_stream(account.name), result.records, result.rejects, result.lookups,
+                vendor=account.vendor, account=account.name, now=self._clock(),
+            )  # fmt: skip
+        except Refusal as refusal:
+            self._observe(name, str(refusal.status))
+            log.warning(
+                "webhook.refused", account=name, status=refusal.status, reason=refusal.reason,
+                action=refusal.advice,
+            )  # fmt: skip
+            return web.json_response({"status": "refused", "reason": refusal.reason},
+                                     status=refusal.status)  # fmt: skip
+        except StoreError as exc:
+            self._observe(name, "503")
+            log.warning("webhook.not_stored", account=name, error=str(exc),
+                        action="answered 503 so the vendor retries the push")  # fmt: skip
+            return web.json_response({"status": "unavailable"}, status=503)
+        self._wake(account.name)
+        self._observe(name, "200")
+        log.info(
+            "webhook.stored", vendor=account.vendor, account=account.name,
+            calls=len(result.records), rejects=len(result.rejects), lookups=len(result.lookups),
+            inserted=written.inserted, updated=written.updated, bytes=len(body),
+            ms=round((time.monotonic() - began) * 1000, 1),
+        )  # fmt: skip
+        return web.json_response({"status": "ok", "calls": len(result.records)})
+
+    def _authenticate(self, name: str, token: str | None) -> AccountSettings:
+        account = self._accounts.get(name)
+        if account is None or push_parser(account.vendor) is None:
+            raise Refusal(404, "unknown account", "check the push URL configured at the vendor")
+        if account.webhook_secret is None:
+            raise Refusal(
+                404, "pushes are not enabled for this account",
+                f"set webhook_secret for account {name} to accept its pushes",
+            )  # fmt: skip
+        expected = account.webhook_secret.reveal().encode()
+        if token is None or not hmac.compare_digest(token.encode(), expected):
+            raise Refusal(
+                403, "wrong or missing token",
+                "the push URL's token= must equal the account's webhook_secret; check the "
+                "vendor's push URL (or someone is probing the endpoint)",
+            )  # fmt: skip
+        return account
+
+    async def _decode(
+        self, account: AccountSettings, request: web.Request
+    ) -> tuple[PushResult, bytes]:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise Refusal(413, "body too large", f"a push may have at most {MAX_BODY} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise Refusal(
+                413, "body too large", f"a push may have at most {MAX_BODY} bytes"
+            ) from None
+        doc = _document(body, request.content_type)
+        parse = push_parser(account.vendor)
+        if parse is None:  # pragma: no cover - _authenticate refused such accounts
+            raise Refusal(404, "unknown account", "this vendor takes no pushes")
+        received = self._clock()
+        try:
+            return parse(doc, account=account, received_at=received), body
+        except ParseError as exc:
+            reject = Reject(account.vendor, account.name, push_stream(account.name), None,
+                            f"push: {exc}", scrub_body(body), received)  # fmt: skip
+            await self._store.queues.write_push(
+                push_stream(account.name), (), (reject,), (),
+                vendor=account.vendor, account=account.name, now=received,
+            )  # fmt: skip
+            raise Refusal(
+                422,
+                f"not a usable call record: {exc}",
+                "kept in the rejects table; check the vendor's push format",
+            ) from None
+
+
+def _document(body: bytes, content_type: str) -> Any:
+    """The push as a JSON value: form data's ``data`` field (Ozonetel), or the JSON body."""
+    if not body.strip():
+        raise Refusal(400, "empty body", "the vendor sent no record")
+    text: bytes | str = body
+    if content_type in _FORMS:
+        from urllib.parse import parse_qs
+
+        if content_type == "multipart/form-data":
+            raise Refusal(415, "multipart bodies are not supported", "send form-urlencoded or JSON")
+        try:
+            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise Refusal(400, "form body is not UTF-8", "check the vendor's push format") from None
+        if "data" not in fields:
+            # Ozonetel's field name is unverified: a form without `data` is the record itself.
+            return {key: values[-1] for key, values in fields.items()}
+        text = fields["data"][-1]
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise Refusal(
+            400,
+            "body is not JSON (nor form data with a JSON data field)",
+            "check the vendor's push format",
+        ) from None
