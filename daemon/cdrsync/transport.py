@@ -315,13 +315,16 @@ class Transport:
         json_body: bytes | None = None,
         timeout_s: float | None = None,
         policy: RetryPolicy | None = None,
+        accept: frozenset[int] = frozenset(),
     ) -> T:
         """Send a request under ``limiter`` and return ``parse(response)`` of a 2xx response.
 
         ``endpoint`` names the endpoint group in errors, logs and metrics (never the URL).
         Transient failures (network, timeout, 5xx, 408, 429, a ``BadPageError`` from ``parse``)
         are retried under ``policy``; when the attempts run out the last error propagates.
-        Auth and other permanent errors are raised at once.
+        Auth and other permanent errors are raised at once. Statuses in ``accept`` are
+        answers, not failures (VCC Live's 404 "not processed yet"): ``parse`` gets them like a
+        2xx, and they are neither logged as failures nor retried.
         """
         policy = policy or self._policy
         sent_headers = dict(headers or {})
@@ -343,6 +346,7 @@ class Transport:
             endpoint=endpoint,
             secrets=_secrets_of(url, params, sent_headers, json_body),
             observer=self._observer,
+            accept=accept,
         )
         started = time.monotonic()
         async for attempt in stamina.retry_context(
@@ -416,6 +420,7 @@ class _Attempt:
     endpoint: str
     secrets: tuple[str, ...]
     observer: RequestObserver | None
+    accept: frozenset[int] = frozenset()
 
     async def __call__(self) -> Response:
         """A 2xx :class:`Response`, or the translated error of this attempt."""
@@ -423,7 +428,7 @@ class _Attempt:
         response = await self._send()
         if self.observer is not None:
             self.observer.on_response(self.endpoint, response.status, response.elapsed_s)
-        if 200 <= response.status <= 299:
+        if 200 <= response.status <= 299 or response.status in self.accept:
             return response
         retry_after = None
         if response.status == 429:

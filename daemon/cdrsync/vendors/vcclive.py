@@ -288,11 +288,6 @@ def _basic_auth(account: AccountSettings) -> str:
     return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
-def _not_found(exc: PermanentError) -> bool:
-    """Whether a refusal was HTTP 404 (the transport's message says "HTTP 404,")."""
-    return getattr(exc, "status", None) == 404 or ": HTTP 404," in str(exc)
-
-
 class _Client:
     """What every VCC Live client of one account shares: auth header, limits, timeouts."""
 
@@ -328,6 +323,7 @@ class _Client:
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
         policy: RetryPolicy | None = None,
+        accept: frozenset[int] = frozenset(),
     ) -> T:
         return await self._transport.request(
             method,
@@ -340,7 +336,12 @@ class _Client:
             parse=parse,
             timeout_s=self._timeout_s,
             policy=policy or self._policy,
+            accept=accept,
         )
+
+
+NOT_FOUND = frozenset({404})
+"""Statuses the per-id endpoints answer for "not there (yet)": an answer, not a failure."""
 
 
 class VccDaySource(_Client):
@@ -422,12 +423,7 @@ class VccLookups(_Client):
             return LookupOutcome("gave_up", counted=False, note=f"no CDR after {attempts} attempts")
         if due > now:
             return LookupOutcome("retry", next_attempt_at=due, counted=False)
-        try:
-            found = await self._get_cdr(*self._month(item), item.call_key)
-        except PermanentError as exc:
-            if not _not_found(exc):
-                raise
-            found = None
+        found = await self._get_cdr(*self._month(item), item.call_key)
         if isinstance(found, Reject):  # a malformed CDR: kept in rejects, the lookup is over
             return LookupOutcome("done", rejects=(found,))
         if found is not None:
@@ -445,6 +441,8 @@ class VccLookups(_Client):
         fetched_at = dt.datetime.now(dt.UTC)
 
         def parse(response: Response) -> CallRecord | Reject | None:
+            if response.status == 404:
+                return None  # not processed yet: VCC costs a call before it serves its CDR
             try:
                 return parse_cdr(
                     response.body,
@@ -460,7 +458,9 @@ class VccLookups(_Client):
                 )
 
         path = cdr_path(year, month, uuid)
-        return await self._send("GET", path, group="lookup", name="cdr", parse=parse)
+        return await self._send(
+            "GET", path, group="lookup", name="cdr", parse=parse, accept=NOT_FOUND
+        )
 
     async def _record(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
         ids = _record_ids(item)
@@ -468,11 +468,8 @@ class VccLookups(_Client):
             return LookupOutcome(
                 "gave_up", counted=False, note="lookup names no projectid/numberid"
             )
-        try:
-            events, records = await self._get_record(*ids)
-        except PermanentError as exc:
-            if not _not_found(exc):
-                raise
+        found = await self._get_record(*ids)
+        if found is None:
             if item.attempts + 1 >= self._account.option("lookup_attempts"):
                 return LookupOutcome("gave_up", note="record not found (404) on every attempt")
             return LookupOutcome(
@@ -480,14 +477,19 @@ class VccLookups(_Client):
                 next_attempt_at=now + self._account.option("lookup_interval"),
                 note="record not found yet (404)",
             )
+        events, records = found
         return LookupOutcome("done", records=records, events=events)
 
     async def _get_record(
         self, projectid: int, numberid: int
-    ) -> tuple[tuple[CallEvent, ...], tuple[CallRecord, ...]]:
+    ) -> tuple[tuple[CallEvent, ...], tuple[CallRecord, ...]] | None:
         fetched_at = dt.datetime.now(dt.UTC)
 
-        def parse(response: Response) -> tuple[tuple[CallEvent, ...], tuple[CallRecord, ...]]:
+        def parse(
+            response: Response,
+        ) -> tuple[tuple[CallEvent, ...], tuple[CallRecord, ...]] | None:
+            if response.status == 404:
+                return None
             return parse_record_detail(
                 response.body,
                 account=self._account.name,
@@ -498,7 +500,9 @@ class VccLookups(_Client):
             )
 
         path = record_path(projectid, numberid)
-        return await self._send("GET", path, group="records", name="record", parse=parse)
+        return await self._send(
+            "GET", path, group="records", name="record", parse=parse, accept=NOT_FOUND
+        )
 
 
 def _record_ids(item: LookupItem) -> tuple[int, int] | None:
@@ -540,13 +544,12 @@ class VccOutbox(_Client):
         record in the project (404): how the outbox finds records whose add answer was lost."""
         endpoint = self._endpoint("record")
 
-        def parse(response: Response) -> dict[str, Any]:
+        def parse(response: Response) -> dict[str, Any] | None:
+            if response.status == 404:
+                return None
             return parse_record_data(response.body, endpoint=endpoint)
 
-        try:
-            path = record_path(projectid, numberid)
-            return await self._send("GET", path, group="records", name="record", parse=parse)
-        except PermanentError as exc:
-            if _not_found(exc):
-                return None
-            raise
+        path = record_path(projectid, numberid)
+        return await self._send(
+            "GET", path, group="records", name="record", parse=parse, accept=NOT_FOUND
+        )
