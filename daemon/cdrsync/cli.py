@@ -180,7 +180,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             states = await rt.store.states()
             midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
             today = await rt.store.rows_since(midnight)
-        text, failing = render_status(states, settings, now=now, as_json=args.json, today=today)
+            depths = await rt.store.queues.depths()
+        text, failing = render_status(
+            states, settings, now=now, as_json=args.json, today=today, depths=depths
+        )
         print(text)
         return EX_FAIL if failing else EX_OK
 

@@ -26,7 +26,10 @@ def lag_threshold(settings: Settings, account: str) -> dt.timedelta | None:
         acc = settings.account(account)
     except ConfigError:  # a stream of an account since removed from the file
         return None
-    return acc.settle + acc.window + 3 * acc.poll_interval
+    slack = acc.settle + acc.window + 3 * acc.poll_interval
+    # VCC Live's day stream keeps the days inside the lookback open: its watermark is the start
+    # of the oldest open day, normally a lookback and a day behind.
+    return slack + acc.lookback if acc.vendor == "vcclive" else slack
 
 
 def _ago(moment: dt.datetime | None, now: dt.datetime) -> str:
@@ -40,8 +43,26 @@ def _ago(moment: dt.datetime | None, now: dt.datetime) -> str:
     return f"{seconds // 3600}h ago"
 
 
+Depths = Mapping[tuple[str, str, str], Mapping[str, int]]
+"""``(vendor, account, "lookups" | "outbox") -> {state: rows}`` (``Queues.depths``)."""
+_QUEUE_OF = {"lookup": "lookups", "outbox": "outbox"}
+_WAITING = ("pending", "sending", "unknown")
+
+
+def queue_of(state: StreamState, depths: Depths) -> dict[str, int] | None:
+    """The rows of the queue a lookup or outbox stream works on, by state (None: no queue)."""
+    queue = _QUEUE_OF.get(state.kind)
+    if queue is None:
+        return None
+    return dict(depths.get((state.vendor, state.account, queue), {}))
+
+
 def assess(
-    state: StreamState, settings: Settings, now: dt.datetime, rows_today: int | None = None
+    state: StreamState,
+    settings: Settings,
+    now: dt.datetime,
+    rows_today: int | None = None,
+    depths: Depths | None = None,
 ) -> dict[str, Any]:
     """One stream's figures and health, as ``status --json`` prints them."""
     lag = (now - state.watermark).total_seconds() if state.watermark else None
@@ -60,6 +81,7 @@ def assess(
         "last_success_at": state.last_success_at.isoformat() if state.last_success_at else None,
         "last_error": state.last_error if failing else None,
         "rows_today": rows_today,
+        "queue": queue_of(state, depths or {}),
         "rows_inserted": state.rows_inserted,
         "rows_updated": state.rows_updated,
         "cycles": state.cycles,
@@ -74,29 +96,36 @@ def render_status(
     now: dt.datetime,
     as_json: bool = False,
     today: Mapping[tuple[str, str], int] | None = None,
+    depths: Depths | None = None,
 ) -> tuple[str, bool]:
     """The status report and whether any stream is failing or lagging (exit code 1).
 
-    ``today``: calls first stored since midnight UTC, per (vendor, account)."""
+    ``today``: calls first stored since midnight UTC, per (vendor, account); ``depths``: the
+    lookup and outbox queues (the QUEUE column: rows waiting, and of them in doubt)."""
     today = today or {}
-    rows = [assess(s, settings, now, today.get((s.vendor, s.account), 0)) for s in states]
-    unhealthy = any(r["health"] != "ok" for r in rows if r["kind"] == "list")
+    rows = [assess(s, settings, now, today.get((s.vendor, s.account), 0), depths) for s in states]
+    unhealthy = any(r["health"] != "ok" for r in rows if r["kind"] in ("list", *_QUEUE_OF))
     if as_json:
         return orjson.dumps({"streams": rows}, option=orjson.OPT_INDENT_2).decode(), unhealthy
     if not rows:
         return "no streams yet: run `cdrsync run` first", False
-    header = ("STREAM", "HEALTH", "WATERMARK", "LAG", "LAST SUCCESS", "TODAY", "ROWS", "LAST ERROR")
+    header = (
+        "STREAM", "VENDOR", "HEALTH", "WATERMARK", "LAG", "LAST SUCCESS", "TODAY", "ROWS",
+        "QUEUE", "LAST ERROR",
+    )  # fmt: skip
     table = [header]
     for row, state in zip(rows, states, strict=True):
         table.append(
             (
                 row["stream"],
+                row["vendor"],
                 row["health"],
                 state.watermark.strftime("%Y-%m-%d %H:%M:%SZ") if state.watermark else "-",
                 f"{row['lag_s']}s" if row["lag_s"] is not None else "-",
                 _ago(state.last_success_at, now),
                 str(row["rows_today"]),
                 f"{state.rows_inserted}+{state.rows_updated}",
+                _queue_text(row["queue"]),
                 (row["last_error"] or "")[:80],
             )
         )
@@ -105,6 +134,19 @@ def render_status(
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
     ]
     return "\n".join(lines), unhealthy
+
+
+def _queue_text(queue: Mapping[str, int] | None) -> str:
+    """``"12 waiting"`` (``", 2 in doubt"`` for outbox rows whose answer was lost)."""
+    if queue is None:
+        return "-"
+    waiting = sum(queue.get(state, 0) for state in _WAITING)
+    text = f"{waiting} waiting"
+    if queue.get("unknown"):
+        text += f", {queue['unknown']} in doubt"
+    if queue.get("failed") or queue.get("gave_up"):
+        text += f", {queue.get('failed', 0) + queue.get('gave_up', 0)} given up"
+    return text
 
 
 class ProgressPrinter:

@@ -87,3 +87,28 @@ def test_progress_line_shows_rate_share_and_eta():
     assert "300 rows" in line
     # 7 days left at the pace of 2 days per 20 s (since the printer began) is 70 s
     assert "ETA 0:01:10" in line
+
+
+def test_queue_depths_of_lookup_and_outbox_streams():
+    """Lookup and outbox streams show their queue (waiting, in doubt, given up); --json too."""
+    lookup = state(stream="acme-in/lookup", kind="lookup", watermark=None)
+    outbox = state(stream="acme-in/outbox", kind="outbox", watermark=None)
+    depths = {
+        ("acefone", "acme-in", "lookups"): {"pending": 7, "done": 90, "gave_up": 1},
+        ("acefone", "acme-in", "outbox"): {"pending": 2, "unknown": 3, "delivered": 40},
+    }
+    text, unhealthy = render_status([state(), lookup, outbox], SETTINGS, now=NOW, depths=depths)
+    header, *rows = text.splitlines()
+    queues = [row[header.index("QUEUE") : header.index("LAST ERROR")].strip() for row in rows]
+    assert queues == ["-", "7 waiting, 1 given up", "5 waiting, 3 in doubt"]
+    assert not unhealthy
+    data, _ = render_status([lookup], SETTINGS, now=NOW, depths=depths, as_json=True)
+    assert orjson.loads(data)["streams"][0]["queue"] == {"pending": 7, "done": 90, "gave_up": 1}
+
+
+def test_a_failing_lookup_stream_fails_the_check():
+    """A lookup stream whose last cycle failed (e.g. credentials) makes status exit 1."""
+    bad = state(stream="acme-in/lookup", kind="lookup", watermark=None, last_error="401",
+                last_error_at=NOW, last_success_at=NOW - dt.timedelta(minutes=1))  # fmt: skip
+    _, unhealthy = render_status([bad], SETTINGS, now=NOW)
+    assert unhealthy
