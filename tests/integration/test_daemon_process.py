@@ -446,8 +446,8 @@ async def test_status_after_a_run_and_migrate_on_an_empty_database(
     assert (ecode, json.loads(eout)) == (0, {"streams": []}), eout + eerr
     assert code == 0, out + err
     header, *rows = out.splitlines()
-    assert header.split()[:3] == ["STREAM", "HEALTH", "WATERMARK"], out
-    assert any(row.split()[:2] == [STREAM, "ok"] for row in rows), out
+    assert header.split()[:4] == ["STREAM", "VENDOR", "HEALTH", "WATERMARK"], out
+    assert any(row.split()[:3] == [STREAM, "acefone", "ok"] for row in rows), out
     assert jcode == 0, jout + jerr
     streams = {s["stream"]: s for s in json.loads(jout)["streams"]}
     mark = await watermark(dsn)
