@@ -179,7 +179,10 @@ def test_example_file_documents_every_key() -> None:
     keys |= {f.name for f in dataclasses.fields(config.DaemonSettings)}
     keys |= config.COMMON_ACCOUNT_KEYS | config.VENDOR_SPECS["acefone"].keys
     keys |= set(config.VENDOR_SPECS["acefone"].rate_limits)
-    keys -= {"rate_limits"}  # a table: [accounts.rate_limits]
+    for vendor in ("ozonetel", "vcclive"):  # their accounts are commented out in the example
+        spec = config.VENDOR_SPECS[vendor]
+        keys |= spec.keys | set(spec.options) | set(spec.rate_limits) | set(spec.endpoints)
+    keys -= {"rate_limits", "endpoints"}  # tables: [accounts.rate_limits], [accounts.endpoints]
     assert "[accounts.rate_limits]" in text
     assert not [key for key in sorted(keys) if f"{key} =" not in text]
 
@@ -652,3 +655,49 @@ def test_vendor_spec_is_consistent(vendor: str) -> None:
     assert {key for group in spec.credentials for key in group} <= spec.keys
     assert set(spec.defaults) <= set(config.ACCOUNT_DEFAULTS)
     assert all(parse_rate(rate).requests >= 1 for rate in spec.rate_limits.values())
+
+
+def vendor_account(vendor: str, **extra: Any) -> dict[str, Any]:
+    """An Ozonetel or VCC Live account table with its required keys."""
+    return {"accounts": [{"name": "acc", "vendor": vendor, "base_url": "https://x.example.com",
+                          "username": "acme", "api_key": "k3y-value", "start": "2026-11-10",
+                          **extra}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("vendor", "extra", "problem"),
+    [
+        ("ozonetel", {"window": "7h"}, 'accounts[0].window: "7h" does not divide a day'),
+        ("ozonetel", {"history_window": "2d"}, "accounts[0].history_window"),
+        ("ozonetel", {"auth": "oauth"}, 'accounts[0].auth: "oauth" is not one of apikey, token'),
+        ("ozonetel", {"lookup_retry": "0s"}, "accounts[0].lookup_retry"),
+        ("ozonetel", {"api_key": None}, "no credentials"),
+        ("vcclive", {"window": "1h"}, 'VCC Live lists calls by day: window must be "1d"'),
+        ("vcclive", {"lookup_attempts": 0}, "accounts[0].lookup_attempts"),
+        ("vcclive", {"auth": "token"}, "accounts[0].auth: unknown key"),
+        ("vcclive", {"rate_limits": {"bulk": "2/min"}}, "accounts[0].rate_limits.bulk"),
+        ("acefone", {"token": "t0k3n", "lookup_delay": "1m"}, "accounts[0].lookup_delay"),
+    ],
+)
+def test_vendor_rules_and_options(vendor: str, extra: dict[str, Any], problem: str) -> None:
+    """Each vendor's own options and API rules are checked, each problem named by key."""
+    doc = vendor_account(vendor, **extra)
+    doc["accounts"][0] = {k: v for k, v in doc["accounts"][0].items() if v is not None}
+    with pytest.raises(ConfigError) as caught:
+        config.parse(doc, source="<t>", environ={})
+    assert problem in str(caught.value)
+
+
+def test_vendor_options_have_safe_defaults() -> None:
+    """Unset vendor options take the documented defaults (the vendor's own advice where known)."""
+    oz = config.parse(vendor_account("ozonetel"), source="<t>", environ={}).accounts[0]
+    assert (oz.option("auth"), oz.option("retention"), oz.page_size) == (
+        "apikey", dt.timedelta(days=15), 500,
+    )  # fmt: skip
+    assert str(oz.rate_limits["bulk"]) == "2/min"
+    assert oz.endpoints["lookup"] == "/CAServices/CDR/callbacks.php"
+    vcc = config.parse(vendor_account("vcclive"), source="<t>", environ={}).accounts[0]
+    assert (vcc.option("lookup_delay"), vcc.option("lookup_attempts")) == (
+        dt.timedelta(minutes=5), 20,
+    )  # fmt: skip
+    assert vcc.window == dt.timedelta(days=1)
