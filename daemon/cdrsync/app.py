@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,14 +18,15 @@ import structlog
 from aiohttp import web
 
 from cdrsync import __version__
-from cdrsync.errors import CdrsyncError, StoreError, TransientError
+from cdrsync.errors import CdrsyncError, ConfigError, StoreError, TransientError
 from cdrsync.limiter import SlidingWindowLimiter
 from cdrsync.metrics import CONTENT_TYPE, Metrics
 from cdrsync.model import WriteResult
 from cdrsync.observability import StatusBoard, sd_notify, watchdog_interval
 from cdrsync.plan import retry_delay
 from cdrsync.store import Store, StreamLocks
-from cdrsync.streams import AccountStreams, Stream, build_account, limiters_for, stream_name
+from cdrsync.streams import limiters_for, stream_name
+from cdrsync.supervisor import Supervisor, enabled
 from cdrsync.sync import Clock, CycleHook, ProgressHook, WindowStream, utcnow
 from cdrsync.transport import Transport
 from cdrsync.vendors import window_source_factory
@@ -196,25 +198,22 @@ async def _health_server(
     log.info("http.listening", host=listen[0], port=listen[1])
 
 
-async def _run_streams(streams: Sequence[Stream], stop: asyncio.Event, grace: float) -> None:
-    """Run every stream as a named task; after ``stop``, give them ``grace`` seconds to commit
-    the batch in hand, then cancel what is left."""
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(s.run(), name=s.name) for s in streams]
-        all_done = asyncio.ensure_future(asyncio.wait(tasks))
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({all_done, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not all_done.done():
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                log.warning("stream.cancelled_after_grace", stream=task.get_name())
-                task.cancel()
-        all_done.cancel()
+Reloader = Callable[[], "Settings"]
+"""Reads the configuration file again (``cdrsync run``: on SIGHUP); raises ConfigError."""
 
 
-async def run(settings: Settings, *, stop: asyncio.Event, clock: Clock = utcnow) -> None:
-    """The daemon: every enabled account's streams until ``stop`` is set."""
+async def run(
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    clock: Clock = utcnow,
+    reload: asyncio.Event | None = None,
+    reloader: Reloader | None = None,
+) -> None:
+    """The daemon: every enabled account's streams until ``stop`` is set.
+
+    When ``reload`` is set (SIGHUP), ``reloader`` reads the file again and the accounts are
+    brought in line with it; a file with errors is refused and the running ones carry on."""
     async with contextlib.AsyncExitStack() as stack:
         rt = await stack.enter_async_context(runtime(settings, stop))
         if rt is None:
@@ -226,32 +225,86 @@ async def run(settings: Settings, *, stop: asyncio.Event, clock: Clock = utcnow)
             line = board.update(stream, ok=ok, lag_s=lag_s, rows=written.written)
             sd_notify(f"STATUS={line}")
 
-        built: dict[str, AccountStreams] = {}
-        for account in settings.accounts:
-            if account.enabled:
-                built[account.name] = await build_account(
-                    rt, account, stop, clock=clock, on_cycle=cycled
-                )
-        streams = [s for b in built.values() for s in b.streams]
-
-        def wake(name: str) -> None:
-            for stream in built[name].wake if name in built else ():
-                stream.wake()
-
-        receiver = Receiver(
-            {a.name: a for a in settings.accounts if a.enabled}, rt.store, wake=wake,
-            observe=rt.metrics.on_push,
-        )  # fmt: skip
+        grace = settings.daemon.shutdown_grace.total_seconds()
+        sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace)
+        stack.push_async_callback(sup.stop_all)
+        for account in enabled(settings).values():
+            await sup.start(account)
+        receiver = Receiver(sup.accounts, rt.store, wake=sup.wake, observe=rt.metrics.on_push)
         await _health_server(rt, stack, receiver)
-        sd_notify("READY=1", f"STATUS=syncing {len(streams)} streams")
-        log.info("daemon.started", streams=[s.name for s in streams], version=__version__)
+        sd_notify("READY=1", f"STATUS=syncing {len(sup.stream_names)} streams")
+        log.info("daemon.started", streams=sup.stream_names, version=__version__)
         watchdog = asyncio.create_task(_watchdog(watchdog_interval()), name="watchdog")
         try:
-            await _run_streams(streams, stop, settings.daemon.shutdown_grace.total_seconds())
+            await _serve(sup, settings, stop, reload or asyncio.Event(), reloader)
         finally:
             watchdog.cancel()
             sd_notify("STOPPING=1")
+            await sup.stop_all()
             log.info("daemon.stopped")
+
+
+async def _serve(
+    sup: Supervisor,
+    settings: Settings,
+    stop: asyncio.Event,
+    reload: asyncio.Event,
+    reloader: Reloader | None,
+) -> None:
+    """Wait for the stop event, a stream's crash or the end of every stream; apply reloads."""
+    current = settings
+    while True:
+        waits = {
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(reload.wait()),
+            asyncio.ensure_future(sup.failure.wait()),
+            asyncio.ensure_future(sup.wait_finished()),
+        }
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if sup.error is not None:
+            raise sup.error
+        if stop.is_set() or (not reload.is_set() and not sup.stream_names):
+            return
+        if reload.is_set():
+            reload.clear()
+            current = await _reload(sup, current, reloader)
+
+
+async def _reload(sup: Supervisor, current: Settings, reloader: Reloader | None) -> Settings:
+    """Apply a new configuration file; keep ``current`` when it has errors."""
+    if reloader is None:
+        log.warning("config.reload_unavailable", action="restart the daemon to apply changes")
+        return current
+    sd_notify("RELOADING=1")
+    try:
+        new = reloader()
+    except ConfigError as exc:
+        log.warning(
+            "config.reload_refused", problems=exc.problems,
+            action="the running configuration is kept; fix the file and send SIGHUP again",
+        )  # fmt: skip
+        sd_notify("READY=1")
+        return current
+    ignored = [
+        name for name in ("database", "daemon") if getattr(new, name) != getattr(current, name)
+    ]
+    if ignored:
+        log.warning(
+            "config.reload_partial", sections=ignored,
+            action="changes to [database] and [daemon] take effect at the next restart",
+        )  # fmt: skip
+        new = dataclasses.replace(new, database=current.database, daemon=current.daemon)
+    changes = await sup.apply(new)
+    log.info(
+        "config.reloaded", added=list(changes.added), removed=list(changes.removed),
+        restarted=list(changes.restarted), streams=sup.stream_names,
+    )  # fmt: skip
+    sd_notify("READY=1", f"STATUS=reloaded; syncing {len(sup.stream_names)} streams")
+    return new
 
 
 async def _watchdog(interval: float | None) -> None:

@@ -22,6 +22,7 @@ from cdrsync import __version__
 from cdrsync.errors import CdrsyncError, ConfigError, TransientError
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
+SIMULATED_VENDORS = ("acefone", "ozonetel", "vcclive")
 
 log = structlog.get_logger("cdrsync")
 
@@ -63,20 +64,44 @@ def parser() -> argparse.ArgumentParser:
     bf.add_argument("--since", required=True, type=_date, help="first day (account time zone)")
     bf.add_argument("--until", type=_date, help="day after the last one (default: up to now)")
     demo = command(
-        "demo", "simulator + embedded PostgreSQL + daemon, with a live summary", config=False
+        "demo",
+        "the three vendor simulators + embedded PostgreSQL + daemon, with a live summary",
+        config=False,
     )
     demo.add_argument(
         "--duration", type=float, default=60.0, help="seconds to run (0: until Ctrl-C)"
     )
     demo.add_argument("--state-dir", help="keep the demo database here (default: a temporary dir)")
-    demo.add_argument("--records", type=int, default=5000, help="simulated backlog size")
-    sim = command("simulate", "run the Acefone simulator alone", config=False)
+    demo.add_argument(
+        "--records",
+        type=int,
+        default=5000,
+        help="Acefone's simulated backlog (Ozonetel and VCC Live get a tenth each)",
+    )
+    demo.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="the daemon's log lines shown between the summaries (default: warning)",
+    )
+    sim = command("simulate", "run one vendor's simulator alone", config=False)
+    sim.add_argument("--vendor", choices=SIMULATED_VENDORS, default="acefone")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8085)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--records", type=int, default=2000, help="backlog size")
     sim.add_argument("--live-per-minute", type=float, default=30.0)
-    sim.add_argument("--rate-limit", type=int, help="list requests per minute before 429")
+    sim.add_argument(
+        "--rate-limit",
+        type=int,
+        help="requests per minute before 429 (acefone: list; ozonetel: bulk reports, default "
+        "2 as the vendor; vcclive: each endpoint group, default none)",
+    )
+    sim.add_argument(
+        "--push-url",
+        help="ozonetel/vcclive: POST pushes (webhooks) there, e.g. "
+        "http://127.0.0.1:9108/hooks/ACCOUNT?token=SECRET",
+    )
     return top
 
 
@@ -135,8 +160,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     _configure(settings)
 
+    def reloader() -> Any:
+        from cdrsync.observability import SCRUBBER
+
+        fresh = _load(args.config)
+        SCRUBBER.add(fresh.secret_values())  # the old ones stay: they may still be in flight
+        return fresh
+
     async def main(stop: asyncio.Event) -> int:
-        await app.run(settings, stop=stop)
+        reload = asyncio.Event()
+        # SIGHUP (systemctl reload cdrsync): read the file again, apply its accounts.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
+        await app.run(settings, stop=stop, reload=reload, reloader=reloader)
         return EX_OK
 
     return _run_async(main)
@@ -217,16 +252,42 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cdrsync.demo import run_demo
 
-    _configure()
+    # The summary lines are the demo's output; the daemon's info lines would bury them.
+    _configure(level=args.log_level)
     return _run_async(lambda stop: run_demo(stop, args))
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
+def _simulator_task(
+    args: argparse.Namespace,
+) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    """``serve(stop)`` for the chosen vendor's simulator, built from the command line."""
+    if args.vendor == "ozonetel":
+        from cdrsync.simulator.ozonetel import OzonetelSimConfig, OzonetelSimulator
+        from cdrsync.simulator.ozonetel_server import serve_ozonetel_forever
+
+        oz = OzonetelSimulator(
+            OzonetelSimConfig(
+                seed=args.seed, backlog=args.records, live_per_minute=args.live_per_minute,
+                bulk_rate_limit=args.rate_limit or 2, push_url=args.push_url,
+            )
+        )  # fmt: skip
+        return lambda stop: serve_ozonetel_forever(oz, args.host, args.port, stop)
+    if args.vendor == "vcclive":
+        from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
+        from cdrsync.simulator.vcclive_server import serve_vcclive_forever
+
+        limit = (args.rate_limit, 60.0) if args.rate_limit else None
+        vcc = VccSimulator(
+            VccSimConfig(
+                seed=args.seed, backlog=args.records, live_per_minute=args.live_per_minute,
+                rate_list=limit, rate_lookup=limit, rate_records=limit, webhook_url=args.push_url,
+            )
+        )  # fmt: skip
+        return lambda stop: serve_vcclive_forever(vcc, args.host, args.port, stop)
     from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
     from cdrsync.simulator.server import serve_forever
 
-    _configure()
-    sim = AcefoneSimulator(
+    ace = AcefoneSimulator(
         AcefoneSimConfig(
             seed=args.seed,
             backlog=args.records,
@@ -234,9 +295,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
         )
     )
+    return lambda stop: serve_forever(ace, args.host, args.port, stop)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.push_url and args.vendor == "acefone":
+        print("cdrsync: --push-url is for --vendor ozonetel or vcclive", file=sys.stderr)
+        return EX_USAGE
+    _configure()
+    serve = _simulator_task(args)
 
     async def main(stop: asyncio.Event) -> int:
-        await serve_forever(sim, args.host, args.port, stop)
+        await serve(stop)
         return EX_OK
 
     return _run_async(main)

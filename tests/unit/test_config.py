@@ -701,3 +701,21 @@ def test_vendor_options_have_safe_defaults() -> None:
         dt.timedelta(minutes=5), 20,
     )  # fmt: skip
     assert vcc.window == dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("running", "wanted", "expected"),
+    [
+        ({"a": 1}, {"a": 1}, ((), (), ())),
+        ({"a": 1}, {"a": 1, "b": 1}, (("b",), (), ())),
+        ({"a": 1, "b": 1}, {"b": 1}, ((), ("a",), ())),
+        ({"a": 1, "b": 1}, {"a": 2, "c": 1}, (("c",), ("b",), ("a",))),
+        ({}, {}, ((), (), ())),
+    ],
+)
+def test_reload_plan(running: dict[str, int], wanted: dict[str, int], expected: tuple) -> None:
+    """A reload starts added accounts, stops removed ones and restarts changed ones."""
+    from cdrsync.supervisor import plan_changes
+
+    changes = plan_changes(running, wanted)  # type: ignore[arg-type]
+    assert (changes.added, changes.removed, changes.restarted) == expected

@@ -1,0 +1,154 @@
+"""The daemon's running accounts, and how a new configuration is applied (SIGHUP).
+
+Each enabled account runs its streams (``streams.build_account``) under a stop event of its own,
+so one account can be stopped, started or restarted while the others carry on: on reload an
+added account starts, a removed (or disabled) one stops, and one whose settings changed is
+stopped and started again. Stopping an account works like stopping the daemon: no new requests,
+the batch in hand commits, and what is left after the grace period is cancelled.
+
+A stream task that dies of anything but cancellation is a bug: ``failure`` is set, and the
+daemon stops loudly with it (systemd restarts the service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from cdrsync.streams import build_account
+
+if TYPE_CHECKING:
+    from cdrsync.app import Runtime
+    from cdrsync.config import AccountSettings, Settings
+    from cdrsync.sync import Clock, CycleHook
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Running:
+    account: AccountSettings
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    wake: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a reload did, by account name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+
+
+def plan_changes(
+    running: Mapping[str, AccountSettings], wanted: Mapping[str, AccountSettings]
+) -> Changes:
+    """Which accounts to start, stop and restart to go from ``running`` to ``wanted``
+    (enabled accounts by name). Pure."""
+    return Changes(
+        added=tuple(sorted(wanted.keys() - running.keys())),
+        removed=tuple(sorted(running.keys() - wanted.keys())),
+        restarted=tuple(
+            sorted(n for n in running.keys() & wanted.keys() if running[n] != wanted[n])
+        ),
+    )
+
+
+def enabled(settings: Settings) -> dict[str, AccountSettings]:
+    """The accounts of ``settings`` that should run, by name."""
+    return {a.name: a for a in settings.accounts if a.enabled}
+
+
+class Supervisor:
+    """Starts, stops and restarts accounts' streams; ``accounts`` is what runs right now."""
+
+    def __init__(
+        self, rt: Runtime, *, clock: Clock, on_cycle: CycleHook | None, grace: float
+    ) -> None:
+        self._rt = rt
+        self._clock = clock
+        self._on_cycle = on_cycle
+        self._grace = grace
+        self._running: dict[str, _Running] = {}
+        self.accounts: dict[str, AccountSettings] = {}
+        """Running accounts by name: the push receiver reads it on every request."""
+        self.failure = asyncio.Event()
+        self.error: BaseException | None = None
+
+    @property
+    def stream_names(self) -> list[str]:
+        """The names of every running stream task."""
+        return [t.get_name() for r in self._running.values() for t in r.tasks if not t.done()]
+
+    def wake(self, name: str) -> None:
+        """A push arrived for account ``name``: its lookup stream looks at its queue now."""
+        running = self._running.get(name)
+        for stream in running.wake if running else ():
+            stream.wake()
+
+    async def start(self, account: AccountSettings) -> None:
+        """Build and start every stream of ``account``."""
+        stop = asyncio.Event()
+        built = await build_account(
+            self._rt, account, stop, clock=self._clock, on_cycle=self._on_cycle
+        )
+        running = _Running(account, stop, wake=list(built.wake))
+        for stream in built.streams:
+            task = asyncio.create_task(stream.run(), name=stream.name)
+            task.add_done_callback(self._died)
+            running.tasks.append(task)
+        self._running[account.name] = running
+        self.accounts[account.name] = account
+
+    def _died(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.error = task.exception()
+        log.error("stream.crashed", stream=task.get_name(), error=repr(self.error))
+        self.failure.set()
+
+    async def stop(self, name: str) -> None:
+        """Stop account ``name``'s streams: the batch in hand commits, the rest is cancelled
+        after the grace period."""
+        running = self._running.pop(name, None)
+        self.accounts.pop(name, None)
+        if running is None:
+            return
+        running.stop.set()
+        if not running.tasks:
+            return
+        _, pending = await asyncio.wait(running.tasks, timeout=self._grace)
+        for task in pending:
+            log.warning("stream.cancelled_after_grace", stream=task.get_name())
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*running.tasks, return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        """Stop every account at once (shutdown)."""
+        await asyncio.gather(*(self.stop(name) for name in list(self._running)))
+
+    async def apply(self, settings: Settings) -> Changes:
+        """Make the running accounts those of ``settings``."""
+        changes = plan_changes(self.accounts, enabled(settings))
+        wanted = enabled(settings)
+        for name in (*changes.removed, *changes.restarted):
+            await self.stop(name)
+        for name in (*changes.restarted, *changes.added):
+            await self.start(wanted[name])
+        return changes
+
+    async def wait_finished(self) -> None:
+        """Return when every stream task has ended by itself (bounded streams only); never,
+        while no account runs (a reload may start some)."""
+        tasks = [t for r in self._running.values() for t in r.tasks]
+        if not tasks:
+            await asyncio.Event().wait()
+        await asyncio.wait(tasks)
