@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -279,7 +280,8 @@ async def _reload(sup: Supervisor, current: Settings, reloader: Reloader | None)
     if reloader is None:
         log.warning("config.reload_unavailable", action="restart the daemon to apply changes")
         return current
-    sd_notify("RELOADING=1")
+    # MONOTONIC_USEC lets systemd (253+) match the reload it asked for with this one.
+    sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
     try:
         new = reloader()
     except ConfigError as exc:
