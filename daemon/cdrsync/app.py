@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from cdrsync import __version__
-from cdrsync.errors import CdrsyncError, ConfigError, StoreError, TransientError
+from cdrsync.errors import CdrsyncError, ConfigError, StoreError
 from cdrsync.limiter import SlidingWindowLimiter
 from cdrsync.metrics import CONTENT_TYPE, Metrics
 from cdrsync.model import WriteResult
@@ -236,10 +236,12 @@ async def run(
         sd_notify("READY=1", f"STATUS=syncing {len(sup.stream_names)} streams")
         log.info("daemon.started", streams=sup.stream_names, version=__version__)
         watchdog = asyncio.create_task(_watchdog(watchdog_interval()), name="watchdog")
+        backfills = asyncio.create_task(sup.watch_backfills(stop), name="backfills")
         try:
             await _serve(sup, settings, stop, reload or asyncio.Event(), reloader)
         finally:
             watchdog.cancel()
+            backfills.cancel()
             sd_notify("STOPPING=1")
             await sup.stop_all()
             log.info("daemon.stopped")
@@ -319,6 +321,18 @@ async def _watchdog(interval: float | None) -> None:
         await asyncio.sleep(interval)
 
 
+@dataclass(frozen=True, slots=True)
+class BackfillRun:
+    """How ``backfill`` went: ``done`` (the range is complete), or ``handed`` to the running
+    daemon that owns the account (``stream`` then shows its progress)."""
+
+    stream: str
+    done: bool
+    handed: bool = False
+    start: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
 async def backfill(
     settings: Settings,
     account_name: str,
@@ -328,40 +342,74 @@ async def backfill(
     stop: asyncio.Event,
     on_progress: ProgressHook | None = None,
     clock: Clock = utcnow,
-) -> bool:
+) -> BackfillRun:
     """Sync one account's calls that started in ``[since, until)`` (days in the account's zone).
-    Resumable: the same range continues from its own watermark. True when the range is done."""
-    import zoneinfo
+    Resumable: the same range continues from its own watermark.
 
+    Rate limits are per account: a second process beside a running daemon would double the
+    request rate. So when a daemon owns the account, the backfill is handed to it (it runs it
+    with the budget it already holds, live data first) and this returns at once."""
     from cdrsync.plan import local_midnight_utc
+    from cdrsync.streams import bounded_stream
 
     account = settings.account(account_name)
-    zone = zoneinfo.ZoneInfo(account.timezone)
+    zone = account.zone
     start = local_midnight_utc(since, zone)
     end = local_midnight_utc(until, zone) if until else clock() - account.settle
+    kind = f"backfill:{since.isoformat()}..{until.isoformat() if until else 'latest'}"
+    name = stream_name(account.name, kind)
     async with runtime(settings, stop, own_database=False) as rt:
         if rt is None:
-            return False
-        # Rate limits are per account: a backfill beside a running daemon would double the
-        # request rate, so it runs only while it owns the account's live stream too.
-        live = stream_name(account.name)
-        if not await rt.locks.try_acquire(live):
-            raise TransientError(
-                f"account {account.name} is being synced by a running cdrsync; a parallel backfill "
-                "would exceed the vendor's rate limit. Stop the daemon (or wait), then run again."
-            )
-        kind = f"backfill:{since.isoformat()}..{until.isoformat() if until else 'latest'}"
-        # A past range has nothing to re-read: its windows are read once, in order.
-        stream = build_stream(
-            rt,
-            account,
-            stop,
-            clock=clock,
-            kind=kind,
-            start=start,
-            until=end,
-            lookback=dt.timedelta(0),
-            on_progress=on_progress,
+            return BackfillRun(name, done=False)
+        state = await rt.store.ensure_stream(
+            name, vendor=account.vendor, account=account.name, kind=kind
         )
+        if not await rt.locks.try_acquire(stream_name(account.name)):
+            await rt.store.queues.request_backfill(name, account.name, start=start, until=end,
+                                                   now=clock())  # fmt: skip
+            log.info("backfill.handed", stream=name, account=account.name)
+            done = state.watermark is not None and state.watermark >= end
+            return BackfillRun(name, done=done, handed=True, start=start, until=end)
+        limiters = limiters_for(account)
+        stream = bounded_stream(
+            rt, account, stop, kind=kind, start=start, until=end, limiters=limiters,
+            clock=clock, on_progress=on_progress,
+        )  # fmt: skip
         await stream.run()
-        return stream.finished
+        return BackfillRun(name, done=stream.finished, start=start, until=end)
+
+
+async def follow_backfill(
+    settings: Settings,
+    run: BackfillRun,
+    *,
+    stop: asyncio.Event,
+    on_progress: ProgressHook | None = None,
+    every: float = 1.0,
+) -> bool:
+    """Report a handed-over backfill's progress from its ``sync_state`` row until its range is
+    complete (True) or ``stop`` is set (False)."""
+    from cdrsync.sync import Progress
+
+    async with runtime(settings, stop, own_database=False) as rt:
+        if rt is None or run.start is None or run.until is None:
+            return False
+        while not stop.is_set():
+            state = await rt.store.load_state(run.stream)
+            if state is not None and state.watermark is not None:
+                if on_progress is not None:
+                    on_progress(
+                        Progress(
+                            run.stream,
+                            state.cycles,
+                            state.rows_inserted + state.rows_updated,
+                            state.watermark,
+                            run.start,
+                            run.until,
+                        )
+                    )
+                if state.watermark >= run.until:
+                    return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+    return False

@@ -234,10 +234,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     printer = ProgressPrinter(sys.stderr)
 
     async def main(stop: asyncio.Event) -> int:
-        done = await app.backfill(
+        run = await app.backfill(
             settings, args.account, args.since, args.until, stop=stop, on_progress=printer
         )
+        done = run.done
+        if run.handed and not done:
+            print(
+                f"cdrsync: a running daemon owns account {args.account}; it runs this backfill "
+                "within the account's rate limit, after its live data. Following its progress "
+                "(Ctrl-C stops following; the daemon carries on):",
+                file=sys.stderr,
+            )
+            done = await app.follow_backfill(settings, run, stop=stop, on_progress=printer)
         printer.close()
+        if run.handed and not done:
+            print(
+                f"cdrsync: the daemon is still running the backfill ({run.stream}); "
+                "`cdrsync status` shows how far it got",
+                file=sys.stderr,
+            )
+            return EX_OK
         if not done:
             print(
                 "cdrsync: backfill stopped before the end of its range; run the same command "

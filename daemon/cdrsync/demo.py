@@ -1,7 +1,11 @@
-"""``cdrsync demo``: the built-in Acefone simulator, an embedded PostgreSQL and the daemon.
+"""``cdrsync demo``: the three vendor simulators, an embedded PostgreSQL and the daemon.
 
-It prints a summary line every few seconds and, at the end, compares the ``calls`` table with the
-simulator's truth: every call present, none extra, every one in its latest version.
+The daemon syncs one account per vendor (Acefone, Ozonetel, VCC Live) from simulators on
+127.0.0.1, takes Ozonetel's pushes and VCC Live's webhooks on its HTTP listener, and delivers a
+few VCC Live outbox rows. Every few seconds the demo prints a line per vendor; at the end (live
+traffic stopped, late records caught up) it compares each vendor's calls with its simulator's
+truth: every call present, none extra, every one in its latest version. Exit 0 only when all
+three match and the outbox rows are in VCC Live exactly once.
 """
 
 from __future__ import annotations
@@ -10,84 +14,42 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import math
+import secrets
+import socket
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-import structlog
-
 from cdrsync import app
 from cdrsync.config import Settings, parse
+from cdrsync.demo_vendors import (
+    LIMITS_BANNER,
+    OUTBOX_ROWS,
+    VccDemo,
+    VendorDemo,
+    check_outbox,
+    expected_hashes,
+    seed_outbox,
+    vendor_demos,
+)
 from cdrsync.embedded import EmbeddedPostgres
-from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
-from cdrsync.simulator.server import start_server
 from cdrsync.store import Store
-from cdrsync.vendors.acefone import digest
 
-log = structlog.get_logger(__name__)
-ACCOUNT = "demo-acefone"
+__all__ = ["compare", "demo_settings", "expected_hashes", "run_demo"]
+
+SCHEMA = "cdrsync"
+HOST = "127.0.0.1"
 SUMMARY_EVERY_S = 5.0
 CATCH_UP_S = 60.0
+"""How long past the simulators' last change the demo waits for the table to match."""
+LISTEN_TIMEOUT_S = 30.0
 
 
-def demo_simulator(records: int) -> AcefoneSimulator:
-    """A simulator with every behaviour switched on, sized for a one-minute demo."""
-    return AcefoneSimulator(
-        AcefoneSimConfig(
-            seed=7,
-            backlog=records,
-            backlog_days=2.0,
-            live_per_minute=120.0,
-            late_fraction=0.03,
-            late_delay_s=(10.0, 25.0),
-            change_fraction=0.05,
-            change_delay_s=(5.0, 20.0),
-            malformed_fraction=0.002,
-            rate_limit=1200,
-        )
-    )
-
-
-def demo_settings(base_url: str, token: str, dsn: str, state_dir: Path) -> Settings:
-    """The configuration the demo runs with, through the same validation as a real file."""
-    start = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).date()
-    return parse(
-        {
-            "database": {"dsn": dsn, "schema": "cdrsync"},
-            "daemon": {"state_dir": str(state_dir), "http_listen": ""},
-            "accounts": [
-                {
-                    "name": ACCOUNT,
-                    "vendor": "acefone",
-                    "base_url": base_url,
-                    "token": token,
-                    "start": start.isoformat(),
-                    "poll_interval": "3s",
-                    "lookback": "30m",
-                    "settle": "3s",
-                    "audit_interval": "30s",
-                    "rate_limits": {"list": "1000/min"},
-                }
-            ],
-        },
-        source="<demo>",
-        environ={},
-    )
-
-
-def expected_hashes(sim: AcefoneSimulator) -> dict[str, bytes]:
-    """The simulator's truth as call_key -> content hash (malformed records excluded)."""
-    bad = sim.malformed_ids()
-    return {
-        key: digest(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
-        for key, payload in sim.truth().items()
-        if key not in bad
-    }
-
-
-def compare(truth: dict[str, bytes], stored: dict[str, bytes]) -> dict[str, int]:
+def compare(truth: Mapping[str, bytes], stored: Mapping[str, bytes]) -> dict[str, int]:
     """Missing, extra and stale (older version) calls between the truth and the table."""
     return {
         "missing": len(truth.keys() - stored.keys()),
@@ -96,21 +58,87 @@ def compare(truth: dict[str, bytes], stored: dict[str, bytes]) -> dict[str, int]
     }
 
 
-async def _summaries(store: Store, sim: AcefoneSimulator, began: float) -> None:
-    while True:
-        await asyncio.sleep(SUMMARY_EVERY_S)
-        stored = await store.call_hashes("acefone", ACCOUNT)
-        diff = compare(expected_hashes(sim), stored)
-        print(
-            f"[{time.monotonic() - began:5.0f}s] calls in postgres: {len(stored):6d}   "
-            f"visible in simulator: {len(sim.truth()):6d}   behind: {diff['missing']:5d}   "
-            f"requests: {sim.stats.list_requests}",
-            flush=True,
+def demo_settings(
+    tables: Sequence[dict[str, Any]], dsn: str, state_dir: Path, port: int
+) -> Settings:
+    """The configuration the demo runs with, through the same validation as a real file."""
+    return parse(
+        {
+            "database": {"dsn": dsn, "schema": SCHEMA},
+            "daemon": {"state_dir": str(state_dir), "http_listen": f"{HOST}:{port}"},
+            "accounts": list(tables),
+        },
+        source="<demo>",
+        environ={},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One vendor's state at one instant: the table against the simulator, and the queues."""
+
+    demo: VendorDemo
+    stored: int
+    truth: int
+    diff: dict[str, int]
+    lookups: Mapping[str, int]
+    outbox: Mapping[str, int]
+
+    @property
+    def in_step(self) -> bool:
+        """Nothing missing or stale, and no outbox row still waiting."""
+        waiting = sum(n for state, n in self.outbox.items() if state != "delivered")
+        return not (self.diff["missing"] or self.diff["stale"] or waiting)
+
+    def line(self, elapsed: float) -> str:
+        """The periodic summary line."""
+        d = self.demo
+        text = (
+            f"[{elapsed:5.0f}s] {d.vendor:<8}  calls in postgres {self.stored:6d}  "
+            f"in simulator {self.truth:6d}  behind {self.diff['missing']:5d}  "
+            f"requests {d.requests():5d}"
         )
+        if d.takes_pushes:
+            text += (
+                f"  pushes {d.pushes():4d}  lookups {self.lookups.get('done', 0)} done, "
+                f"{self.lookups.get('pending', 0)} pending"
+            )
+        if self.outbox:
+            text += (
+                f"  outbox {self.outbox.get('delivered', 0)}/{sum(self.outbox.values())} delivered"
+            )
+        return text
+
+
+async def snapshots(store: Store, demos: Sequence[VendorDemo]) -> list[Snapshot]:
+    """Every vendor's snapshot now."""
+    depths = await store.queues.depths()
+    found = []
+    for d in demos:
+        truth = d.truth()
+        stored = await store.call_hashes(d.vendor, d.account)
+        found.append(
+            Snapshot(
+                d, len(stored), len(truth), compare(truth, stored),
+                depths.get((d.vendor, d.account, "lookups"), {}),
+                depths.get((d.vendor, d.account, "outbox"), {}),
+            )
+        )  # fmt: skip
+    return found
+
+
+async def _summaries(store: Store, demos: Sequence[VendorDemo], began: float) -> None:
+    tick = began
+    while True:
+        # On a fixed beat: computing the truth of thousands of calls takes a moment.
+        tick += SUMMARY_EVERY_S
+        await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        for snap in await snapshots(store, demos):
+            print(snap.line(time.monotonic() - began), flush=True)
 
 
 async def run_demo(stop: asyncio.Event, args: argparse.Namespace) -> int:
-    """Run the demo; exit code 0 when the table equals the simulator's truth at the end."""
+    """Run the demo; exit code 0 when every vendor's table equals its simulator at the end."""
     with contextlib.ExitStack() as files:
         state_dir = (
             Path(args.state_dir)
@@ -122,52 +150,122 @@ async def run_demo(stop: asyncio.Event, args: argparse.Namespace) -> int:
 
 
 async def _demo(stop: asyncio.Event, args: argparse.Namespace, state_dir: Path) -> int:
+    demos = vendor_demos(args.records)
     pg = EmbeddedPostgres()
-    print(f"demo: starting PostgreSQL under {state_dir} and the Acefone simulator", flush=True)
+    print(
+        f"demo: starting PostgreSQL under {state_dir} and the Acefone, Ozonetel and VCC Live "
+        f"simulators\ndemo: {LIMITS_BANNER}",
+        flush=True,
+    )
     dsn = await asyncio.to_thread(pg.start, state_dir / "postgres")
     try:
-        sim = demo_simulator(args.records)
-        server = await start_server(sim)
-        try:
-            return await _run(
-                stop, args, sim, base_url=server.base_url, dsn=dsn, state_dir=state_dir
-            )
-        finally:
-            await server.close()
+        async with contextlib.AsyncExitStack() as servers:
+            urls = []
+            for d in demos:
+                server = await d.serve()
+                servers.push_async_callback(server.close)
+                urls.append(server.base_url)
+            return await _run(stop, args, demos, urls, dsn=dsn, state_dir=state_dir)
     finally:
         await asyncio.to_thread(pg.stop)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 async def _run(
     stop: asyncio.Event,
     args: argparse.Namespace,
-    sim: AcefoneSimulator,
+    demos: Sequence[VendorDemo],
+    urls: Sequence[str],
     *,
-    base_url: str,
     dsn: str,
     state_dir: Path,
 ) -> int:
-    settings = demo_settings(base_url, sim.config.token, dsn, state_dir)
-    began = time.monotonic()
-    daemon_stop = asyncio.Event()
-    daemon = asyncio.create_task(app.run(settings, stop=daemon_stop), name="daemon")
-    store = await Store.connect(dsn, schema="cdrsync", pool_size=2)
-    reporter = asyncio.create_task(_summaries(store, sim, began))
+    port, secret = _free_port(), secrets.token_urlsafe(16)
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).date()
+    tables = [d.account_table(url, start, secret) for d, url in zip(demos, urls, strict=True)]
+    settings = demo_settings(tables, dsn, state_dir, port)
+    store = await Store.connect(dsn, schema=SCHEMA, pool_size=2)
     try:
+        # Migrated here so the outbox rows are waiting when the daemon starts.
+        await store.migrate()
+        vcc = next(d for d in demos if isinstance(d, VccDemo))
+        await seed_outbox(dsn, SCHEMA, vcc.account, vcc.sim.config.projects[0])
+        final = await _with_daemon(stop, args, demos, settings, store, port=port, secret=secret)
+        if final is None:
+            return 1
+        rejects = {d.account: await store.reject_count(d.vendor, d.account) for d in demos}
+    finally:
+        await store.close()
+    return _report(final, rejects, await check_outbox(dsn, SCHEMA, vcc))
+
+
+async def _with_daemon(
+    stop: asyncio.Event,
+    args: argparse.Namespace,
+    demos: Sequence[VendorDemo],
+    settings: Settings,
+    store: Store,
+    *,
+    port: int,
+    secret: str,
+) -> list[Snapshot] | None:
+    """Run the daemon and the push senders for the duration, then catch up; the last snapshots
+    (None: the daemon stopped by itself)."""
+    began = time.monotonic()
+    daemon_stop, pushes_stop = asyncio.Event(), asyncio.Event()
+    daemon = asyncio.create_task(app.run(settings, stop=daemon_stop), name="daemon")
+    senders: list[asyncio.Task[None]] = []
+    reporter = asyncio.create_task(_summaries(store, demos, began))
+    try:
+        if not await _listening(port, daemon):
+            _failed(daemon)
+            return None
+        for d in demos:
+            if d.takes_pushes:
+                url = f"http://{HOST}:{port}/hooks/{d.account}?token={secret}"
+                senders.append(asyncio.create_task(d.send_pushes(url, pushes_stop)))
+        print(f"demo: pushes go to http://{HOST}:{port}/hooks/{{account}}?token=***", flush=True)
         await _wait(stop, daemon, args.duration or None)
         if daemon.done():
-            daemon.result()
-            return 1
+            _failed(daemon)
+            return None
         print("demo: new calls stopped; waiting for the last late and changed records", flush=True)
-        sim.stop_live()
-        verdict = await _catch_up(store, sim, stop, daemon)
+        for d in demos:
+            d.stop_live()
+        return await _catch_up(store, demos, stop, daemon)
     finally:
         reporter.cancel()
+        pushes_stop.set()
+        await asyncio.gather(*senders, return_exceptions=True)
         daemon_stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await daemon
-        await store.close()
-    return _report(verdict, sim, await _rejects(dsn))
+
+
+def _failed(daemon: asyncio.Task[Any]) -> None:
+    if daemon.done():
+        daemon.result()  # the daemon's own error, loudly
+    print("demo: the daemon stopped before the demo ended", flush=True)
+
+
+async def _listening(port: int, daemon: asyncio.Task[Any]) -> bool:
+    """Wait until the daemon accepts connections on its HTTP port (pushes go there)."""
+    deadline = time.monotonic() + LISTEN_TIMEOUT_S
+    while not daemon.done() and time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return True
+    return False
 
 
 async def _wait(stop: asyncio.Event, daemon: asyncio.Task[Any], duration: float | None) -> None:
@@ -179,34 +277,37 @@ async def _wait(stop: asyncio.Event, daemon: asyncio.Task[Any], duration: float 
 
 
 async def _catch_up(
-    store: Store, sim: AcefoneSimulator, stop: asyncio.Event, daemon: asyncio.Task[Any]
-) -> dict[str, int]:
-    deadline = time.monotonic() + CATCH_UP_S + max(0.0, sim.last_visible_time() - time.time())
+    store: Store, demos: Sequence[VendorDemo], stop: asyncio.Event, daemon: asyncio.Task[Any]
+) -> list[Snapshot]:
+    """Poll until every vendor is in step after its simulator's last change (or time is up)."""
+    final = max((d.last_visible_time() for d in demos), default=-math.inf)
+    deadline = time.monotonic() + CATCH_UP_S + max(0.0, final - time.time())
     while True:
-        diff = compare(expected_hashes(sim), await store.call_hashes("acefone", ACCOUNT))
-        diff["truth"] = len(expected_hashes(sim))
-        done = time.time() > sim.last_visible_time() and not (diff["missing"] or diff["stale"])
+        snaps = await snapshots(store, demos)
+        done = time.time() > final and all(s.in_step for s in snaps)
         if done or stop.is_set() or daemon.done() or time.monotonic() > deadline:
-            return diff
+            return snaps
         await asyncio.sleep(1.0)
 
 
-async def _rejects(dsn: str) -> int:
-    store = await Store.connect(dsn, schema="cdrsync", pool_size=1)
-    try:
-        return await store.reject_count("acefone", ACCOUNT)
-    finally:
-        await store.close()
-
-
-def _report(diff: dict[str, int], sim: AcefoneSimulator, rejects: int) -> int:
-    ok = not (diff["missing"] or diff["extra"] or diff["stale"])
-    print(
-        f"demo: {'OK' if ok else 'MISMATCH'}: {diff['truth']} calls in the simulator; "
-        f"missing {diff['missing']}, extra {diff['extra']}, stale {diff['stale']}; "
-        f"{rejects} malformed records in cdrsync.rejects (the simulator made "
-        f"{len(sim.malformed_ids())} on purpose); {sim.stats.list_requests} requests, "
-        f"{sim.stats.rate_limited} answered 429",
-        flush=True,
-    )
-    return 0 if ok else 1
+def _report(snaps: Sequence[Snapshot], rejects: Mapping[str, int], outbox: list[str]) -> int:
+    all_ok = True
+    for s in snaps:
+        d, diff = s.demo, s.diff
+        notes = [f"{rejects.get(d.account, 0)} records in cdrsync.rejects", d.traffic()]
+        problems = outbox if isinstance(d, VccDemo) else []
+        if isinstance(d, VccDemo):
+            notes.append(
+                "outbox: " + ("; ".join(outbox) if outbox else f"{OUTBOX_ROWS} rows delivered, "
+                              "each once in VCC Live under its numberid")
+            )  # fmt: skip
+        ok = not (diff["missing"] or diff["extra"] or diff["stale"] or problems)
+        all_ok = all_ok and ok
+        print(
+            f"demo: {d.vendor}: {'OK' if ok else 'MISMATCH'}: {s.truth} calls in the simulator; "
+            f"missing {diff['missing']}, extra {diff['extra']}, stale {diff['stale']}; "
+            + "; ".join(notes),
+            flush=True,
+        )
+    print("demo: OK" if all_ok else "demo: MISMATCH", flush=True)
+    return 0 if all_ok else 1

@@ -217,6 +217,35 @@ class Queues:
             )
         return [dict(row) for row in rows]
 
+    # ------------------------------------------------------------------ backfills
+
+    async def request_backfill(
+        self,
+        stream: str,
+        account: str,
+        *,
+        start: dt.datetime,
+        until: dt.datetime,
+        now: dt.datetime,
+    ) -> None:
+        """Hand a backfill to the daemon that owns the account (the stream must exist)."""
+        with translate(f"request backfill {stream}", self._dsn):
+            await self._pool.execute(QUERIES["request_backfill"], stream, account, start, until,
+                                     now)  # fmt: skip
+
+    async def open_backfills(
+        self, accounts: Iterable[str]
+    ) -> list[tuple[str, str, dt.datetime, dt.datetime]]:
+        """Unfinished handed-over backfills of ``accounts``: (stream, account, start, until)."""
+        with translate("read the requested backfills", self._dsn):
+            rows = await self._pool.fetch(QUERIES["open_backfills"], list(accounts))
+        return [(r["stream"], r["account"], r["start_at"], r["until_at"]) for r in rows]
+
+    async def backfill_finished(self, stream: str, *, now: dt.datetime) -> None:
+        """A handed-over backfill reached the end of its range."""
+        with translate(f"finish backfill {stream}", self._dsn):
+            await self._pool.execute(QUERIES["backfill_finished"], stream, now)
+
     # ------------------------------------------------------------------ outbox
 
     async def outbox_recover(self, account: str, *, now: dt.datetime) -> int:

@@ -43,10 +43,15 @@ class Stream(Protocol):
 
 @dataclass(slots=True)
 class AccountStreams:
-    """An account's streams, and the one a push wakes."""
+    """An account's streams, the ones a push wakes, and the limiters they share."""
 
     streams: list[Stream] = field(default_factory=list)
     wake: list[Any] = field(default_factory=list)
+    limiters: dict[str, SlidingWindowLimiter] = field(default_factory=dict)
+
+
+LIST_GROUP = {"acefone": "list", "ozonetel": "bulk", "vcclive": "list"}
+"""The rate-limit group of each vendor's list endpoint (what a backfill spends)."""
 
 
 def stream_name(account: str, kind: str = "list") -> str:
@@ -75,7 +80,7 @@ async def build_account(
     limiters = limiters_for(account)
     for group, limiter in limiters.items():
         rt.metrics.watch_limiter(account.name, group, limiter)
-    built = AccountStreams()
+    built = AccountStreams(limiters=limiters)
     if account.vendor == "vcclive":
         built.streams += _vcclive(
             rt, account, stop, limiters=limiters, clock=clock, on_cycle=on_cycle
@@ -254,3 +259,50 @@ async def _ozonetel(
             )
         )
     return streams
+
+
+def bounded_stream(
+    rt: Runtime,
+    account: AccountSettings,
+    stop: asyncio.Event,
+    *,
+    kind: str,
+    start: dt.datetime,
+    until: dt.datetime,
+    limiters: Mapping[str, SlidingWindowLimiter],
+    low_priority: bool = False,
+    clock: Clock = utcnow,
+    on_progress: Any = None,
+) -> Any:
+    """A stream over ``[start, until)`` that ends there (``backfill``): windows read once, in
+    order, nothing re-read. ``low_priority``: it spends only what the live streams leave."""
+    group = LIST_GROUP.get(account.vendor, "list")
+    if low_priority:
+        limiters = {**limiters, group: cast(SlidingWindowLimiter, LowPriority(limiters[group]))}
+    name = stream_name(account.name, kind)
+    if account.vendor == "vcclive":
+        from cdrsync.daystream import DayStream
+        from cdrsync.vendors.vcclive import VccDaySource
+
+        zone = account.zone
+        return DayStream(
+            name=name, account=account, kind=kind, clock=clock, stop=stop, store=rt.store,
+            locks=rt.locks, source=VccDaySource(account, rt.transport, limiters, name),
+            start=start.astimezone(zone).date(), until=until.astimezone(zone).date(),
+            lookback=dt.timedelta(0), verify_rows=int(account.option("verify_rows")),
+        )  # fmt: skip
+    source = window_source_factory(account.vendor)(account, rt.transport, limiters, name)
+    earliest = None
+    if account.vendor == "ozonetel":
+        from cdrsync.vendors.ozonetel import earliest_available
+
+        retention = account.option("retention")
+
+        def earliest(now: dt.datetime) -> dt.datetime:
+            return earliest_available(now, account.zone, retention)
+
+    return WindowStream(
+        name=name, account=account, source=source, store=rt.store, locks=rt.locks, stop=stop,
+        clock=clock, start=start, until=until, lookback=dt.timedelta(0), kind=kind,
+        on_progress=on_progress, earliest=earliest, audit=False,
+    )  # fmt: skip

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cdrsync.streams import build_account
+from cdrsync.streams import bounded_stream, build_account
 
 if TYPE_CHECKING:
     from cdrsync.app import Runtime
@@ -36,6 +36,8 @@ class _Running:
     stop: asyncio.Event
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     wake: list[Any] = field(default_factory=list)
+    limiters: dict[str, Any] = field(default_factory=dict)
+    backfills: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +101,43 @@ class Supervisor:
         built = await build_account(
             self._rt, account, stop, clock=self._clock, on_cycle=self._on_cycle
         )
-        running = _Running(account, stop, wake=list(built.wake))
+        running = _Running(account, stop, wake=list(built.wake), limiters=built.limiters)
         for stream in built.streams:
-            task = asyncio.create_task(stream.run(), name=stream.name)
-            task.add_done_callback(self._died)
-            running.tasks.append(task)
+            self._spawn(running, stream.run(), stream.name)
         self._running[account.name] = running
         self.accounts[account.name] = account
+
+    def _spawn(self, running: _Running, work: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._died)
+        running.tasks.append(task)
+
+    async def adopt_backfills(self) -> int:
+        """Start the backfills ``cdrsync backfill`` handed over for running accounts: bounded
+        streams that spend the account's own limiters, after its live streams."""
+        started = 0
+        requests = await self._rt.store.queues.open_backfills(list(self._running))
+        for stream, name, start, until in requests:
+            running = self._running.get(name)
+            if running is None or stream in running.backfills:
+                continue
+            kind = stream.split("/", 1)[1]
+            bounded = bounded_stream(
+                self._rt, running.account, running.stop, kind=kind, start=start, until=until,
+                limiters=running.limiters, low_priority=True, clock=self._clock,
+            )  # fmt: skip
+            running.backfills.add(stream)
+            self._spawn(running, self._backfill(bounded), stream)
+            log.info("backfill.adopted", stream=stream, start=start.isoformat(),
+                     until=until.isoformat())  # fmt: skip
+            started += 1
+        return started
+
+    async def _backfill(self, stream: Any) -> None:
+        await stream.run()
+        if stream.finished:
+            await self._rt.store.queues.backfill_finished(stream.name, now=self._clock())
+            log.info("backfill.finished", stream=stream.name)
 
     def _died(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -144,6 +176,16 @@ class Supervisor:
         for name in (*changes.restarted, *changes.added):
             await self.start(wanted[name])
         return changes
+
+    async def watch_backfills(self, stop: asyncio.Event, every: float = 2.0) -> None:
+        """Adopt handed-over backfills until ``stop`` (a database outage only delays them)."""
+        from cdrsync.errors import StoreError
+
+        while not stop.is_set():
+            with contextlib.suppress(StoreError):
+                await self.adopt_backfills()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
 
     async def wait_finished(self) -> None:
         """Return when every stream task has ended by itself (bounded streams only); never,

@@ -531,24 +531,33 @@ async def test_demo_runs_and_ends_equal_to_the_simulator(tmp_path: Path) -> None
     assert "missing 0, extra 0, stale 0" in out
 
 
-async def test_backfill_beside_a_running_daemon_is_refused_with_exit_75(
-    dsn: str, tmp_path: Path, served: list[RunningServer]
+async def test_backfill_beside_a_running_daemon_is_run_by_it_within_the_rate_limit(
+    dsn: str, store: Store, tmp_path: Path, served: list[RunningServer]
 ) -> None:
-    """An account's rate limit is one budget: `backfill` while a daemon syncs the account exits
-    75 (try again later) and says why, instead of doubling the request rate."""
-    sim = quiet_simulator(500, 1.0, seed=41)
+    """An account's rate limit is one budget: `backfill` while a daemon syncs the account hands
+    the range to the daemon, follows its progress and exits 0 when it is complete; the vendor
+    never sees more than its limit (no 429)."""
+    sim = quiet_simulator(600, 2.0, seed=41, rate_limit=12, rate_period_s=1.0)
     url = await serve(served, sim)
-    since = start_before(1.0)
-    config = write_config(tmp_path / "c.toml", dsn, [account_table(url, start=since)])
+    since = start_before(2.0)
+    today = dt.datetime.now(IST).date()
+    table = account_table(url, start=today, rate_limits={"list": "12/s"})
+    config = write_config(tmp_path / "c.toml", dsn, [table])
+    truth = await final_truth(sim)
     async with children(tmp_path) as kids:
         daemon = await kids.daemon(config)
         assert await daemon.wait_event("stream.owned", within=30), daemon.tail()
         code, out, err = await kids.command(
-            "backfill", "--config", str(config), "--account", ACCOUNT, "--since", since.isoformat()
-        )
+            "backfill", "--config", str(config), "--account", ACCOUNT, "--since",
+            since.isoformat(), "--until", today.isoformat(), within=90,
+        )  # fmt: skip
+        assert await daemon.wait_event("backfill.finished", within=5), daemon.tail()
         assert await daemon.terminate(10) == 0, daemon.tail()
-    assert code == 75, out + err
-    assert "being synced by a running cdrsync" in err
+    assert code == 0, out + err
+    assert "a running daemon owns account" in err
+    assert sim.stats.rate_limited == 0
+    before_today = await converge(store, dsn, truth, within=1)
+    assert before_today == IN_STEP
 
 
 async def test_http_listen_port_in_use_is_a_clear_error(

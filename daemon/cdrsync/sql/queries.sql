@@ -327,3 +327,16 @@ WHERE account = $1 AND state = 'delivered' GROUP BY projectid;
 
 -- name: next_outbox_due
 SELECT min(next_attempt_at) FROM vcclive_outbox WHERE account = $1 AND state = 'pending';
+
+-- name: request_backfill
+INSERT INTO backfills (stream, account, start_at, until_at, requested_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (stream) DO NOTHING;
+
+-- name: open_backfills
+SELECT stream, account, start_at, until_at FROM backfills
+WHERE finished_at IS NULL AND account = ANY($1::text[])
+ORDER BY requested_at;
+
+-- name: backfill_finished
+UPDATE backfills SET finished_at = $2 WHERE stream = $1 AND finished_at IS NULL;
