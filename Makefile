@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## the daemon against the built-in simulator and an embedded PostgreSQL, for 60 seconds
+## the daemon against the built-in simulators (all three vendors) and an embedded PostgreSQL, for 60 seconds
 demo: $(STAMP)
 	$(BIN)/cdrsync demo --duration 60
 

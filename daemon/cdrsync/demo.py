@@ -194,14 +194,15 @@ async def _run(
         # Migrated here so the outbox rows are waiting when the daemon starts.
         await store.migrate()
         vcc = next(d for d in demos if isinstance(d, VccDemo))
-        await seed_outbox(dsn, SCHEMA, vcc.account, vcc.sim.config.projects[0])
+        await seed_outbox(store, vcc.account, vcc.sim.config.projects[0])
         final = await _with_daemon(stop, args, demos, settings, store, port=port, secret=secret)
         if final is None:
             return 1
         rejects = {d.account: await store.reject_count(d.vendor, d.account) for d in demos}
+        outbox = await check_outbox(store, vcc)
     finally:
         await store.close()
-    return _report(final, rejects, await check_outbox(dsn, SCHEMA, vcc))
+    return _report(final, rejects, outbox)
 
 
 async def _with_daemon(

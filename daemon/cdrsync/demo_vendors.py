@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -28,6 +28,9 @@ from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
 from cdrsync.simulator.vcclive_server import run_webhooks, start_vcclive_server
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.ozonetel import scrub
+
+if TYPE_CHECKING:
+    from cdrsync.store import Store
 
 OZONETEL_BULK_PER_MIN = 60
 """The demo's Ozonetel bulk budget (the vendor's is 2 a minute), simulator and daemon alike."""
@@ -310,38 +313,20 @@ def outbox_payloads(count: int = OUTBOX_ROWS) -> list[dict[str, Any]]:
     return [{"form": {"name": f"Demo lead {n}", "city": "Budapest"}} for n in range(1, count + 1)]
 
 
-async def seed_outbox(dsn: str, schema: str, account: str, projectid: int) -> None:
+async def seed_outbox(store: Store, account: str, projectid: int) -> None:
     """Put the demo's rows into ``vcclive_outbox``, as a user's application would."""
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
-    try:
-        await conn.executemany(
-            "INSERT INTO vcclive_outbox (account, projectid, payload) VALUES ($1, $2, $3)",
-            [(account, projectid, orjson.dumps(p).decode()) for p in outbox_payloads()],
-        )
-    finally:
-        await conn.close()
+    await store.queues.outbox_add(account, projectid, outbox_payloads())
 
 
-async def check_outbox(dsn: str, schema: str, demo: VccDemo) -> list[str]:
+async def check_outbox(store: Store, demo: VccDemo) -> list[str]:
     """What is wrong with the delivery: rows not delivered, without a numberid, or not in VCC
     Live exactly once under that numberid with the same form (empty: all is well)."""
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
-    try:
-        rows = await conn.fetch(
-            "SELECT id, state, numberid, payload FROM vcclive_outbox WHERE account = $1",
-            demo.account,
-        )
-    finally:
-        await conn.close()
+    rows = await store.queues.outbox_rows(demo.account)
     added = demo.sim.added_records()
     by_numberid = {numberid: payload for _, numberid, payload in added}
     problems = []
     for row in rows:
-        payload = orjson.loads(row["payload"])
+        payload = row["payload"]
         copies = sum(1 for _, _, p in added if p == payload)
         if row["state"] != "delivered" or row["numberid"] is None:
             problems.append(f"row {row['id']} is {row['state']}")

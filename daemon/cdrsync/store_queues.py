@@ -300,6 +300,23 @@ class Queues:
             rows = await self._pool.fetch(QUERIES["outbox_numberids"], account)
         return {int(r["projectid"]): int(r["numberid"]) for r in rows}
 
+    async def outbox_add(
+        self, account: str, projectid: int, payloads: Sequence[Mapping[str, Any]]
+    ) -> list[int]:
+        """Insert rows as a user's application would (the demo, tools); their ids."""
+        with translate(f"add outbox rows for account {account}", self._dsn):
+            rows = await self._pool.fetch(
+                QUERIES["outbox_add"], account, projectid,
+                [json.dumps(dict(p), sort_keys=True) for p in payloads],
+            )  # fmt: skip
+        return [int(r["id"]) for r in rows]
+
+    async def outbox_rows(self, account: str) -> list[dict[str, Any]]:
+        """Every outbox row of the account (id, projectid, state, numberid, payload, error)."""
+        with translate(f"read the outbox of account {account}", self._dsn):
+            rows = await self._pool.fetch(QUERIES["outbox_rows"], account)
+        return [{**dict(r), "payload": _json(r["payload"])} for r in rows]
+
     async def next_outbox_due(self, account: str) -> dt.datetime | None:
         """When the earliest pending outbox row is due (None: nothing pending)."""
         with translate(f"read the outbox of account {account}", self._dsn):

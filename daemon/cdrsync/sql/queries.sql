@@ -340,3 +340,12 @@ ORDER BY requested_at;
 
 -- name: backfill_finished
 UPDATE backfills SET finished_at = $2 WHERE stream = $1 AND finished_at IS NULL;
+
+-- name: outbox_add
+INSERT INTO vcclive_outbox (account, projectid, payload)
+SELECT $1, $2, p::jsonb FROM unnest($3::text[]) WITH ORDINALITY AS t (p, n) ORDER BY n
+RETURNING id;
+
+-- name: outbox_rows
+SELECT id, projectid, state, attempts, numberid, payload, error FROM vcclive_outbox
+WHERE account = $1 ORDER BY id;
