@@ -15,7 +15,10 @@ from cdrsync.model import CallRecord
 from cdrsync.store import Store, migrations
 
 STREAM = "acefone:main:records"
-DOCUMENTED_TABLES = ("calls", "sync_state", "rejects")
+DOCUMENTED_TABLES = (
+    "calls", "sync_state", "rejects", "sync_windows", "lookups", "call_events", "vcclive_outbox",
+    "backfills",
+)  # fmt: skip
 VIEWS = ("calls_daily", "calls_daily_utc", "agent_daily")
 
 

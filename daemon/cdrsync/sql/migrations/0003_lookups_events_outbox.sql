@@ -32,6 +32,9 @@ COMMENT ON TABLE lookups IS
     'Durable queue of per-call vendor requests (Ozonetel CDR in CallBacks, VCC Live CDR by uuid '
     'and record detail), fed by webhooks. cdrsync works through it within the vendor''s rate '
     'limit and the vendor''s schedule rules.';
+COMMENT ON COLUMN lookups.id IS 'Queue position (increasing).';
+COMMENT ON COLUMN lookups.vendor IS 'Telephony vendor: ozonetel or vcclive.';
+COMMENT ON COLUMN lookups.account IS 'The cdrsync account name.';
 COMMENT ON COLUMN lookups.kind IS
     'What is fetched: ozonetel.cdr (by UCID), vcclive.cdr (by uuid), vcclive.record '
     '(record detail by projectid/numberid).';
@@ -69,6 +72,8 @@ COMMENT ON TABLE call_events IS
     'Events (dispositions, recycles, user changes) of a VCC Live record, from the record detail '
     'endpoint, fetched for records that got a disposition webhook. Join to calls on '
     'call_events.call_uuid = calls.call_key (vendor vcclive, same account).';
+COMMENT ON COLUMN call_events.vendor IS 'Telephony vendor (vcclive).';
+COMMENT ON COLUMN call_events.account IS 'The cdrsync account name.';
 COMMENT ON COLUMN call_events.projectid IS 'VCC Live project of the record.';
 COMMENT ON COLUMN call_events.numberid IS 'VCC Live record id (calls.call_id holds it as text).';
 COMMENT ON COLUMN call_events.seq IS 'Position of the event in the vendor''s list, from 0.';
@@ -107,6 +112,7 @@ COMMENT ON TABLE vcclive_outbox IS
     'Records to add to VCC Live projects: INSERT (account, projectid, payload) and cdrsync '
     'delivers each row once with POST /v2/projects/{projectid}/records, batched, then writes '
     'back the numberid or the error.';
+COMMENT ON COLUMN vcclive_outbox.id IS 'Row id (delivery follows it, oldest first).';
 COMMENT ON COLUMN vcclive_outbox.account IS 'The cdrsync account (vendor vcclive) to deliver with.';
 COMMENT ON COLUMN vcclive_outbox.projectid IS 'VCC Live project the record is added to.';
 COMMENT ON COLUMN vcclive_outbox.payload IS
