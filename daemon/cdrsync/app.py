@@ -25,6 +25,7 @@ from cdrsync.metrics import CONTENT_TYPE, Metrics
 from cdrsync.model import WriteResult
 from cdrsync.observability import StatusBoard, sd_notify, watchdog_interval
 from cdrsync.plan import retry_delay
+from cdrsync.status import stuck_streams
 from cdrsync.store import Store, StreamLocks
 from cdrsync.streams import limiters_for, stream_name
 from cdrsync.supervisor import Supervisor, enabled
@@ -165,12 +166,20 @@ async def _health_server(
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
 
+    started = dt.datetime.now(dt.UTC)
+
     async def readyz(request: web.Request) -> web.Response:
         try:
-            await rt.store.ping()
+            states = await rt.store.states()
         except StoreError as exc:
             return web.json_response({"status": "unavailable", "database": str(exc)}, status=503)
-        return web.json_response({"status": "ready", "database": "ok"})
+        accounts = receiver.accounts if receiver is not None else {}
+        stuck = stuck_streams(states, accounts, now=dt.datetime.now(dt.UTC), since=started)
+        if stuck:
+            return web.json_response(
+                {"status": "stuck", "database": "ok", "stuck_streams": stuck}, status=503
+            )
+        return web.json_response({"status": "ready", "database": "ok", "stuck_streams": []})
 
     async def metrics(request: web.Request) -> web.Response:
         # Queue depths are read at scrape time; a database outage leaves the last values.

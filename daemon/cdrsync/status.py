@@ -17,7 +17,7 @@ from cdrsync.model import StreamState
 from cdrsync.sync import Progress
 
 if TYPE_CHECKING:
-    from cdrsync.config import Settings
+    from cdrsync.config import AccountSettings, Settings
 
 
 def lag_threshold(settings: Settings, account: str) -> dt.timedelta | None:
@@ -30,6 +30,35 @@ def lag_threshold(settings: Settings, account: str) -> dt.timedelta | None:
     # VCC Live's day stream keeps the days inside the lookback open: its watermark is the start
     # of the oldest open day, normally a lookback and a day behind.
     return slack + acc.lookback if acc.vendor == "vcclive" else slack
+
+
+STUCK_KINDS = ("list", "lookup", "outbox")
+
+
+def stuck_after(account: AccountSettings) -> dt.timedelta:
+    """How long a stream of ``account`` may go without a successful cycle before ``/readyz``
+    calls it stuck: a quarter of an hour beyond three polls (a catching-up cycle is long)."""
+    return 3 * account.poll_interval + dt.timedelta(minutes=15)
+
+
+def stuck_streams(
+    states: Sequence[StreamState],
+    accounts: Mapping[str, AccountSettings],
+    *,
+    now: dt.datetime,
+    since: dt.datetime,
+) -> list[str]:
+    """Streams of running ``accounts`` with no successful cycle for longer than allowed
+    (counted from ``since``, the daemon's start, when they never had one). Pure."""
+    stuck = []
+    for state in states:
+        account = accounts.get(state.account)
+        if account is None or state.kind not in STUCK_KINDS:
+            continue
+        last = max(state.last_success_at or since, since)
+        if now - last > stuck_after(account):
+            stuck.append(state.stream)
+    return stuck
 
 
 def _ago(moment: dt.datetime | None, now: dt.datetime) -> str:

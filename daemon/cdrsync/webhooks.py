@@ -75,6 +75,8 @@ class Receiver:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._accounts = accounts
+        self.accounts = accounts
+        """The running accounts (the supervisor's live mapping)."""
         self._store = store
         self._wake = wake
         self._observe = observe

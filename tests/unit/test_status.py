@@ -112,3 +112,23 @@ def test_a_failing_lookup_stream_fails_the_check():
                 last_error_at=NOW, last_success_at=NOW - dt.timedelta(minutes=1))  # fmt: skip
     _, unhealthy = render_status([bad], SETTINGS, now=NOW)
     assert unhealthy
+
+
+def test_stuck_streams_for_readyz():
+    """/readyz calls a running account's stream stuck after 3 polls + 15 min without a success
+    (counted from the daemon's start when it never had one); removed accounts do not count."""
+    from cdrsync.status import stuck_streams
+
+    accounts = {a.name: a for a in SETTINGS.accounts}
+    started = NOW - dt.timedelta(hours=1)
+    fresh = state(last_success_at=NOW - dt.timedelta(minutes=5))
+    old = state(stream="acme-in/lookup", kind="lookup", last_success_at=NOW - dt.timedelta(hours=2))
+    never = state(stream="acme-in/outbox", kind="outbox", last_success_at=None)
+    history = state(stream="acme-in/history", kind="history:..x", last_success_at=None)
+    gone = state(stream="old/list", account="old", last_success_at=None)
+    states = [fresh, old, never, history, gone]
+    assert stuck_streams(states, accounts, now=NOW, since=started) == [
+        "acme-in/lookup", "acme-in/outbox",
+    ]  # fmt: skip
+    just_started = NOW - dt.timedelta(minutes=2)
+    assert stuck_streams(states, accounts, now=NOW, since=just_started) == []
