@@ -36,10 +36,8 @@ log = structlog.get_logger(__name__)
 MAX_BODY = 1024 * 1024
 """Bytes a push may have (a call record is a few kB)."""
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
-# Values of keys like Apikey/api_key/token inside a body kept as a reject, whatever its shape.
-_SECRET_FIELD = re.compile(
-    rb'(?i)("?(?:api_?key|apikey|token|password|secret)"?\s*[:=]\s*"?)([^"&,}\s]+)'
-)
+# Keys whose values are secrets wherever they appear in a push (Ozonetel echoes its Apikey).
+_SECRET_KEY = re.compile(r"(?i)^(api_?key|apikey|token|access_token|password|secret)$")
 
 
 def push_stream(account: str) -> str:
@@ -47,9 +45,19 @@ def push_stream(account: str) -> str:
     return f"{account}/push"
 
 
-def scrub_body(body: bytes) -> str:
-    """A refused body as text for ``rejects``, with any key-like field's value blanked."""
-    return _SECRET_FIELD.sub(rb"\1***", body).decode("utf-8", "replace").replace("\x00", "")
+def scrub_doc(doc: Any) -> Any:
+    """``doc`` without any key-like field (Apikey, token, password, ...), at any depth: what
+    is kept of a refused push in ``rejects``."""
+    if isinstance(doc, dict):
+        return {k: scrub_doc(v) for k, v in doc.items() if not _SECRET_KEY.match(str(k))}
+    if isinstance(doc, list):
+        return [scrub_doc(v) for v in doc]
+    return doc
+
+
+def reject_payload(doc: Any) -> str:
+    """A refused push as text for ``rejects``: scrubbed JSON (a NUL stays escaped)."""
+    return orjson.dumps(scrub_doc(doc), option=orjson.OPT_SORT_KEYS).decode()
 
 
 class Refusal(Exception):
@@ -149,7 +157,7 @@ class Receiver:
             raise Refusal(
                 413, "body too large", f"a push may have at most {MAX_BODY} bytes"
             ) from None
-        doc = _document(body, request.content_type)
+        doc = decode_push(body, request.content_type)
         parse = push_parser(account.vendor)
         if parse is None:  # pragma: no cover - _authenticate refused such accounts
             raise Refusal(404, "unknown account", "this vendor takes no pushes")
@@ -158,7 +166,7 @@ class Receiver:
             return parse(doc, account=account, received_at=received), body
         except ParseError as exc:
             reject = Reject(account.vendor, account.name, push_stream(account.name), None,
-                            f"push: {exc}", scrub_body(body), received)  # fmt: skip
+                            f"push: {exc}", reject_payload(doc), received)  # fmt: skip
             await self._store.queues.write_push(
                 push_stream(account.name), (), (reject,), (),
                 vendor=account.vendor, account=account.name, now=received,
@@ -170,7 +178,7 @@ class Receiver:
             ) from None
 
 
-def _document(body: bytes, content_type: str) -> Any:
+def decode_push(body: bytes, content_type: str) -> Any:
     """The push as a JSON value: form data's ``data`` field (Ozonetel), or the JSON body."""
     if not body.strip():
         raise Refusal(400, "empty body", "the vendor sent no record")

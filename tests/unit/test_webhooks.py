@@ -1,0 +1,54 @@
+"""Decoding and scrubbing of pushes (pure parts of the receiver)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import pytest
+
+from cdrsync.webhooks import Refusal, decode_push, reject_payload, scrub_doc
+
+RECORD = {"monitorUCID": "1234", "Apikey": "KK7-secret-key", "CallerID": "98"}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        (orjson.dumps(RECORD), "application/json", RECORD),
+        (orjson.dumps(RECORD), "text/plain", RECORD),  # VCC Live-style text/plain JSON
+        (urlencode({"data": orjson.dumps(RECORD).decode()}).encode(),
+         "application/x-www-form-urlencoded", RECORD),  # Ozonetel: a form field holding JSON
+        (urlencode({"monitorUCID": "1234"}).encode(), "application/x-www-form-urlencoded",
+         {"monitorUCID": "1234"}),  # a form without `data` is the record itself
+    ],
+)  # fmt: skip
+def test_push_bodies_decode(body: bytes, content_type: str, expected: Any) -> None:
+    """JSON bodies (whatever the content type) and Ozonetel's form data decode to the record."""
+    assert decode_push(body, content_type) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"", "application/json", 400),
+        (b"{not json", "application/json", 400),
+        (b"data=%7Bbroken", "application/x-www-form-urlencoded", 400),
+        (b"--x\r\n", "multipart/form-data", 415),
+        (b"\xff\xfe=1", "application/x-www-form-urlencoded", 400),
+    ],
+)
+def test_broken_push_bodies_are_refused(body: bytes, content_type: str, status: int) -> None:
+    """An empty, non-JSON, multipart or non-UTF-8 body is a 4xx refusal, not a crash."""
+    with pytest.raises(Refusal) as refused:
+        decode_push(body, content_type)
+    assert refused.value.status == status
+
+
+def test_refused_pushes_keep_no_secret() -> None:
+    """What is kept of a refused push has no Apikey/token/password value at any depth."""
+    doc = {"a": [{"APIKEY": "s1", "x": 1}], "token": "s2", "nested": {"api_key": "s3"}, "ok": 2}
+    assert scrub_doc(doc) == {"a": [{"x": 1}], "nested": {}, "ok": 2}
+    text = reject_payload(doc)
+    assert not any(secret in text for secret in ("s1", "s2", "s3"))
