@@ -572,3 +572,13 @@ def test_push_with_nothing_usable_is_a_parse_error(doc, message):
     """A push with no usable call raises ParseError saying why (the receiver answers 422)."""
     with pytest.raises(ParseError, match=message):
         parse_push(doc, account=account(), received_at=RECEIVED)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "minutes"), [(0, 10), (1, 20), (2, 40), (5, 320), (6, 360), (40, 360)]
+)
+def test_no_data_found_waits_grow_to_six_hours(attempts: int, minutes: int) -> None:
+    """After "No Data Found" the wait doubles per attempt, capped at 6 hours."""
+    from cdrsync.vendors.ozonetel import retry_wait
+
+    assert retry_wait(dt.timedelta(minutes=10), attempts) == dt.timedelta(minutes=minutes)

@@ -456,6 +456,17 @@ def _started_at(item: LookupItem) -> dt.datetime | None:
     return started
 
 
+MAX_RETRY_WAIT = dt.timedelta(hours=6)
+
+
+def retry_wait(base: dt.timedelta, attempts: int) -> dt.timedelta:
+    """The wait after a "No Data Found": ``base`` doubled per attempt already made, at most
+    6 hours, so a call the CallBacks API never serves costs some 60 requests over the 15-day
+    horizon rather than two thousand."""
+    wait: dt.timedelta = base * (2 ** min(attempts, 16))
+    return min(wait, MAX_RETRY_WAIT)
+
+
 class OzonetelLookups(_Client):
     """CDR in CallBacks lookups for one account (a ``LookupSource``)."""
 
@@ -485,7 +496,7 @@ class OzonetelLookups(_Client):
             return LookupOutcome("gave_up", counted=False, note=decision.reason)
         found = await self._ask(item.call_key, decision.report_type)
         if found is None:
-            retry_at = now + self._account.option("lookup_retry")
+            retry_at = now + retry_wait(self._account.option("lookup_retry"), item.attempts)
             return LookupOutcome("retry", next_attempt_at=retry_at, note="No Data Found yet")
         records, rejects = found
         return LookupOutcome("done", records=tuple(records), rejects=tuple(rejects))
