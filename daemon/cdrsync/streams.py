@@ -185,9 +185,9 @@ async def _ozonetel(
     clock: Clock,
     on_cycle: CycleHook | None,
 ) -> list[Stream]:
-    """The live stream starts at today's IST midnight (or where it stood); a backlog stream
-    reads from ``start`` (clamped to the 15-day horizon) up to there, in whole days, with the
-    bulk requests the live stream leaves."""
+    """The live stream starts at the IST midnight before its lookback (or where it stood); a
+    backlog stream reads from ``start`` (clamped to the 15-day horizon) up to there, in whole
+    days, with the bulk requests the live stream leaves."""
     from cdrsync.vendors.ozonetel import earliest_available
 
     zone = account.zone
@@ -207,12 +207,15 @@ async def _ozonetel(
         )  # fmt: skip
     live = await rt.store.load_state(stream_name(account.name))
     history = await rt.store.load_state(stream_name(account.name, "history"))
-    today = local_midnight_utc(now.astimezone(zone).date(), zone)
     if live is not None and live.watermark is not None:
         resume = live.watermark - account.lookback
         live_start = local_midnight_utc(resume.astimezone(zone).date(), zone)
     else:
-        live_start = max(configured, today)
+        # A call that started shortly before midnight is listed only once it has ended: the
+        # day of now - lookback - settle goes to the live stream, which re-reads its lookback,
+        # not to the backlog, which reads each day once.
+        recent = (now - account.lookback - account.settle).astimezone(zone).date()
+        live_start = max(configured, local_midnight_utc(recent, zone))
     split = live_start
     if history is not None and (found := _HISTORY.fullmatch(history.kind)):
         split = dt.datetime.fromisoformat(found[1])
