@@ -27,7 +27,7 @@ from cdrsync.observability import StatusBoard, sd_notify, watchdog_interval
 from cdrsync.plan import retry_delay
 from cdrsync.status import stuck_streams
 from cdrsync.store import Store, StreamLocks
-from cdrsync.streams import limiters_for, stream_name
+from cdrsync.streams import limiters_for, shared_limiters, stream_name
 from cdrsync.supervisor import Supervisor, enabled
 from cdrsync.sync import Clock, CycleHook, ProgressHook, WindowStream, utcnow
 from cdrsync.transport import Transport
@@ -379,7 +379,7 @@ async def backfill(
             log.info("backfill.handed", stream=name, account=account.name)
             done = state.watermark is not None and state.watermark >= end
             return BackfillRun(name, done=done, handed=True, start=start, until=end)
-        limiters = limiters_for(account)
+        limiters = await shared_limiters(rt, account)
         stream = bounded_stream(
             rt, account, stop, kind=kind, start=start, until=end, limiters=limiters,
             clock=clock, on_progress=on_progress,

@@ -45,6 +45,7 @@ class SlidingWindowLimiter:
         "_period",
         "_sleep",
         "_slow_until",
+        "on_grant",
     )
 
     def __init__(
@@ -78,6 +79,8 @@ class SlidingWindowLimiter:
         # barge past queued waiters, which is the FIFO fairness that acquire() promises.
         self._lock = asyncio.Lock()
         self._high = 0  # normal-priority callers inside acquire(): a low one yields to them
+        self.on_grant: Callable[[], Awaitable[None]] | None = None
+        """Awaited after each grant, before the request goes out (persisting it)."""
 
     def __repr__(self) -> str:
         return f"<SlidingWindowLimiter {self._name!r} {self._limit}/{self._period:g}s>"
@@ -140,6 +143,18 @@ class SlidingWindowLimiter:
         # The `limit`-th most recent grant must have left the window before another is allowed.
         return max(earliest, self._grants[-limit] + self.window)
 
+    def seed(self, ages: list[float]) -> None:
+        """Count grants made ``ages`` seconds ago (by a process before this one) as if they had
+        been made here: a restart then spends only what is left of the vendor's window."""
+        now = self._clock()
+        for age in sorted(ages, reverse=True):
+            self._grants.append(now - age)
+
+    @property
+    def scarce(self) -> bool:
+        """At most one request a second on average: worth remembering across a restart."""
+        return self._period / self._limit >= 1.0
+
     def record(self, now: float) -> None:
         """Record a grant at ``now`` without waiting (for callers that checked :meth:`delay`)."""
         self._grants.append(now)
@@ -159,6 +174,8 @@ class SlidingWindowLimiter:
                 self.record(self._clock())
         finally:
             self._high -= 1
+        if self.on_grant is not None:
+            await self.on_grant()
 
     async def acquire_low(self, poll: float = 0.05) -> None:
         """Wait until a grant is allowed and no normal-priority caller is waiting, then record
@@ -170,6 +187,8 @@ class SlidingWindowLimiter:
             # Checked and recorded with no await in between: atomic on the event loop.
             if wait <= 0 and self._high == 0:
                 self.record(now)
+                if self.on_grant is not None:
+                    await self.on_grant()
                 return
             await self._sleep(max(wait, poll))
 

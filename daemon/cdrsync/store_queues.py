@@ -246,6 +246,26 @@ class Queues:
         with translate(f"finish backfill {stream}", self._dsn):
             await self._pool.execute(QUERIES["backfill_finished"], stream, now)
 
+    # ------------------------------------------------------------------ rate grants
+
+    async def record_grant(self, account: str, group: str, at: dt.datetime) -> None:
+        """Remember one request sent under a scarce limit."""
+        with translate(f"record a {group} request of account {account}", self._dsn):
+            await self._pool.execute(QUERIES["record_grant"], account, group, at)
+
+    async def recent_grants(
+        self, account: str, group: str, *, since: dt.datetime
+    ) -> list[dt.datetime]:
+        """Requests sent under a limit since ``since`` (by any process), oldest first."""
+        with translate(f"read the recent {group} requests of account {account}", self._dsn):
+            rows = await self._pool.fetch(QUERIES["recent_grants"], account, group, since)
+        return [r["granted_at"] for r in rows]
+
+    async def prune_grants(self, *, before: dt.datetime) -> None:
+        """Forget grants older than any window."""
+        with translate("forget old rate grants", self._dsn):
+            await self._pool.execute(QUERIES["prune_grants"], before)
+
     # ------------------------------------------------------------------ outbox
 
     async def outbox_recover(self, account: str, *, now: dt.datetime) -> int:

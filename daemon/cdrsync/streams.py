@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 
+from cdrsync.errors import StoreError
 from cdrsync.limiter import LowPriority, SlidingWindowLimiter
 from cdrsync.plan import local_midnight_utc
 from cdrsync.sync import Clock, CycleHook, WindowStream, utcnow
@@ -68,6 +69,37 @@ def limiters_for(account: AccountSettings) -> dict[str, SlidingWindowLimiter]:
     }
 
 
+async def shared_limiters(rt: Runtime, account: AccountSettings) -> dict[str, SlidingWindowLimiter]:
+    """The account's limiters, with its scarce budgets (at most a request a second, such as
+    Ozonetel's 2/min) persisted: each grant is recorded before its request goes out, and a new
+    process first counts what was granted within the window, so a restart (a crash, SIGHUP, a
+    backfill process) never spends a window twice."""
+    limiters = limiters_for(account)
+    queues = rt.store.queues
+    now = dt.datetime.now(dt.UTC)
+    await queues.prune_grants(before=now - dt.timedelta(days=1))
+    for group, limiter in limiters.items():
+        if not limiter.scarce:
+            continue
+        since = now - dt.timedelta(seconds=limiter.window)
+        grants = await queues.recent_grants(account.name, group, since=since)
+        limiter.seed([(now - at).total_seconds() for at in grants])
+        limiter.on_grant = _recorder(rt, account.name, group)
+    return limiters
+
+
+def _recorder(rt: Runtime, account: str, group: str) -> Callable[[], Awaitable[None]]:
+    async def record() -> None:
+        try:
+            await rt.store.queues.record_grant(account, group, dt.datetime.now(dt.UTC))
+        except StoreError as exc:
+            # The request still goes out: the limiter in this process holds the grant; only a
+            # restart during the outage could miss it.
+            log.warning("rate.grant_not_recorded", account=account, group=group, error=str(exc))
+
+    return record
+
+
 async def build_account(
     rt: Runtime,
     account: AccountSettings,
@@ -77,7 +109,7 @@ async def build_account(
     on_cycle: CycleHook | None = None,
 ) -> AccountStreams:
     """Every stream of one account, sharing one set of limiters."""
-    limiters = limiters_for(account)
+    limiters = await shared_limiters(rt, account)
     for group, limiter in limiters.items():
         rt.metrics.watch_limiter(account.name, group, limiter)
     built = AccountStreams(limiters=limiters)

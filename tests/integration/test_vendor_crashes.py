@@ -274,3 +274,51 @@ async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicat
     sources = await fetch(dsn, "SELECT DISTINCT source FROM calls")
     assert [r["source"] for r in sources] == ["list"]
     assert sim.stats.webhooks_sent > 0
+
+
+# ---------------------------------------------------------------------------- rate budget
+
+
+def most_in_any_window(times: list[float], period: float) -> int:
+    """The most request times that fall inside one sliding window of ``period`` seconds."""
+    ordered = sorted(times)
+    return max(
+        (sum(1 for t in ordered[i:] if t - start < period) for i, start in enumerate(ordered)),
+        default=0,
+    )
+
+
+async def test_a_restart_does_not_spend_the_vendors_window_twice(
+    dsn: str, tmp_path: Path, served: list[RunningServer]
+) -> None:
+    """A daemon killed right after spending Ozonetel's bulk budget and started again at once
+    waits for the window to pass: the vendor never counts more than its limit, no 429."""
+    forget_tokens()
+    sim = OzonetelSimulator(
+        OzonetelSimConfig(seed=33, backlog=400, backlog_days=2.0, live_per_minute=0,
+                          api_key=OZ_KEY, bulk_rate_limit=3, bulk_rate_period_s=4.0)
+    )  # fmt: skip
+    server = await start_ozonetel_server(sim)
+    served.append(server)
+    table = {
+        "name": OZ_ACCOUNT, "vendor": "ozonetel", "base_url": server.base_url,
+        "username": "sim-user", "api_key": OZ_KEY,
+        "start": (dt.datetime.now(IST) - dt.timedelta(days=2)).date().isoformat(),
+        "poll_interval": "1s", "settle": "1s", "page_size": 100,
+        "rate_limits": {"bulk": "3/4s"},
+    }  # fmt: skip
+    config = write_config(tmp_path / "oz.toml", dsn, [table])
+    async with children(tmp_path) as kids:
+        for run in range(3):
+            child = await kids.daemon(config, label=f"run{run}")
+            spent = len(sim.stats.bulk_times) + 3
+            deadline = time.monotonic() + 30
+            while len(sim.stats.bulk_times) < spent and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await child.kill()  # the window's budget was just spent
+        last = await kids.daemon(config, label="last")
+        await asyncio.sleep(6)
+        await last.terminate(10)
+    assert len(sim.stats.bulk_times) >= 10
+    assert sum(sim.stats.rate_limited.values()) == 0
+    assert most_in_any_window(sim.stats.bulk_times, 4.0) <= 3

@@ -309,3 +309,38 @@ async def test_newcomer_cannot_overtake_a_waiter_whose_slot_just_freed() -> None
     await fake.advance_to(20.0)
     await asyncio.gather(early, late)
     assert granted == ["early", "late"]
+
+
+def test_seeded_grants_count_against_the_window():
+    """Grants a previous process made (seeded by age) delay this process's first grant."""
+    limiter = SlidingWindowLimiter(2, 60.0, margin=0.5, clock=lambda: 1000.0)
+    limiter.seed([10.0, 50.0])
+    assert limiter.used(1000.0) == 2
+    assert limiter.delay(1000.0) == pytest.approx(60.5 - 50.0)
+
+
+@pytest.mark.parametrize(
+    ("limit", "period", "scarce"), [(2, 60, True), (60, 60, True), (61, 60, False), (10, 1, False)]
+)
+def test_scarce_budgets_average_at_most_a_request_a_second(limit, period, scarce):
+    """Only budgets of at most one request a second on average are persisted across restarts."""
+    assert SlidingWindowLimiter(limit, period).scarce is scarce
+
+
+async def test_a_low_priority_caller_takes_only_what_normal_callers_leave():
+    """Backlog work (acquire_low) waits while live work (acquire) is queued for the budget."""
+    from cdrsync.limiter import LowPriority
+
+    limiter = SlidingWindowLimiter(1, 0.05, margin=0.0)
+    await limiter.acquire()  # the window is full now
+    order: list[str] = []
+
+    async def take(name: str, acquire) -> None:
+        await acquire()
+        order.append(name)
+
+    low = asyncio.create_task(take("backlog", LowPriority(limiter).acquire))
+    await asyncio.sleep(0)
+    live = [asyncio.create_task(take(f"live{i}", limiter.acquire)) for i in range(2)]
+    await asyncio.gather(low, *live)
+    assert order == ["live0", "live1", "backlog"]

@@ -349,3 +349,14 @@ RETURNING id;
 -- name: outbox_rows
 SELECT id, projectid, state, attempts, numberid, payload, error FROM vcclive_outbox
 WHERE account = $1 ORDER BY id;
+
+-- name: record_grant
+INSERT INTO rate_grants (account, grp, granted_at) VALUES ($1, $2, $3);
+
+-- name: recent_grants
+SELECT granted_at FROM rate_grants
+WHERE account = $1 AND grp = $2 AND granted_at > $3
+ORDER BY granted_at;
+
+-- name: prune_grants
+DELETE FROM rate_grants WHERE granted_at < $1;
