@@ -13,7 +13,6 @@ covers them, so a crash resumes inside a day with no gap and no duplicate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from collections import deque
@@ -35,9 +34,10 @@ from cdrsync.dayplan import (
     resume_plan,
     verify_anchor,
 )
-from cdrsync.errors import CdrsyncError, PermanentError, StoreError
+from cdrsync.errors import CdrsyncError
 from cdrsync.model import CallRecord, Page, Reject, WriteResult
-from cdrsync.plan import local_midnight_utc, retry_delay
+from cdrsync.plan import local_midnight_utc
+from cdrsync.streamloop import Owner, StreamLoop
 from cdrsync.sync import Clock, CycleHook, utcnow
 
 if TYPE_CHECKING:
@@ -59,16 +59,6 @@ class DaySource(Protocol):
         """Up to ``num`` calls of local ``day`` from row ``offset``; ``Page.total`` is the day's
         count, ``Page.keys`` every uuid in row order."""
         ...
-
-
-class Owner(Protocol):
-    """What a stream needs of the lock session (``store_lock.StreamLocks``)."""
-
-    @property
-    def held(self) -> frozenset[str]: ...
-
-    async def alive(self) -> bool: ...
-    async def try_acquire(self, stream: str) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -106,7 +96,7 @@ class _Read:
     total: int
 
 
-class DayStream:
+class DayStream(StreamLoop):
     """One account's day-partitioned list stream: ``run()`` until stopped, or ``cycle()``."""
 
     def __init__(
@@ -129,16 +119,13 @@ class DayStream:
         on_cycle: CycleHook | None = None,
         kind: str = "list",
     ) -> None:
-        self.name = name
+        super().__init__(
+            name=name, account=account, store=store, locks=locks, stop=stop, clock=clock,
+            logger=log, failed_event="day.cycle_failed",
+        )  # fmt: skip
         self.kind = kind
-        self._account = account
         self._zone = account.zone
         self._source = source
-        self._store = store
-        self._locks = locks
-        self._stop = stop
-        self._wake = asyncio.Event()
-        self._clock = clock
         self._start = start or account.start
         self._until = until
         self._lookback = account.lookback if lookback is None else lookback
@@ -149,10 +136,6 @@ class DayStream:
         self._write_rows = write_rows
         self._on_cycle = on_cycle
         self._cursor: Cursor = {}
-        self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
-        self._owned_logged: bool | None = None
-        self.finished = False
-        """True once a bounded stream (``until``) has closed every day before ``until``."""
 
     def wake(self) -> None:
         """Start the next cycle now if the loop is waiting for its poll interval (a push came)."""
@@ -160,57 +143,12 @@ class DayStream:
 
     # ------------------------------------------------------------------ the loop
 
-    async def run(self) -> None:
-        """Cycle until the stop event is set (or, with ``until``, every day is closed)."""
-        failures = 0
-        while not self._stop.is_set() and not self.finished:
-            self._wake.clear()  # a push during the cycle is answered by the next one
-            delay = self._account.poll_interval.total_seconds()
-            try:
-                if await self._own():
-                    more = await self.cycle()
-                    failures = 0
-                    delay = 0.0 if more else delay
-            except CdrsyncError as exc:
-                failures += 1
-                if isinstance(exc, PermanentError):
-                    # Credentials or a request the vendor refuses: retrying fast fixes nothing.
-                    delay = max(delay, retry_delay(failures, cap=600.0))
-                else:
-                    delay = min(delay, retry_delay(failures))
-                self._log.warning(
-                    "day.cycle_failed",
-                    error=str(exc),
-                    error_type=type(exc).__name__,
-                    failures=failures,
-                    retry_in_s=delay,
-                )
-                with contextlib.suppress(StoreError):
-                    await self._store.record_cycle(self.name, now=self._clock(), error=str(exc))
-            if delay > 0 and not self.finished:
-                # After a failure a push does not cut the backoff short (account lock-outs).
-                await self._sleep(delay, wakeable=failures == 0)
+    def _turn_starts(self) -> None:
+        self._wake.clear()  # a push during the cycle is answered by the next one
 
-    async def _sleep(self, delay: float, *, wakeable: bool) -> None:
-        waits = {asyncio.ensure_future(self._stop.wait())}
-        if wakeable:
-            waits.add(asyncio.ensure_future(self._wake.wait()))
-        try:
-            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
-
-    async def _own(self) -> bool:
-        """Whether this process owns the stream (one owner per stream across instances)."""
-        if not await self._locks.alive() or self.name not in self._locks.held:
-            owned = await self._locks.try_acquire(self.name)
-        else:
-            owned = True
-        if owned != self._owned_logged:
-            self._log.info("stream.owned" if owned else "stream.owned_elsewhere")
-            self._owned_logged = owned
-        return owned
+    async def _rest(self, delay: float, failures: int) -> None:
+        # After a failure a push does not cut the backoff short (account lock-outs).
+        await self._sleep(delay, wakeable=failures == 0)
 
     # ------------------------------------------------------------------ one cycle
 

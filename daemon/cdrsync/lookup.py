@@ -10,16 +10,15 @@ until the earliest pending lookup is due, or until a push wakes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from typing import TYPE_CHECKING
 
 import structlog
 
-from cdrsync.errors import AuthError, CdrsyncError, PermanentError, StoreError, TransientError
+from cdrsync.errors import AuthError, CdrsyncError, TransientError
 from cdrsync.model import LookupItem, LookupOutcome, WriteResult
-from cdrsync.plan import retry_delay
+from cdrsync.streamloop import StreamLoop, queue_backoff
 from cdrsync.sync import Clock, CycleHook, utcnow
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ def on_error(exc: CdrsyncError, now: dt.datetime) -> LookupOutcome:
     return LookupOutcome("gave_up", note=f"the vendor refused this lookup: {exc}")
 
 
-class LookupStream:
+class LookupStream(StreamLoop):
     """One account's lookup queue: ``run()`` until stopped, or once per ``cycle()`` in tests."""
 
     def __init__(
@@ -60,77 +59,35 @@ class LookupStream:
         on_cycle: CycleHook | None = None,
         kind: str = "lookup",
     ) -> None:
-        self.name = name
+        super().__init__(
+            name=name, account=account, store=store, locks=locks, stop=stop, clock=clock,
+            logger=log, failed_event="lookup.cycle_failed", backoff=queue_backoff,
+        )  # fmt: skip
         self.kind = kind
-        self._account = account
         self._source = source
-        self._store = store
         self._queues = store.queues
-        self._locks = locks
-        self._stop = stop
-        self._clock = clock
         self._batch = batch
         self._on_cycle = on_cycle
-        self._wake = asyncio.Event()
-        self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
-        self._owned_logged: bool | None = None
-        self.finished = False
 
     def wake(self) -> None:
         """Look at the queue now (a push queued a lookup), not at the next due time."""
         self._wake.set()
 
-    async def run(self) -> None:
-        """Work the queue until the stop event is set."""
-        failures = 0
-        while not self._stop.is_set():
-            delay = self._account.poll_interval.total_seconds()
-            try:
-                if await self._own():
-                    more = await self.cycle()
-                    failures = 0
-                    delay = 0.0 if more else await self._until_due(delay)
-            except CdrsyncError as exc:
-                failures += 1
-                cap = 600.0 if isinstance(exc, PermanentError) else 60.0
-                delay = max(1.0, retry_delay(failures, cap=cap))
-                self._log.warning(
-                    "lookup.cycle_failed", error=str(exc), error_type=type(exc).__name__,
-                    failures=failures, retry_in_s=delay,
-                )  # fmt: skip
-                with contextlib.suppress(StoreError):
-                    await self._store.record_cycle(self.name, now=self._clock(), error=str(exc))
-            await self._sleep(delay)
-
-    async def _sleep(self, delay: float) -> None:
-        if delay <= 0:
-            return
-        stopper = asyncio.ensure_future(self._stop.wait())
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({stopper, waker}, timeout=delay, return_when="FIRST_COMPLETED")
-        finally:
-            stopper.cancel()
-            waker.cancel()
+    async def _rest(self, delay: float, failures: int) -> None:
+        # Any push ends the wait, a backoff's too (unlike the day stream's): it queued a lookup,
+        # so what is due is looked at again. The wake is cleared only once slept: one that came
+        # during a cycle ends the next wait at once.
+        await self._sleep(delay, wakeable=True)
         self._wake.clear()
 
-    async def _until_due(self, poll: float) -> float:
+    async def _idle_delay(self, poll: float) -> float:
+        """Until the earliest pending lookup is due (at most a poll interval)."""
         due = await self._queues.next_lookup_due(
             self._account.vendor, self._account.name, self._source.kinds
         )
         if due is None:
             return poll
         return min(poll, max(0.0, (due - self._clock()).total_seconds()))
-
-    async def _own(self) -> bool:
-        if not await self._locks.alive() or self.name not in self._locks.held:
-            owned = await self._locks.try_acquire(self.name)
-        else:
-            owned = True
-        if owned != self._owned_logged:
-            self._log.info("stream.owned" if owned else "stream.owned_elsewhere")
-            self._owned_logged = owned
-        return owned
 
     async def cycle(self) -> bool:
         """Attempt every lookup due now (up to a batch). True when more are due already."""

@@ -14,7 +14,6 @@ are sent again. Without ``outbox_probe`` they stay ``unknown`` for an operator.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 import uuid
@@ -23,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from cdrsync.errors import AuthError, CdrsyncError, PermanentError, StoreError, TransientError
+from cdrsync.errors import AuthError, PermanentError, TransientError
 from cdrsync.plan import retry_delay
 from cdrsync.store_queues import OutboxRow
+from cdrsync.streamloop import StreamLoop, queue_backoff
 from cdrsync.sync import Clock, utcnow
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def backoff(attempts: int, base: dt.timedelta) -> dt.timedelta:
     return dt.timedelta(seconds=seconds)
 
 
-class OutboxStream:
+class OutboxStream(StreamLoop):
     """One VCC Live account's outbox: ``run()`` until stopped, or ``cycle()`` in tests."""
 
     def __init__(
@@ -81,43 +81,26 @@ class OutboxStream:
         stop: asyncio.Event,
         clock: Clock = utcnow,
     ) -> None:
-        self.name = name
-        self._account = account
+        super().__init__(
+            name=name, account=account, store=store, locks=locks, stop=stop, clock=clock,
+            logger=log, failed_event="outbox.cycle_failed", backoff=queue_backoff,
+        )  # fmt: skip
         self._sink = sink
-        self._store = store
         self._queues = store.queues
-        self._locks = locks
-        self._stop = stop
-        self._clock = clock
         self._batch = int(account.option("outbox_batch"))
         self._retry = account.option("outbox_retry")
-        self._interval = account.option("outbox_interval").total_seconds()
+        self._interval: float = account.option("outbox_interval").total_seconds()
         self._probe = bool(account.option("outbox_probe"))
         self._recovered = False
-        self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
-        self.finished = False
 
-    async def run(self) -> None:
-        """Deliver until the stop event is set."""
-        failures = 0
-        while not self._stop.is_set():
-            delay = self._interval
-            try:
-                if await self._locks.try_acquire(self.name) or self.name in self._locks.held:
-                    if await self.cycle():
-                        delay = 0.0
-                    failures = 0
-            except CdrsyncError as exc:
-                failures += 1
-                cap = 600.0 if isinstance(exc, PermanentError) else 60.0
-                delay = max(1.0, retry_delay(failures, cap=cap))
-                self._log.warning("outbox.cycle_failed", error=str(exc),
-                                  error_type=type(exc).__name__, retry_in_s=delay)  # fmt: skip
-                with contextlib.suppress(StoreError):
-                    await self._store.record_cycle(self.name, now=self._clock(), error=str(exc))
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+    async def _own(self) -> bool:
+        # Unlike the other streams, the outbox has never probed the lock session first or
+        # logged a change of owner: it asks for the lock each turn (a no-op while it is held).
+        return await self._locks.try_acquire(self.name) or self.name in self._locks.held
+
+    def _poll_delay(self) -> float:
+        """The outbox's own interval (``outbox_interval``), not the account's poll interval."""
+        return self._interval
 
     async def cycle(self) -> bool:
         """Resolve rows in doubt, then send one batch. True when more rows are due already."""

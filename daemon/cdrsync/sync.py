@@ -11,19 +11,18 @@ the watermark never passes a window that is not committed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import time
 import zoneinfo
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
 from cdrsync.batchqueue import RowQueue
-from cdrsync.errors import CdrsyncError, PermanentError, StoreError
+from cdrsync.errors import CdrsyncError
 from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
 from cdrsync.plan import (
     audit_span,
@@ -32,10 +31,10 @@ from cdrsync.plan import (
     on_grid,
     pages_for,
     plan_windows,
-    retry_delay,
     split_window,
     too_deep,
 )
+from cdrsync.streamloop import Owner, StreamLoop
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
@@ -110,16 +109,6 @@ class _Recorded:
     count: int
 
 
-class _Owner(Protocol):
-    """What a stream needs of the lock session (``store.StreamLocks``)."""
-
-    @property
-    def held(self) -> frozenset[str]: ...
-
-    async def alive(self) -> bool: ...
-    async def try_acquire(self, stream: str) -> bool: ...
-
-
 def audit_budget(account: AccountSettings) -> int:
     """Windows to re-count per cycle: twice what keeps every window of the horizon checked once
     an interval (at least 4), so a backlog of due windows drains."""
@@ -128,7 +117,7 @@ def audit_budget(account: AccountSettings) -> int:
     return max(4, math.ceil(2 * windows / cycles))
 
 
-class WindowStream:
+class WindowStream(StreamLoop):
     """One account's list stream: ``run()`` until stopped, or once per ``cycle()`` in tests."""
 
     def __init__(
@@ -138,7 +127,7 @@ class WindowStream:
         account: AccountSettings,
         source: WindowSource,
         store: Store,
-        locks: StreamLocks | _Owner,
+        locks: StreamLocks | Owner,
         stop: asyncio.Event,
         clock: Clock = utcnow,
         start: dt.datetime | None = None,
@@ -156,14 +145,12 @@ class WindowStream:
         earliest: Callable[[dt.datetime], dt.datetime] | None = None,
         audit: bool = True,
     ) -> None:
-        self.name = name
+        super().__init__(
+            name=name, account=account, store=store, locks=locks, stop=stop, clock=clock,
+            logger=log, failed_event="sync.cycle_failed",
+        )  # fmt: skip
         self.kind = kind
-        self._account = account
         self._source = source
-        self._store = store
-        self._locks = locks
-        self._stop = stop
-        self._clock = clock
         zone = zoneinfo.ZoneInfo(account.timezone)
         self._start = start or local_midnight_utc(account.start, zone)
         self._until = until
@@ -182,57 +169,8 @@ class WindowStream:
         self._write_rows = write_rows
         self._on_progress = on_progress
         self._on_cycle = on_cycle
-        self._log = log.bind(vendor=account.vendor, account=account.name, stream=name)
-        self._owned_logged: bool | None = None
-        self.finished = False
         self._windows_done_total = 0
         self._rows_total = 0
-
-    # ------------------------------------------------------------------ the loop
-
-    async def run(self) -> None:
-        """Cycle until the stop event is set (or, for a bounded stream, until ``until``)."""
-        failures = 0
-        while not self._stop.is_set() and not self.finished:
-            delay = self._account.poll_interval.total_seconds()
-            try:
-                if await self._own():
-                    more = await self.cycle()
-                    failures = 0
-                    if more:
-                        delay = 0.0
-            except CdrsyncError as exc:
-                failures += 1
-                if isinstance(exc, PermanentError):
-                    # Credentials or a request the vendor refuses: retrying fast fixes nothing,
-                    # and some vendors lock an account after repeated failed logins.
-                    delay = max(delay, retry_delay(failures, cap=600.0))
-                else:
-                    delay = min(delay, retry_delay(failures))
-                self._log.warning(
-                    "sync.cycle_failed",
-                    error=str(exc),
-                    error_type=type(exc).__name__,
-                    failures=failures,
-                    retry_in_s=delay,
-                )
-                with contextlib.suppress(StoreError):
-                    await self._store.record_cycle(self.name, now=self._clock(), error=str(exc))
-            if delay > 0 and not self.finished:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
-
-    async def _own(self) -> bool:
-        """Whether this process owns the stream (one owner per stream across instances)."""
-        if not await self._locks.alive() or self.name not in self._locks.held:
-            owned = await self._locks.try_acquire(self.name)
-        else:
-            owned = True
-        if owned != self._owned_logged:
-            event = "stream.owned" if owned else "stream.owned_elsewhere"
-            self._log.info(event)
-            self._owned_logged = owned
-        return owned
 
     # ------------------------------------------------------------------ one cycle
 
