@@ -218,15 +218,19 @@ def vcc_truth(sim: VccSimulator) -> dict[str, bytes]:
 async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicates_nothing(
     dsn: str, store: Store, tmp_path: Path, served: list[RunningServer]
 ) -> None:
-    """A VCC Live daemon (day stream, disposition webhooks, lookups) SIGKILLed at random
-    instants five times, then run again: calls equals the vendor's, every uuid once, and the
-    watermark never moved back."""
+    """A VCC Live daemon (day stream, disposition webhooks, lookups, outbox) SIGKILLed at
+    random instants five times, then run again: calls equals the vendor's, every uuid once, the
+    watermark never moved back, and every outbox row is in VCC Live exactly once."""
     sim = VccSimulator(
         VccSimConfig(
             seed=41, backlog=5000, backlog_days=2.5, live_per_minute=120,
             processing_delay_s=(0.5, 2.0), dispose_delay_s=(0.1, 0.5), max_page_size=60,
+            add_delay_s=0.3,  # a slow Add record: kills land while a batch is in flight
         )
     )  # fmt: skip
+    outbox = [{"form": {"name": f"lead {i}", "city": "Szeged"}} for i in range(60)]
+    await store.migrate()
+    await store.queues.outbox_add(VCC_ACCOUNT, sim.config.projects[0], outbox)
     server = await start_vcclive_server(sim)
     served.append(server)
     port = free_port()
@@ -237,6 +241,7 @@ async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicat
         "start": (dt.datetime.now(zone) - dt.timedelta(days=3)).date().isoformat(),
         "poll_interval": "300ms", "settle": "1s", "page_size": 50,
         "lookup_delay": "0s", "lookup_interval": "1s", "outbox_interval": "300ms",
+        "outbox_batch": 4,
         # A list budget that spreads the backlog over several runs, so kills land mid-write.
         "rate_limits": {"list": "15/s", "lookup": "100000/min", "records": "100000/min"},
     }  # fmt: skip
@@ -256,10 +261,19 @@ async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicat
                 return differences(vcc_truth(sim), await store.call_hashes("vcclive", VCC_ACCOUNT))
 
             diff = await converge(check, lambda: time.time() > sim.last_visible_time(), 45)
+
+            async def delivered() -> dict[str, list[str]]:
+                rows = await store.queues.outbox_rows(VCC_ACCOUNT)
+                late = [str(r["id"]) for r in rows if r["state"] != "delivered"]
+                return {"missing": late, "extra": [], "stale": []}
+
+            undelivered = await converge(delivered, lambda: True, 30)
             stop_hooks.set()
             await hooks
             code = await last.terminate(10)
             final = await watermarks(dsn, VCC_STREAMS)
+            rows = await store.queues.outbox_rows(VCC_ACCOUNT)
+            doubts = sum(len(child.named("outbox.resolved")) for child in kids.started)
             tails = kids.tails()
     finally:
         stop_hooks.set()
@@ -274,6 +288,15 @@ async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicat
     sources = await fetch(dsn, "SELECT DISTINCT source FROM calls")
     assert [r["source"] for r in sources] == ["list"]
     assert sim.stats.webhooks_sent > 0
+    assert undelivered == IN_STEP, tails
+    added = sim.added_records()
+    assert sorted(p["form"]["name"] for _, _, p in added) == sorted(
+        p["form"]["name"] for p in outbox
+    )
+    by_numberid = {numberid: p for _, numberid, p in added}
+    assert all(by_numberid[r["numberid"]] == r["payload"] for r in rows)
+    # Kills landed while a batch was in flight: those rows were found in VCC Live, not resent.
+    assert doubts > 0, tails
 
 
 # ---------------------------------------------------------------------------- rate budget
