@@ -57,8 +57,9 @@ class Metrics:
             ["stream"], registry=r,
         )  # fmt: skip
         self.requests = Counter(
-            "cdrsync_requests", "Vendor API responses, by account, endpoint and HTTP status.",
-            ["account", "endpoint", "status"], registry=r,
+            "cdrsync_requests",
+            "Vendor API responses, by vendor, account, endpoint and HTTP status.",
+            ["vendor", "account", "endpoint", "status"], registry=r,
         )  # fmt: skip
         self.rate_limited = Counter(
             "cdrsync_rate_limited", "Vendor answers 429 (rate limited).",
@@ -135,7 +136,7 @@ class Metrics:
     def on_response(self, endpoint: str, status: int, elapsed_s: float) -> None:
         """An attempt got a complete response."""
         account, name = split_endpoint(endpoint)
-        self.requests.labels(account, name, str(status)).inc()
+        self.requests.labels(name.split(".", 1)[0], account, name, str(status)).inc()
         self.latency.labels(account, name).observe(elapsed_s)
         if status == 429:
             self.rate_limited.labels(account, name).inc()

@@ -196,8 +196,11 @@ class ProgressPrinter:
         elapsed = max(self._clock() - self._began, 1e-6)
         rate = progress.rows_written / elapsed
         mark = progress.watermark.strftime("%Y-%m-%d %H:%M")
+        windows = f"{progress.windows_done}"
+        if progress.windows_total:
+            windows += f"/{progress.windows_total}"
         text = (
-            f"{progress.stream}: up to {mark} UTC, {progress.windows_done} windows, "
+            f"{progress.stream}: up to {mark} UTC, {windows} windows, "
             f"{progress.rows_written} rows, {rate:.0f} rows/s"
         )
         if progress.until is not None and progress.until > progress.start:

@@ -63,6 +63,8 @@ class Progress:
     watermark: dt.datetime
     start: dt.datetime
     until: dt.datetime | None
+    windows_total: int | None = None
+    """Grid windows between start and until (a bounded stream), for "done / total"."""
 
 
 ProgressHook = Callable[[Progress], None]
@@ -378,8 +380,14 @@ class WindowStream(StreamLoop):
                     watermark=watermark,
                     start=self._start,
                     until=self._until,
+                    windows_total=self._windows_total(),
                 )
             )
+
+    def _windows_total(self) -> int | None:
+        if self._until is None:
+            return None
+        return math.ceil((self._until - self._start) / self._step)
 
     # ------------------------------------------------------------------ one window
 

@@ -90,8 +90,8 @@ async def test_metrics_count_rows_requests_and_429s(dsn: str, store) -> None:
 
     stored = await store.call_count("acefone", "acme-in")
     assert value("cdrsync_rows_total", stream="acme-in/list", result="inserted") == stored
-    ok = value("cdrsync_requests_total", account="acme-in", endpoint="acefone.call_records",
-               status="200")  # fmt: skip
+    ok = value("cdrsync_requests_total", vendor="acefone", account="acme-in",
+               endpoint="acefone.call_records", status="200")  # fmt: skip
     assert ok > 0
     limited = value(
         "cdrsync_rate_limited_total", account="acme-in", endpoint="acefone.call_records"

@@ -81,8 +81,9 @@ def test_progress_line_shows_rate_share_and_eta():
     first = Progress("acme-in/backfill", 1, 100, start + dt.timedelta(days=1), start, NOW)
     printer(first)
     line = printer.line(
-        Progress("acme-in/backfill", 3, 300, start + dt.timedelta(days=3), start, NOW)
+        Progress("acme-in/backfill", 3, 300, start + dt.timedelta(days=3), start, NOW, 240)
     )
+    assert "3/240 windows" in line
     assert "30%" in line
     assert "300 rows" in line
     # 7 days left at the pace of 2 days per 20 s (since the printer began) is 70 s
