@@ -106,7 +106,8 @@ class Receiver:
                 vendor=account.vendor, account=account.name, now=self._clock(),
             )  # fmt: skip
         except Refusal as refusal:
-            self._observe(name, str(refusal.status))
+            # A probe may name any account: the metric label stays bounded.
+            self._observe(name if name in self._accounts else "(unknown)", str(refusal.status))
             log.warning(
                 "webhook.refused", account=name, status=refusal.status, reason=refusal.reason,
                 action=refusal.advice,
