@@ -229,11 +229,13 @@ async def run(
         if rt is None:
             return
         board = StatusBoard()
+        stopping = False
 
         def cycled(stream: str, ok: bool, lag_s: float | None, written: WriteResult) -> None:
             rt.metrics.on_cycle(stream, ok, lag_s, written)
             line = board.update(stream, ok=ok, lag_s=lag_s, rows=written.written)
-            sd_notify(f"STATUS={line}")
+            if not stopping:  # a cycle ending while streams drain must not follow STOPPING=1
+                sd_notify(f"STATUS={line}")
 
         grace = settings.daemon.shutdown_grace.total_seconds()
         sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace)
@@ -251,6 +253,7 @@ async def run(
         finally:
             watchdog.cancel()
             backfills.cancel()
+            stopping = True
             sd_notify("STOPPING=1")
             await sup.stop_all()
             log.info("daemon.stopped")
