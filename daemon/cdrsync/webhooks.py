@@ -23,6 +23,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from cdrsync import jsontext
 from cdrsync.errors import ParseError, StoreError
 from cdrsync.model import PushResult, Reject
 from cdrsync.vendors import push_parser
@@ -198,7 +199,7 @@ def decode_push(body: bytes, content_type: str) -> Any:
             return {key: values[-1] for key, values in fields.items()}
         text = fields["data"][-1]
     try:
-        return orjson.loads(text)
+        return jsontext.loads(text)
     except orjson.JSONDecodeError:
         raise Refusal(
             400,

@@ -136,6 +136,19 @@ def test_page_keeps_good_records_and_rejects_bad_ones():
     assert (parsed.total, parsed.size) == (3, 3)
 
 
+def test_a_number_beyond_a_double_costs_one_record_not_the_page():
+    """orjson refuses 1e400: such a page must still be read (else it is fetched again on every
+    cycle and the stream never passes it). The odd number is kept as text; where it is a value
+    normalization reads, that one record is rejected."""
+    kept = {**SAMPLE, "id": "kept", "agent_ring_time": "HUGE"}
+    odd = {**SAMPLE, "id": "odd", "call_duration": "HUGE"}
+    body = page([kept, odd]).replace(b'"HUGE"', b"1e400")
+    parsed = parse_page(body, account="a", stream="a/list", zone=IST, fetched_at=FETCHED)
+    assert [r.call_key for r in parsed.records] == ["kept"]
+    assert orjson.loads(parsed.records[0].raw)["agent_ring_time"] == "1e400"
+    assert [(r.call_key, "call_duration" in r.reason) for r in parsed.rejects] == [("odd", True)]
+
+
 @pytest.mark.parametrize(
     "body",
     [

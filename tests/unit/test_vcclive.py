@@ -296,6 +296,16 @@ def test_day_page_keeps_row_order_and_rejects_bad_rows() -> None:
     assert page.size == 4
 
 
+def test_a_number_beyond_a_double_costs_one_row_not_the_day() -> None:
+    """orjson refuses 1e400; the day page is still read, and only the row whose ring time it
+    is goes to rejects (the day is not fetched again for ever)."""
+    rows = [{**DOC_CDR, "uuid": "c", "extra": "HUGE"}, {**DOC_CDR, "uuid": "a", "ringtime": "HUGE"}]
+    body = day_page(rows, "2").replace(b'"HUGE"', b"1e400")
+    page = parse_day_page(body, account="cc-hu", stream="s1", zone=BUD, fetched_at=FETCHED)
+    assert [r.call_key for r in page.records] == ["c"]
+    assert [r.call_key for r in page.rejects] == ["a"]
+
+
 @pytest.mark.parametrize(
     "body",
     [

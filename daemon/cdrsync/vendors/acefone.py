@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
+from cdrsync import jsontext
 from cdrsync.errors import AuthError, BadPageError, ParseError
 from cdrsync.model import CallRecord, Page, Reject, Window
 from cdrsync.transport import RetryPolicy
@@ -218,7 +219,7 @@ def parse_page(
     """A whole list page. A page that is not valid JSON raises ``BadPageError`` (it is fetched
     again); a single bad record becomes a ``Reject`` and the rest of the page is kept."""
     try:
-        doc = orjson.loads(body)
+        doc = jsontext.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadPageError(
             f"Acefone page is not valid JSON ({exc.msg}); fetching it again"

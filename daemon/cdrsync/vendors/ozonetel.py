@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 import structlog
 
+from cdrsync import jsontext
 from cdrsync.errors import AuthError, ParseError, PermanentError, RateLimited
 from cdrsync.model import (
     CallRecord,
@@ -188,7 +189,7 @@ def _push_items(doc: Any) -> list[Any]:
             doc = doc["data"]
         if isinstance(doc, str | bytes):
             try:
-                doc = orjson.loads(doc)
+                doc = jsontext.loads(doc)
             except orjson.JSONDecodeError:
                 raise ParseError("the push's data is not JSON") from None
     if isinstance(doc, dict):

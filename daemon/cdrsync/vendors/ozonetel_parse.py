@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from cdrsync import jsontext
 from cdrsync.errors import AuthError, BadPageError, ParseError, PermanentError, RateLimited
 from cdrsync.model import CallRecord, Page, Reject
 from cdrsync.vendors.acefone import digest
@@ -375,7 +376,7 @@ def normalize_callback(
 
 def _decode(body: bytes, what: str) -> Any:
     try:
-        return orjson.loads(body)
+        return jsontext.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadPageError(f"Ozonetel {what} is not valid JSON ({exc.msg}); asking again") from None
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from cdrsync import jsontext
 from cdrsync.errors import BadPageError, ParseError, PermanentError
 from cdrsync.model import CallEvent, CallRecord, Page, Reject
 from cdrsync.vendors.acefone import digest
@@ -73,7 +74,7 @@ def unwrap(body: bytes, *, endpoint: str) -> Any:
     (or not the envelope) is a ``BadPageError``: a cut or garbled answer, fetched again.
     """
     try:
-        doc = orjson.loads(body)
+        doc = jsontext.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadPageError(
             f"{endpoint}: VCC Live answer is not valid JSON ({exc.msg}); fetching it again"

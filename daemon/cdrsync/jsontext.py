@@ -1,0 +1,54 @@
+"""Decoding vendor JSON so that one odd number cannot stall a stream.
+
+orjson refuses a number beyond a double's range (``1e400``) and so refuses the whole document:
+a list page holding such a record would be fetched again on every cycle, and its stream would
+never get past it. ``loads`` falls back to the standard library for such a document and keeps
+every number it cannot hold exactly as its text, so the page is read, the record is kept (or
+rejected on its own by normalization) and the stream carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _int_or_text(text: str) -> int | str:
+    # Checked on length first: int() of a 5000-digit string raises (Python's digit limit).
+    if len(text) <= 20 and int(text) in _INT64:
+        return int(text)
+    return text
+
+
+def _float_or_text(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def loads(body: bytes | str) -> Any:
+    """``orjson.loads``; a document orjson refuses only for a number out of range is decoded
+    with such numbers kept as strings. Anything else that is not JSON raises
+    ``orjson.JSONDecodeError`` as before (a cut or garbled answer is fetched again)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "number" not in exc.msg:
+            raise
+        try:
+            return json.loads(
+                body,
+                parse_int=_int_or_text,
+                parse_float=_float_or_text,
+                parse_constant=_no_constant,
+            )
+        except ValueError:
+            raise exc from None
