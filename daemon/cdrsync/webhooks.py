@@ -12,11 +12,12 @@ saying what was refused and what to do; the daemon carries on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hmac
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,8 +25,11 @@ import structlog
 from aiohttp import web
 
 from cdrsync import jsontext
+from cdrsync.config import SECRET_KEYS
 from cdrsync.errors import ParseError, StoreError
 from cdrsync.model import PushResult, Reject
+from cdrsync.observability import MASK
+from cdrsync.settings_types import Secret
 from cdrsync.vendors import push_parser
 
 if TYPE_CHECKING:
@@ -48,17 +52,41 @@ def push_stream(account: str) -> str:
 
 def scrub_doc(doc: Any) -> Any:
     """``doc`` without any key-like field (Apikey, token, password, ...), at any depth: what
-    is kept of a refused push in ``rejects``."""
+    is kept of a refused push in ``rejects``.
+
+    A string holding a JSON object or array is decoded and scrubbed too: Ozonetel's record
+    arrives as JSON text inside a form field (``data``, or another name: the field's name is
+    unverified), and a push refused before that text was unwrapped still carries its Apikey."""
     if isinstance(doc, dict):
         return {k: scrub_doc(v) for k, v in doc.items() if not _SECRET_KEY.match(str(k))}
     if isinstance(doc, list):
         return [scrub_doc(v) for v in doc]
+    if isinstance(doc, str) and doc.lstrip()[:1] in ("{", "["):
+        try:
+            inner = jsontext.loads(doc)
+        except orjson.JSONDecodeError:
+            return doc
+        return scrub_doc(inner) if isinstance(inner, dict | list) else doc
     return doc
 
 
-def reject_payload(doc: Any) -> str:
-    """A refused push as text for ``rejects``: scrubbed JSON (a NUL stays escaped)."""
-    return orjson.dumps(scrub_doc(doc), option=orjson.OPT_SORT_KEYS).decode()
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every value of ``secrets`` (4 characters or more) replaced by the mask."""
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def reject_payload(doc: Any, secrets: Iterable[str] = ()) -> str:
+    """A refused push as text for ``rejects``: scrubbed JSON (a NUL stays escaped), with every
+    value in ``secrets`` (the account's configured credentials) masked wherever it still is."""
+    return mask(orjson.dumps(scrub_doc(doc), option=orjson.OPT_SORT_KEYS).decode(), secrets)
+
+
+def account_secrets(account: AccountSettings) -> list[str]:
+    """The account's configured credentials, revealed, to mask in what is stored of a push."""
+    values = (getattr(account, key, None) for key in sorted(SECRET_KEYS))
+    return [value.reveal() for value in values if isinstance(value, Secret)]
 
 
 class Refusal(Exception):
@@ -164,11 +192,12 @@ class Receiver:
         if parse is None:  # pragma: no cover - _authenticate refused such accounts
             raise Refusal(404, "unknown account", "this vendor takes no pushes")
         received = self._clock()
+        secrets = account_secrets(account)
         try:
-            return parse(doc, account=account, received_at=received), body
+            result = parse(doc, account=account, received_at=received)
         except ParseError as exc:
             reject = Reject(account.vendor, account.name, push_stream(account.name), None,
-                            f"push: {exc}", reject_payload(doc), received)  # fmt: skip
+                            f"push: {exc}", reject_payload(doc, secrets), received)  # fmt: skip
             await self._store.queues.write_push(
                 push_stream(account.name), (), (reject,), (),
                 vendor=account.vendor, account=account.name, now=received,
@@ -178,6 +207,12 @@ class Receiver:
                 f"not a usable call record: {exc}",
                 "kept in the rejects table; check the vendor's push format",
             ) from None
+        # The vendor's parser scrubbed its records' key fields; a credential the push carries
+        # under another name, or inside JSON text, is masked by value before it is stored.
+        rejects = tuple(
+            dataclasses.replace(r, payload=mask(r.payload, secrets)) for r in result.rejects
+        )
+        return dataclasses.replace(result, rejects=rejects), body
 
 
 def decode_push(body: bytes, content_type: str) -> Any:

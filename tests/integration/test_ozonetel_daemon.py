@@ -271,9 +271,16 @@ def push_record(ucid: str, started: dt.datetime, **fields: Any) -> dict[str, Any
     return record
 
 
-async def post_form(http: aiohttp.ClientSession, url: str, data: str) -> int:
+async def post_form(http: aiohttp.ClientSession, url: str, data: str, field: str = "data") -> int:
     """POST ``data=<data>`` as form data, the way Ozonetel pushes; the HTTP status."""
-    async with http.post(url, data={"data": data}) as resp:
+    async with http.post(url, data={field: data}) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def post_json(http: aiohttp.ClientSession, url: str, doc: Any) -> int:
+    """POST ``doc`` as a JSON body; the HTTP status."""
+    async with http.post(url, json=doc) as resp:
         await resp.read()
         return resp.status
 
@@ -320,6 +327,10 @@ async def test_pushes_land_at_once_bad_ones_are_refused_and_the_api_key_is_never
             await post_form(http, hook_url(port, "wrong"), orjson.dumps(mine).decode()),
             await post_form(http, hook_url(port), "{not json"),
             await post_form(http, hook_url(port), orjson.dumps(unusable).decode()),
+            # The record as JSON text, under a form field of another name and inside plain
+            # JSON: refused before it is unwrapped, its Apikey must still not be kept.
+            await post_form(http, hook_url(port), orjson.dumps(unusable).decode(), field="cdr"),
+            await post_json(http, hook_url(port), {"data": orjson.dumps(unusable).decode()}),
         ]
         sent = time.monotonic()
         assert await post_form(http, hook_url(port), orjson.dumps(mine).decode()) == 200
@@ -346,13 +357,13 @@ async def test_pushes_land_at_once_bad_ones_are_refused_and_the_api_key_is_never
         code = await child.terminate(10)
         output = child.output()
         tails = kids.tails()
-    assert statuses == [403, 400, 422], tails
+    assert statuses == [403, 400, 422, 422, 422], tails
     assert took < 2.0
     assert code == 0, tails
     assert sim.stats.pushes_sent > 0
     assert sim.stats.pushes_failed == 0
     assert await one(dsn, "SELECT source FROM calls WHERE call_key = '1234567890123'") == "push"
-    assert await one(dsn, "SELECT count(*) FROM rejects WHERE stream = $1", f"{ACCOUNT}/push") == 1
+    assert await one(dsn, "SELECT count(*) FROM rejects WHERE stream = $1", f"{ACCOUNT}/push") == 3
     assert await one(dsn, "SELECT count(*) FROM lookups") > 1
     assert await secret_rows(dsn) == dict.fromkeys(
         ("calls.raw", "rejects.payload", "lookups.context"), 0

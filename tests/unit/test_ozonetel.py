@@ -25,6 +25,7 @@ from cdrsync.vendors.ozonetel import (
     parse_push,
     scrub,
 )
+from cdrsync.vendors.ozonetel_parse import payload_text
 
 FETCHED = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 DAY = dt.date(2026, 11, 20)
@@ -592,3 +593,11 @@ def test_no_data_found_waits_grow_to_six_hours(attempts: int, minutes: int) -> N
     from cdrsync.vendors.ozonetel import retry_wait
 
     assert retry_wait(dt.timedelta(minutes=10), attempts) == dt.timedelta(minutes=minutes)
+
+
+def test_a_list_push_of_json_texts_keeps_no_api_key_in_its_rejects():
+    """A list push whose items are JSON text cannot be normalized; its rejects still hold the
+    record without its Apikey."""
+    item = orjson.dumps({**CALLBACK, "Apikey": "KK7secret", "StartTime": "soon"}).decode()
+    assert "KK7secret" not in payload_text(item)
+    assert orjson.loads(payload_text(item))["StartTime"] == "soon"

@@ -52,3 +52,20 @@ def test_refused_pushes_keep_no_secret() -> None:
     assert scrub_doc(doc) == {"a": [{"x": 1}], "nested": {}, "ok": 2}
     text = reject_payload(doc)
     assert not any(secret in text for secret in ("s1", "s2", "s3"))
+
+
+def test_a_record_still_in_json_text_is_scrubbed_too() -> None:
+    """A push refused before its JSON text was unwrapped (Ozonetel's record in a form field
+    of an unexpected name, or a double-encoded data field) keeps no Apikey either."""
+    inner = orjson.dumps({"Apikey": "KK7secret", "UCID": "1", "deeper": '{"token": "t0k3n"}'})
+    doc = {"cdr": inner.decode(), "note": "[not json", "n": 3}
+    assert scrub_doc(doc) == {"cdr": {"UCID": "1", "deeper": {}}, "note": "[not json", "n": 3}
+    assert "KK7secret" not in reject_payload(doc)
+
+
+def test_configured_secrets_are_masked_wherever_they_are() -> None:
+    """The account's own credentials are masked by value, under any field name."""
+    doc = {"remark": "key=KK7secret; hook abcd1234", "short": "abc"}
+    text = reject_payload(doc, ["KK7secret", "abcd1234", "abc"])
+    assert "KK7secret" not in text and "abcd1234" not in text
+    assert '"short":"abc"' in text  # values under 4 characters would mask ordinary words

@@ -142,7 +142,13 @@ def _raw(record: Mapping[str, Any]) -> bytes:
 
 
 def payload_text(item: Any) -> str:
-    """A reject's payload: the scrubbed item as JSON text (its repr if it is not JSON-able)."""
+    """A reject's payload: the scrubbed item as JSON text (its repr if it is not JSON-able).
+
+    An item that is JSON text (a list push of encoded records) is decoded first, so that its
+    Apikey is scrubbed too."""
+    if isinstance(item, str) and item.lstrip()[:1] in ("{", "["):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            item = jsontext.loads(item)
     try:
         return orjson.dumps(scrub(item), option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:
