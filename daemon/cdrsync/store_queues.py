@@ -73,6 +73,9 @@ async def _enqueue(
 ) -> None:
     if not lookups:
         return
+    # One row per (kind, call_key): a push may list a call twice (Ozonetel list pushes), and
+    # one INSERT ... ON CONFLICT cannot touch a row twice; the last request wins.
+    lookups = list({(lk.kind, lk.call_key): lk for lk in lookups}.values())
     await conn.execute(
         QUERIES["enqueue_lookups"], vendor, account,
         [lk.kind for lk in lookups], [lk.call_key for lk in lookups],

@@ -63,6 +63,22 @@ async def test_a_push_commits_its_call_and_queues_its_lookup(store: Store, make_
     ]
 
 
+async def test_a_push_listing_one_call_twice_is_stored_with_one_lookup(
+    store: Store, make_call
+) -> None:
+    """A list push naming the same call twice (Ozonetel pushes may) is stored, not refused
+    with a database error on every retry of the vendor."""
+    stream = await _stream(store, "main/push")
+    first = LookupRequest("ozonetel.cdr", "k1", {"n": 1}, NOW)
+    second = LookupRequest("ozonetel.cdr", "k1", {"n": 2}, NOW)
+    await store.queues.write_push(
+        stream, [make_call("k1", source="push"), make_call("k1", source="push")], [],
+        [first, second], vendor="acefone", account="main", now=NOW,
+    )  # fmt: skip
+    due = await store.queues.due_lookups("acefone", "main", ["ozonetel.cdr"], now=NOW, limit=10)
+    assert [(i.call_key, dict(i.context)) for i in due] == [("k1", {"n": 2})]
+
+
 async def test_lookup_attempts_retry_finish_and_follow_up(store: Store, make_call) -> None:
     """A retry moves the due time and counts the attempt; done stores calls, events and
     follow-ups in the same transaction; finished lookups are never due again."""
