@@ -40,8 +40,19 @@ class AuthError(PermanentError):
     """The vendor rejected the credentials; check the account's token or password."""
 
 
+class EndpointError(PermanentError):
+    """The vendor refused the endpoint itself, whatever was asked; check the account's
+    endpoint settings (every request to it fails until they are fixed)."""
+
+
 class ParseError(CdrsyncError):
     """A single record could not be normalized; it goes to the rejects table."""
+
+
+RECORD_ERRORS: tuple[type[Exception], ...] = (ParseError, OverflowError)
+"""What normalizing one record may raise; the record becomes a reject. OverflowError is a date
+arithmetic on an absurd vendor value (``9999-12-31 23:59:59`` plus a duration): uncaught, it
+would end the stream on the same page after every restart."""
 
 
 class ConfigError(CdrsyncError):

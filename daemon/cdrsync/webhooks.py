@@ -26,7 +26,7 @@ from aiohttp import web
 
 from cdrsync import jsontext
 from cdrsync.config import SECRET_KEYS
-from cdrsync.errors import ParseError, StoreError
+from cdrsync.errors import RECORD_ERRORS, StoreError
 from cdrsync.model import PushResult, Reject
 from cdrsync.observability import MASK
 from cdrsync.settings_types import Secret
@@ -195,7 +195,7 @@ class Receiver:
         secrets = account_secrets(account)
         try:
             result = parse(doc, account=account, received_at=received)
-        except ParseError as exc:
+        except RECORD_ERRORS as exc:
             reject = Reject(account.vendor, account.name, push_stream(account.name), None,
                             f"push: {exc}", reject_payload(doc, secrets), received)  # fmt: skip
             await self._store.queues.write_push(

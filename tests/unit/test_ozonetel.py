@@ -601,3 +601,13 @@ def test_a_list_push_of_json_texts_keeps_no_api_key_in_its_rejects():
     item = orjson.dumps({**CALLBACK, "Apikey": "KK7secret", "StartTime": "soon"}).decode()
     assert "KK7secret" not in payload_text(item)
     assert orjson.loads(payload_text(item))["StartTime"] == "soon"
+
+
+def test_a_date_at_the_end_of_time_is_a_reject_not_a_crash():
+    """A bare EndTime after midnight on CallDate 9999-12-31 would be in year 10000: the record
+    is rejected, the rest of the page is kept."""
+    odd = {**BULK, "UCID": "2", "CallDate": "9999-12-31", "StartTime": "23:59:59",
+           "EndTime": "00:00:10"}  # fmt: skip
+    page = read_page(bulk_page([{**BULK, "UCID": "1"}, odd]))
+    assert [r.call_key for r in page.records] == ["1"]
+    assert [r.call_key for r in page.rejects] == ["2"]

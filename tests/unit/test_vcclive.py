@@ -653,3 +653,14 @@ def test_paths() -> None:
     assert cdr_path(2015, 1, "../../projects?x=1") == "/v2/cdr/2015/01/..%2F..%2Fprojects%3Fx%3D1"
     assert record_path(3, 11) == "/v2/projects/3/records/11"
     assert records_path(134) == "/v2/projects/134/records"
+
+
+def test_a_date_at_the_end_of_time_is_a_reject_not_a_crash() -> None:
+    """billing_ts_utc 9999-12-31 23:59:59 plus the billing time is past year 9999: that row is
+    rejected; the page, and the stream reading it, go on."""
+    rows = [{**DOC_CDR, "uuid": "a", "billing_ts_utc": "9999-12-31 23:59:59"}, DOC_CDR]
+    page = parse_day_page(
+        day_page(rows, "2"), account="cc-hu", stream="s1", zone=BUD, fetched_at=FETCHED
+    )
+    assert [r.call_key for r in page.rejects] == ["a"]
+    assert [r.call_key for r in page.records] == [DOC_CDR["uuid"]]

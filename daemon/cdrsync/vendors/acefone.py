@@ -26,7 +26,7 @@ import orjson
 import structlog
 
 from cdrsync import jsontext
-from cdrsync.errors import AuthError, BadPageError, ParseError
+from cdrsync.errors import RECORD_ERRORS, AuthError, BadPageError, ParseError
 from cdrsync.model import CallRecord, Page, Reject, Window
 from cdrsync.transport import RetryPolicy
 
@@ -236,7 +236,7 @@ def parse_page(
             keys.append(key)
         try:
             records.append(normalize_item(item, account=account, zone=zone, fetched_at=fetched_at))
-        except ParseError as exc:
+        except RECORD_ERRORS as exc:
             payload = orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
             rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
     return Page(

@@ -26,7 +26,14 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from cdrsync import jsontext
-from cdrsync.errors import AuthError, BadPageError, ParseError, PermanentError, RateLimited
+from cdrsync.errors import (
+    RECORD_ERRORS,
+    AuthError,
+    BadPageError,
+    ParseError,
+    PermanentError,
+    RateLimited,
+)
 from cdrsync.model import CallRecord, Page, Reject
 from cdrsync.vendors.acefone import digest
 
@@ -413,7 +420,7 @@ def normalize_many(
     for item in items:
         try:
             records.append(normalize(item))
-        except ParseError as exc:
+        except RECORD_ERRORS as exc:
             key = callback_key(item) if isinstance(item, Mapping) else None
             payload = payload_text(item)
             rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, seen_at))

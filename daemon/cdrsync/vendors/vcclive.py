@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 import structlog
 
-from cdrsync.errors import AuthError, ParseError, PermanentError
+from cdrsync.errors import RECORD_ERRORS, AuthError, ParseError, PermanentError
 from cdrsync.model import (
     CallRecord,
     LookupItem,
@@ -152,7 +152,7 @@ def _push_start(
 ) -> tuple[dt.datetime | None, dt.datetime | None]:
     """(UTC start, local start) from ``call_start_time`` (local), else ``timestamp`` (ISO)."""
     for field in ("call_start_time", "timestamp"):
-        with contextlib.suppress(ParseError):
+        with contextlib.suppress(*RECORD_ERRORS):
             stamp = read_stamp(doc.get(field), field)
             if stamp is not None:
                 started = to_utc(stamp, field, zone)
@@ -214,7 +214,7 @@ def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) 
     rejects: tuple[Reject, ...] = ()
     try:
         records = (_push_call(doc, key, account, received_at),)
-    except ParseError as exc:
+    except RECORD_ERRORS as exc:
         payload = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
         rejects = (Reject(VENDOR, account.name, "push", key, str(exc), payload, received_at),)
     _, local = _push_start(doc, account.zone)
@@ -451,7 +451,7 @@ class VccLookups(_Client):
                     zone=self._zone,
                     fetched_at=fetched_at,
                 )
-            except ParseError as exc:
+            except RECORD_ERRORS as exc:
                 payload = response.body.decode("utf-8", errors="replace")
                 return Reject(
                     VENDOR, self._account.name, self._stream, uuid, str(exc), payload, fetched_at

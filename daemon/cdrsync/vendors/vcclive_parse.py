@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from cdrsync import jsontext
-from cdrsync.errors import BadPageError, ParseError, PermanentError
+from cdrsync.errors import RECORD_ERRORS, BadPageError, ParseError, PermanentError
 from cdrsync.model import CallEvent, CallRecord, Page, Reject
 from cdrsync.vendors.acefone import digest
 
@@ -338,7 +338,7 @@ def _normalize_rows(
                     row, account=account, zone=zone, fetched_at=fetched_at, source=source
                 )
             )
-        except ParseError as exc:
+        except RECORD_ERRORS as exc:
             payload = orjson.dumps(row, option=orjson.OPT_SORT_KEYS).decode()
             rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
     return records, rejects, keys
