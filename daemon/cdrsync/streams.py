@@ -251,6 +251,11 @@ async def _ozonetel(
     split = live_start
     if history is not None and (found := _HISTORY.fullmatch(history.kind)):
         split = dt.datetime.fromisoformat(found[1])
+        if live is None or live.watermark is None:
+            # An earlier start split the account here and its live stream never committed
+            # (wrong credentials, say): the live stream starts at the split again, or the days
+            # from the split to today's start would be read by neither stream.
+            live_start = min(live_start, split)
     elif live is not None and live.watermark is not None:
         split = configured  # an earlier install read everything in the live stream
     streams: list[Stream] = [

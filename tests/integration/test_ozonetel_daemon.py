@@ -484,3 +484,25 @@ async def test_a_call_begun_before_ist_midnight_is_not_lost_by_a_first_start_jus
     began_before = [leg.ucid for leg in sim.legs() if leg.live and leg.start < midnight.timestamp()]
     assert began_before, "no live call began before midnight: the test proves nothing"
     assert diff == {"missing": [], "extra": [], "stale": []}
+
+
+async def test_a_restart_before_the_live_stream_ever_committed_skips_no_day(
+    dsn: str, store: Store, served: list[RunningServer]
+) -> None:
+    """A first start on the 17th split the account there (backlog before, live after), and its
+    live stream never committed (wrong credentials, say). Restarted on the 20th, the live
+    stream starts at that split again, not at the 20th: the 17th to the 19th are not skipped."""
+    clock = ShiftedClock(dt.datetime(2026, 11, 20, 12, 0, tzinfo=IST))
+    sim = OzonetelSimulator(sim_config(seed=16, backlog=120, backlog_days=3.0), now=clock)
+    url = await serve(served, sim)
+    split = dt.datetime(2026, 11, 17, tzinfo=IST).astimezone(dt.UTC)
+    await store.ensure_stream(
+        HISTORY, vendor="ozonetel", account=ACCOUNT, kind=f"history:..{split.isoformat()}"
+    )
+    settings = oz_settings(url, dsn, start="2026-11-16")
+    async with daemon_at(settings, clock) as daemon:
+        await asyncio.sleep(2)
+        sim.stop_live()
+        diff = await converged(store, sim, timeout=30)
+        assert not daemon.done()
+    assert diff == {"missing": [], "extra": [], "stale": []}
