@@ -103,6 +103,24 @@ class Completeness:
     reason: str
 
 
+def rows_received(pages: Sequence[tuple[int, Sequence[str]]]) -> int:
+    """The rows a read of a window got, to compare with the vendor's count: ``pages`` is each
+    page's ``(size, keys)``.
+
+    A key on two pages counts once: rows moved between the pages while they were read (one was
+    seen twice, another perhaps not at all). A key twice on one page counts twice: a single
+    answer cannot have been shifted, so that is the vendor listing a row twice (third-party
+    Ozonetel code de-duplicates UCIDs), which would otherwise keep the window from ever
+    closing. Records without a key count one each."""
+    keys: set[str] = set()
+    extra = 0
+    for size, page_keys in pages:
+        distinct = set(page_keys)
+        extra += size - len(page_keys) + len(page_keys) - len(distinct)
+        keys |= distinct
+    return len(keys) + extra
+
+
 def check_complete(totals: Sequence[int], received: int, *, reread_later: bool) -> Completeness:
     """Judge one read of a window from the ``count`` each page reported and the distinct keys
     received (records without a key count one each).

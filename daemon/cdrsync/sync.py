@@ -31,6 +31,7 @@ from cdrsync.plan import (
     on_grid,
     pages_for,
     plan_windows,
+    rows_received,
     split_window,
     too_deep,
 )
@@ -430,14 +431,8 @@ class WindowStream(StreamLoop):
                 return "split", first.total
             pages = await self._read_pages(window, first)
             tally.pages += len(pages) - 1
-            keys: set[str] = set()
-            keyless = 0
-            for page in pages:
-                keys.update(page.keys)
-                keyless += page.size - len(page.keys)
-            verdict = check_complete(
-                [p.total for p in pages], len(keys) + keyless, reread_later=reread_later
-            )
+            received = rows_received([(p.size, p.keys) for p in pages])
+            verdict = check_complete([p.total for p in pages], received, reread_later=reread_later)
             records = [r for p in pages for r in p.records]
             rejects = [r for p in pages for r in p.rejects]
             if verdict.closes:

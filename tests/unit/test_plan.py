@@ -17,6 +17,7 @@ from cdrsync.plan import (
     pages_for,
     plan_windows,
     retry_delay,
+    rows_received,
     split_window,
     too_deep,
 )
@@ -179,3 +180,26 @@ def test_floor_and_local_midnight():
     assert floor_to(t(5, 59, 59), H) == t(5)
     ist = zoneinfo.ZoneInfo("Asia/Kolkata")
     assert local_midnight_utc(dt.date(2026, 11, 23), ist) == t(18, 30, day=22)
+
+
+@pytest.mark.parametrize(
+    ("pages", "received"),
+    [
+        ([(3, ["a", "b", "c"])], 3),
+        ([(2, ["a", "b"]), (2, ["b", "c"])], 3),  # b on two pages: moved while read, once
+        ([(3, ["a", "a", "b"])], 3),  # a twice in one answer: the vendor lists it twice
+        ([(3, ["a", "a", "b"]), (1, ["b"])], 3),
+        ([(3, ["a"]), (2, [])], 5),  # records without a key count one each
+        ([], 0),
+    ],
+)
+def test_rows_received(pages, received):
+    """Distinct keys across pages, but a key repeated within one answer counts each time, so a
+    vendor that lists a row twice does not keep its window from ever closing."""
+    assert rows_received(pages) == received
+
+
+def test_a_window_whose_vendor_lists_a_row_twice_closes():
+    """Ozonetel-style: count 3, one page holding a UCID twice: the read is complete."""
+    verdict = check_complete([3], rows_received([(3, ["u1", "u1", "u2"])]), reread_later=False)
+    assert verdict.closes and verdict.exact
