@@ -94,7 +94,7 @@ async def test_lookup_attempts_retry_finish_and_follow_up(store: Store, make_cal
     assert item.attempts == 1
     event = CallEvent("acefone", "main", 3, 11, 0, "u1", "disposition", 3, "AFTERWORK", 6,
                       "busy", NOW, '{"a": 1}')  # fmt: skip
-    follow = LookupRequest("vcclive.record", "3/11", {"projectid": 3, "numberid": 11}, later)
+    follow = LookupRequest("vcclive.record", "3/11/u1", {"projectid": 3, "numberid": 11}, later)
     done = LookupOutcome(
         "done", records=(make_call("u1", source="lookup"),), events=(event,), follow_ups=(follow,)
     )

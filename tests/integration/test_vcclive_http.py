@@ -176,7 +176,7 @@ async def test_record_lookup_returns_its_events(vcc: Vcc) -> None:
     lookups: VccLookups = vcc.client(VccLookups)
     item = LookupItem(
         id=2, vendor="vcclive", account="cc-hu", kind="vcclive.record",
-        call_key=f"{call.projectid}/{call.numberid}",
+        call_key=f"{call.projectid}/{call.numberid}/{call.uuid}",
         context={"projectid": call.projectid, "numberid": call.numberid}, attempts=0,
         created_at=vcc.clock.utc(), next_attempt_at=vcc.clock.utc(),
     )  # fmt: skip
@@ -185,8 +185,8 @@ async def test_record_lookup_returns_its_events(vcc: Vcc) -> None:
     assert call.uuid in {e.call_uuid for e in outcome.events}
     assert len(outcome.events) == len(vcc.sim.events_of(call.projectid, call.numberid))
     assert call.uuid in {r.call_key for r in outcome.records}
-    # No context: the ids come from the key "projectid/numberid".
-    missing = dataclasses.replace(item, call_key="3/999999", context={})
+    # No context: the ids come from the key "projectid/numberid/uuid".
+    missing = dataclasses.replace(item, call_key="3/999999/u-1", context={})
     retry = await lookups.perform(missing, vcc.clock.utc())
     assert (retry.state, retry.note) == ("retry", "record not found yet (404)")
 

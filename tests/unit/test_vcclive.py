@@ -501,7 +501,7 @@ async def test_malformed_cdr_by_uuid_ends_in_a_reject() -> None:
 async def test_record_lookup_404_retries_then_gives_up(attempts: int, state: str) -> None:
     """A record not found is tried again every lookup_interval, lookup_attempts times in all."""
     lookups, _ = canned_lookups(404, envelope(None, [{"code": 404, "message": "no record"}]))
-    record = dataclasses.replace(item(attempts, kind="vcclive.record"), call_key="3/11")
+    record = dataclasses.replace(item(attempts, kind="vcclive.record"), call_key="3/11/u1")
     outcome = await lookups.perform(record, T0)
     assert (outcome.state, outcome.counted) == (state, True)
     assert outcome.next_attempt_at == (T0 + 5 * M if state == "retry" else None)
@@ -553,9 +553,19 @@ def test_push_gives_a_provisional_call_and_lookups() -> None:
     )  # fmt: skip
     assert cdr.not_before == RECEIVED + 5 * M
     assert (record.kind, record.call_key, dict(record.context)) == (
-        "vcclive.record", "134/7", {"projectid": 134, "numberid": 7}
+        "vcclive.record", f"134/7/{PUSH['uuid']}", {"projectid": 134, "numberid": 7}
     )  # fmt: skip
     assert record.not_before == RECEIVED + M
+
+
+def test_each_call_of_a_record_queues_its_own_record_lookup() -> None:
+    """The dialer calls a record again days later: that call's webhook queues a record lookup
+    of its own (the first one is done and would never run again), so the new disposition is
+    fetched into call_events."""
+    first = parse_push(PUSH, account=account(), received_at=RECEIVED)
+    again = parse_push({**PUSH, "uuid": "later-call"}, account=account(), received_at=RECEIVED)
+    keys = {r.call_key for r in (*first.lookups, *again.lookups) if r.kind == "vcclive.record"}
+    assert len(keys) == 2
 
 
 @pytest.mark.parametrize(

@@ -229,10 +229,13 @@ def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) 
     ]
     projectid, numberid = soft_int(doc.get("projectid")), soft_int(doc.get("numberid"))
     if account.option("record_details") and projectid is not None and numberid is not None:
+        # Keyed by the call too: the dialer calls one record again and again, and a lookup
+        # already done for its last call would swallow the next one's (a finished lookup
+        # stays finished), whose new disposition would then never reach call_events.
         lookups.append(
             LookupRequest(
                 kind="vcclive.record",
-                call_key=f"{projectid}/{numberid}",
+                call_key=f"{projectid}/{numberid}/{key}",
                 context={"projectid": projectid, "numberid": numberid},
                 not_before=received_at + RECORD_LOOKUP_DELAY,
             )
@@ -506,11 +509,12 @@ class VccLookups(_Client):
 
 
 def _record_ids(item: LookupItem) -> tuple[int, int] | None:
-    """(projectid, numberid) from the context, else from the key "projectid/numberid"."""
+    """(projectid, numberid) from the context, else from the key "projectid/numberid/uuid"."""
     projectid, numberid = item.context.get("projectid"), item.context.get("numberid")
     if isinstance(projectid, int) and isinstance(numberid, int):
         return projectid, numberid
     head, _, tail = item.call_key.partition("/")
+    tail = tail.partition("/")[0]
     if head.isdigit() and tail.isdigit():
         return int(head), int(tail)
     return None

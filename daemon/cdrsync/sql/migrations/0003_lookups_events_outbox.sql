@@ -37,8 +37,9 @@ COMMENT ON COLUMN lookups.vendor IS 'Telephony vendor: ozonetel or vcclive.';
 COMMENT ON COLUMN lookups.account IS 'The cdrsync account name.';
 COMMENT ON COLUMN lookups.kind IS
     'What is fetched: ozonetel.cdr (by UCID), vcclive.cdr (by uuid), vcclive.record '
-    '(record detail by projectid/numberid).';
-COMMENT ON COLUMN lookups.call_key IS 'The id looked up (UCID, uuid, or projectid/numberid).';
+    '(record detail by projectid/numberid, once per call of the record).';
+COMMENT ON COLUMN lookups.call_key IS
+    'The id looked up (UCID, uuid, or projectid/numberid/uuid of the call that queued it).';
 COMMENT ON COLUMN lookups.context IS 'What the request needs besides the id (e.g. the call date).';
 COMMENT ON COLUMN lookups.state IS
     'pending (waiting for next_attempt_at), done, or gave_up (last_error says why).';
