@@ -674,3 +674,25 @@ def test_a_date_at_the_end_of_time_is_a_reject_not_a_crash() -> None:
     )
     assert [r.call_key for r in page.rejects] == ["a"]
     assert [r.call_key for r in page.records] == [DOC_CDR["uuid"]]
+
+
+@pytest.mark.parametrize(
+    ("billing_utc", "started"),
+    [
+        # 2026-10-25 02:30 happens twice in Budapest: 00:30 UTC (CEST), then 01:30 UTC (CET).
+        ("2026-10-25 00:30:09", dt.datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        ("2026-10-25 01:30:09", dt.datetime(2026, 10, 25, 1, 30, tzinfo=UTC)),
+    ],
+)
+def test_a_start_in_the_repeated_hour_follows_the_utc_connect_time(
+    billing_utc: str, started: dt.datetime
+) -> None:
+    """VCC sends start_ts in local time only; when clocks go back, billing_ts_utc (ringtime
+    after the start) tells which of the two 02:30s the call began at."""
+    record = {
+        **DOC_CDR, "start_ts": "2026-10-25 02:30:00", "billing_ts": "2026-10-25 02:30:09",
+        "billing_ts_utc": billing_utc, "ringtime": 9,
+    }  # fmt: skip
+    call = norm(record)
+    assert call.started_at == started
+    assert call.local_date == dt.date(2026, 10, 25)

@@ -190,6 +190,22 @@ def _when(
     return None, None
 
 
+def _nearest(
+    local: dt.datetime | None, zone: dt.tzinfo, anchor: dt.datetime | None
+) -> dt.datetime | None:
+    """The UTC instant of a naive ``local`` time that is nearest ``anchor`` when the time is
+    ambiguous in ``zone`` (repeated when clocks go back); None when there is nothing to choose."""
+    if local is None or local.tzinfo is not None or anchor is None:
+        return None
+    try:
+        first, second = (local.replace(tzinfo=zone, fold=f).astimezone(dt.UTC) for f in (0, 1))
+    except OverflowError:
+        return None
+    if first == second:
+        return None
+    return min((first, second), key=lambda instant: abs(instant - anchor))
+
+
 def parties(
     direction: str | None, source: str | None, destination: str | None
 ) -> tuple[str | None, str | None]:
@@ -261,6 +277,11 @@ def normalize(
         raise ParseError("record has no start time (start_ts)")
     billing_at, _ = _when(record, "billing_ts", zone)
     ring, billing, talk = _seconds(record)
+    if record.get("start_ts_utc") is None and record.get("billing_ts_utc") is not None:
+        # VCC documents no start_ts_utc, only billing_ts_utc: a start_ts in the hour repeated
+        # when clocks go back is told apart by the UTC connect time, ringtime after it.
+        anchor = billing_at - dt.timedelta(seconds=ring or 0) if billing_at else None
+        started_at = _nearest(start_local, zone, anchor) or started_at
     ended_at = None
     if billing_at is not None and billing is not None:
         ended_at = billing_at + dt.timedelta(seconds=billing)
