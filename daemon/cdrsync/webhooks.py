@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import email.policy
 import hmac
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from email.parser import BytesParser
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import orjson
 import structlog
@@ -187,7 +190,7 @@ class Receiver:
             raise Refusal(
                 413, "body too large", f"a push may have at most {MAX_BODY} bytes"
             ) from None
-        doc = decode_push(body, request.content_type)
+        doc = decode_push(body, request.content_type, request.headers.get("Content-Type", ""))
         parse = push_parser(account.vendor)
         if parse is None:  # pragma: no cover - _authenticate refused such accounts
             raise Refusal(404, "unknown account", "this vendor takes no pushes")
@@ -215,24 +218,23 @@ class Receiver:
         return dataclasses.replace(result, rejects=rejects), body
 
 
-def decode_push(body: bytes, content_type: str) -> Any:
-    """The push as a JSON value: form data's ``data`` field (Ozonetel), or the JSON body."""
+def decode_push(body: bytes, content_type: str, header: str = "") -> Any:
+    """The push as a JSON value: form data's ``data`` field (Ozonetel), or the JSON body.
+
+    ``header`` is the whole Content-Type header (a multipart body needs its boundary).
+    "Form data" is all Ozonetel says of its push: url-encoded and multipart are both read."""
     if not body.strip():
         raise Refusal(400, "empty body", "the vendor sent no record")
     text: bytes | str = body
     if content_type in _FORMS:
-        from urllib.parse import parse_qs
-
         if content_type == "multipart/form-data":
-            raise Refusal(415, "multipart bodies are not supported", "send form-urlencoded or JSON")
-        try:
-            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            raise Refusal(400, "form body is not UTF-8", "check the vendor's push format") from None
+            fields = _multipart_fields(body, header)
+        else:
+            fields = _urlencoded_fields(body)
         if "data" not in fields:
             # Ozonetel's field name is unverified: a form without `data` is the record itself.
-            return {key: values[-1] for key, values in fields.items()}
-        text = fields["data"][-1]
+            return fields
+        text = fields["data"]
     try:
         return jsontext.loads(text)
     except orjson.JSONDecodeError:
@@ -241,3 +243,36 @@ def decode_push(body: bytes, content_type: str) -> Any:
             "body is not JSON (nor form data with a JSON data field)",
             "check the vendor's push format",
         ) from None
+
+
+def _urlencoded_fields(body: bytes) -> dict[str, str]:
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise Refusal(400, "form body is not UTF-8", "check the vendor's push format") from None
+    return {key: values[-1] for key, values in fields.items()}
+
+
+def _multipart_fields(body: bytes, header: str) -> dict[str, str]:
+    """The text fields of a multipart/form-data body (its Content-Type ``header`` included)."""
+    try:
+        head = f"Content-Type: {header}\r\n\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        head = b""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not head or not message.is_multipart() or message.get_boundary() is None:
+        raise Refusal(400, "multipart body without a usable boundary",
+                      "check the vendor's push format")  # fmt: skip
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(payload, bytes):
+            continue
+        try:
+            fields[name] = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refusal(400, "form body is not UTF-8", "check the vendor's push format") from None
+    if not fields:
+        raise Refusal(400, "multipart body without form fields", "check the vendor's push format")
+    return fields

@@ -278,6 +278,16 @@ async def post_form(http: aiohttp.ClientSession, url: str, data: str, field: str
         return resp.status
 
 
+async def post_multipart(http: aiohttp.ClientSession, url: str, data: str) -> int:
+    """POST ``data=<data>`` as multipart/form-data (the other kind of "form data")."""
+    with aiohttp.MultipartWriter("form-data") as writer:
+        part = writer.append(data)
+        part.set_content_disposition("form-data", name="data")
+    async with http.post(url, data=writer) as resp:
+        await resp.read()
+        return resp.status
+
+
 async def post_json(http: aiohttp.ClientSession, url: str, doc: Any) -> int:
     """POST ``doc`` as a JSON body; the HTTP status."""
     async with http.post(url, json=doc) as resp:
@@ -331,6 +341,8 @@ async def test_pushes_land_at_once_bad_ones_are_refused_and_the_api_key_is_never
             # JSON: refused before it is unwrapped, its Apikey must still not be kept.
             await post_form(http, hook_url(port), orjson.dumps(unusable).decode(), field="cdr"),
             await post_json(http, hook_url(port), {"data": orjson.dumps(unusable).decode()}),
+            # Multipart form data is read too (422: the record was found, and is unusable).
+            await post_multipart(http, hook_url(port), orjson.dumps(unusable).decode()),
         ]
         sent = time.monotonic()
         assert await post_form(http, hook_url(port), orjson.dumps(mine).decode()) == 200
@@ -357,12 +369,13 @@ async def test_pushes_land_at_once_bad_ones_are_refused_and_the_api_key_is_never
         code = await child.terminate(10)
         output = child.output()
         tails = kids.tails()
-    assert statuses == [403, 400, 422, 422, 422], tails
+    assert statuses == [403, 400, 422, 422, 422, 422], tails
     assert took < 2.0
     assert code == 0, tails
     assert sim.stats.pushes_sent > 0
     assert sim.stats.pushes_failed == 0
     assert await one(dsn, "SELECT source FROM calls WHERE call_key = '1234567890123'") == "push"
+    # Four refused records, two of them the same (the form and the multipart push): kept once.
     assert await one(dsn, "SELECT count(*) FROM rejects WHERE stream = $1", f"{ACCOUNT}/push") == 3
     assert await one(dsn, "SELECT count(*) FROM lookups") > 1
     assert await secret_rows(dsn) == dict.fromkeys(
