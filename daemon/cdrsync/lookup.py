@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from cdrsync.errors import AuthError, CdrsyncError, TransientError
+from cdrsync.errors import AuthError, CdrsyncError, EndpointError, TransientError
 from cdrsync.model import LookupItem, LookupOutcome, WriteResult
 from cdrsync.streamloop import StreamLoop, queue_backoff
 from cdrsync.sync import Clock, CycleHook, utcnow
@@ -134,6 +134,14 @@ class LookupStream(StreamLoop):
             return await self._source.perform(item, now)
         except AuthError:
             raise  # the account's credentials: the whole stream waits (logged by run())
+        except EndpointError as exc:
+            # The endpoint itself is refused (a wrong path answers 404 whatever is asked):
+            # giving up on the item would close every pending lookup for good. It stays
+            # pending, uncounted, and the stream backs off until the setting is fixed.
+            self._log.error(
+                "lookup.endpoint_refused", kind=item.kind, call_key=item.call_key, error=str(exc)
+            )
+            raise
         except CdrsyncError as exc:
             outcome = on_error(exc, now)
             self._log.info(

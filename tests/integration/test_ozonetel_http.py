@@ -15,16 +15,19 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import stamina
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from cdrsync.config import AccountSettings, parse
-from cdrsync.errors import AuthError, PermanentError, RateLimited
+from cdrsync.errors import AuthError, EndpointError, PermanentError, RateLimited
 from cdrsync.limiter import SlidingWindowLimiter
-from cdrsync.model import LookupItem, Window
+from cdrsync.lookup import LookupStream
+from cdrsync.model import LookupItem, LookupRequest, Window
 from cdrsync.simulator.ozonetel import OzonetelSimConfig, OzonetelSimulator
 from cdrsync.simulator.ozonetel_server import run_pushes, start_ozonetel_server
-from cdrsync.simulator.server import RunningServer
+from cdrsync.simulator.server import RunningServer, serve_app
+from cdrsync.store import Store
 from cdrsync.transport import RetryPolicy, Transport
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.ozonetel import (
@@ -34,6 +37,7 @@ from cdrsync.vendors.ozonetel import (
     forget_tokens,
     parse_push,
 )
+from support import sql_value
 
 KEY = "sim-ozonetel-key"
 NOON = dt.datetime(2026, 11, 20, 12, 0, tzinfo=IST)
@@ -197,6 +201,50 @@ async def test_token_is_fetched_once_and_renewed_on_token_expired(
     assert (statuses.get(401, 0), sum(statuses.values())) == (expired_status == 401, 5)
 
 
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [
+        (200, {"status": "error", "message": "max limit exceeded"}),
+        (200, {"status": "false", "message": "Too Many Requests"}),
+        (429, {"status": "false", "message": "Too Many Requests"}),
+    ],
+)
+async def test_token_rate_limit_is_asked_once_and_pauses_its_whole_hour(
+    transport: Transport, status: int, answer: dict[str, str]
+):
+    """generateToken's rate limit (10 an hour) is not retried: the token limiter pauses for its
+    whole period and, meanwhile, the bulk reports fail at once without asking again."""
+    asked: list[float] = []
+
+    async def generate(request: web.Request) -> web.Response:
+        asked.append(time.monotonic())
+        return web.json_response(answer, status=status)
+
+    app = web.Application()
+    app.router.add_post("/ca_apis/CAToken/generateToken", generate)
+    server = await serve_app(app)
+    forget_tokens()
+    groups = limiters()
+    acc = account(server.base_url, auth="token", retry_attempts=4)
+    source = OzonetelSource(acc, transport, groups, "oz/list")
+    try:
+        # Retries without their waits (before the fix: 4 requests, each refused).
+        with stamina.set_testing(True, attempts=4, cap=True), capture_logs() as logs:
+            with pytest.raises(RateLimited, match="no token is asked for before") as first:
+                await source.count(MORNING)
+            with pytest.raises(RateLimited, match="no token is asked for before") as later:
+                await source.count(MORNING)
+    finally:
+        await server.close()
+        forget_tokens()
+    assert len(asked) == 1
+    assert groups["token"].paused_until() >= time.monotonic() + 3590
+    assert (later.value.retry_after or 0) > 3590
+    assert "nothing else generates tokens" in str(first.value)
+    paused = [e for e in logs if e["event"] == "ozonetel.token_rate_limited"]
+    assert [(e["log_level"], e["pause_s"]) for e in paused] == [("warning", 3600.0)]
+
+
 async def test_api_key_mode_against_a_token_account_is_an_auth_error(
     served: Served, transport: Transport
 ):
@@ -356,6 +404,83 @@ async def test_max_limit_exceeded_pauses_the_lookup_limiter(served: Served, tran
     with pytest.raises(RateLimited, match="max limit exceeded"):
         await lookups.perform(item, NOON.astimezone(dt.UTC))
     assert groups["lookup"].paused_until() >= time.monotonic() + 55
+
+
+async def test_a_lookup_whose_turn_comes_after_ist_midnight_is_not_sent(
+    served: Served, transport: Transport
+):
+    """A "currentday" lookup decided at 23:59:59.5 IST whose limiter grant comes after midnight
+    is decided again: it waits for 03:00 uncounted and nothing is sent."""
+    sim, server = await served()
+    groups = limiters()
+    groups["lookup"] = SlidingWindowLimiter(1, 1.0, margin=0.0, name="oz/lookup")
+    groups["lookup"].record(time.monotonic())  # the next grant comes a second from now
+    lookups = OzonetelLookups(account(server.base_url), transport, groups, "oz/lookup")
+    item = lookup_item("123456", ist(2026, 11, 19, 23, 50))
+    before_midnight = ist(2026, 11, 19, 23, 59, 59) + dt.timedelta(milliseconds=500)
+    outcome = await lookups.perform(item, before_midnight)
+    assert (outcome.state, outcome.counted) == ("retry", False)
+    assert outcome.next_attempt_at == ist(2026, 11, 20, 3, 0)
+    assert sim.stats.requests == {}
+
+
+WRONG_PATH = "/CAServices/CDR/Callbacks.php"  # a casing the (simulated) account does not serve
+
+
+async def test_a_refused_callbacks_path_is_an_endpoint_error_naming_the_setting(
+    served: Served, transport: Transport
+):
+    """An HTTP 404 from the CallBacks path refuses the endpoint, not the call: an EndpointError
+    that names the setting to check; Ozonetel's refusal in a 200 body stays about the call."""
+    _, server = await served()
+    wrong = account(server.base_url, endpoints={"lookup": WRONG_PATH})
+    lookups = OzonetelLookups(wrong, transport, limiters(), "oz/lookup")
+    item = lookup_item("123456", ist(2026, 11, 20, 11, 0))
+    with pytest.raises(EndpointError, match="HTTP 404") as refused:
+        await lookups.perform(item, NOON.astimezone(dt.UTC))
+    assert f'[accounts.endpoints] lookup = "{WRONG_PATH}"' in str(refused.value)
+    assert KEY not in str(refused.value)
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"status": "error", "message": "Invalid reportType"})
+
+    app = web.Application()
+    app.router.add_get("/CAServices/CDR/callbacks.php", refuse)
+    stub = await serve_app(app)
+    try:
+        answering = OzonetelLookups(account(stub.base_url), transport, limiters(), "oz/lookup")
+        with pytest.raises(PermanentError, match="Invalid reportType") as answered:
+            await answering.perform(item, NOON.astimezone(dt.UTC))
+    finally:
+        await stub.close()
+    assert not isinstance(answered.value, EndpointError)
+
+
+async def test_a_refused_callbacks_path_keeps_every_lookup_pending(
+    served: Served, transport: Transport, store: Store, dsn: str
+):
+    """The lookup stream meeting a refused endpoint gives up on no item: they stay pending and
+    uncounted, the cycle fails (the stream backs off) and an error names the setting."""
+    _, server = await served()
+    acc = account(server.base_url, endpoints={"lookup": WRONG_PATH})
+    name = "oz/lookup"
+    source = OzonetelLookups(acc, transport, limiters(), name)
+    stream = LookupStream(name=name, account=acc, source=source, store=store,
+                          locks=store.lock_session(), stop=asyncio.Event(),
+                          clock=lambda: NOON.astimezone(dt.UTC))  # fmt: skip
+    started = {"started_at": ist(2026, 11, 20, 11, 0).isoformat()}
+    queued = [LookupRequest("ozonetel.cdr", ucid, started, ist(2026, 11, 20, 11, 30))
+              for ucid in ("101", "102", "103")]  # fmt: skip
+    await store.queues.enqueue("ozonetel", "oz", queued, now=NOON.astimezone(dt.UTC))
+    with capture_logs() as logs, pytest.raises(EndpointError):
+        await stream.cycle()
+    states = await sql_value(
+        dsn, "SELECT string_agg(state || ':' || attempts, ',' ORDER BY call_key) FROM lookups"
+    )
+    assert states == "pending:0,pending:0,pending:0"
+    refused = [e for e in logs if e["event"] == "lookup.endpoint_refused"]
+    assert [e["log_level"] for e in refused] == ["error"]
+    assert "[accounts.endpoints] lookup" in refused[0]["error"]
 
 
 # ---------------------------------------------------------------------------- pushes

@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from cdrsync.config import AccountSettings, parse
-from cdrsync.errors import AuthError, BadPageError, ParseError, PermanentError, RateLimited
+from cdrsync.errors import (
+    AuthError,
+    BadPageError,
+    ParseError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
 from cdrsync.model import Window
 from cdrsync.vendors.ozonetel import (
     IST,
@@ -422,6 +429,55 @@ def test_call_just_after_midnight_is_a_current_day_call():
         ist(2026, 11, 20, 0, 5), ist(2026, 11, 20, 23, 59), zone=IST, retention=RETENTION
     )
     assert (decision.action, decision.report_type) == ("request", "currentday")
+
+
+MIDNIGHT = ist(2026, 11, 21, 0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("decision", "state", "next_attempt_at"),
+    [
+        (lookup_decision(CALL, MIDNIGHT, zone=IST, retention=RETENTION), "retry",
+         ist(2026, 11, 21, 3, 0)),  # currentday decided at 23:59, granted at 00:00:01
+        (lookup_decision(CALL, ist(2026, 12, 7, 0, 0), zone=IST, retention=RETENTION),
+         "gave_up", None),
+        (lookup_decision(CALL, ist(2026, 11, 21, 3, 0), zone=IST, retention=RETENTION),
+         "retry", ist(2026, 11, 21, 3, 0)),  # historical now: asked again at once
+    ],
+)  # fmt: skip
+def test_a_lookup_that_sends_nothing_follows_the_new_decision_uncounted(
+    decision, state, next_attempt_at
+):
+    """An attempt that sent nothing waits, gives up or asks again, as the decision says, and
+    never counts toward the attempts."""
+    from cdrsync.vendors.ozonetel import unsent_outcome
+
+    at = ist(2026, 11, 21, 3, 0) if decision.action == "request" else MIDNIGHT
+    outcome = unsent_outcome(decision, at)
+    assert (outcome.state, outcome.next_attempt_at, outcome.counted) == (
+        state,
+        next_attempt_at,
+        False,
+    )
+    assert outcome.note and decision.reason in outcome.note
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (TransientError("HTTP 503"), True),
+        (BadPageError("cut short"), True),
+        (RateLimited("max limit exceeded", retry_after=60.0), False),
+        (RateLimited("HTTP 429"), False),
+        (PermanentError("HTTP 404"), False),
+        (AuthError("userName or apiKey is Invalid"), False),
+    ],
+)
+def test_generate_token_retries_transient_failures_but_never_its_rate_limit(error, retried):
+    """generateToken's 10 an hour: a rate limit is never retried, a 503 or a cut body is."""
+    from cdrsync.vendors.ozonetel import _retry_token
+
+    assert _retry_token(error) is retried
 
 
 # ---------------------------------------------------------------------------- pages

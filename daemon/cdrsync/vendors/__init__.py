@@ -48,7 +48,9 @@ class LookupSource(Protocol):
         """One attempt: apply the vendor's schedule rules to ``now``, then (maybe) request.
 
         Raises ``TransientError``/``RateLimited`` when the vendor could not answer (the item is
-        retried later without counting), ``AuthError``/``PermanentError`` for the account."""
+        retried later without counting), ``PermanentError`` when the vendor refuses this item
+        for good (given up), ``AuthError``/``EndpointError`` when it refuses the account or the
+        endpoint itself (the item stays pending and the whole stream backs off)."""
         ...
 
 

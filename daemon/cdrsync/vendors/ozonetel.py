@@ -25,14 +25,23 @@ import hashlib
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
+import stamina
 import structlog
 
 from cdrsync import jsontext
-from cdrsync.errors import AuthError, ParseError, PermanentError, RateLimited
+from cdrsync.errors import (
+    AuthError,
+    CdrsyncError,
+    EndpointError,
+    ParseError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
 from cdrsync.model import (
     CallRecord,
     LookupOutcome,
@@ -182,6 +191,20 @@ def lookup_decision(
     return LookupDecision("request", "historical", None, "the call started before today (IST)")
 
 
+def unsent_outcome(decision: LookupDecision, now: dt.datetime) -> LookupOutcome:
+    """The outcome of an attempt that sent nothing because of ``decision`` (made at ``now``):
+    wait for its ``not_before``, give up, or (a report type that changed while the request
+    waited for its turn) ask again at once. Never counted: no request went out."""
+    if decision.action == "wait":
+        return LookupOutcome(
+            "retry", next_attempt_at=decision.not_before, counted=False, note=decision.reason
+        )
+    if decision.action == "give_up":
+        return LookupOutcome("gave_up", counted=False, note=decision.reason)
+    note = f"the report type is {decision.report_type} now: {decision.reason}"
+    return LookupOutcome("retry", next_attempt_at=now, counted=False, note=note)
+
+
 def _push_items(doc: Any) -> list[Any]:
     """The records of a decoded push: a record, a list of them, or either under "data"."""
     for _ in range(3):  # {"data": "<json text>"} unwraps to a record or a list
@@ -296,6 +319,15 @@ def _pausing(limiter: SlidingWindowLimiter, parse: Callable[[Response], T]) -> C
     return wrapped
 
 
+def _retry_token(exc: Exception) -> bool:
+    """stamina's hook for generateToken: transient failures are retried, its rate limit never.
+
+    generateToken allows 10 tokens an hour: "max limit exceeded" (or a 429) means the hour's
+    budget is spent, so every retry within the hour is refused as well, spends nothing useful
+    and may keep the account locked out."""
+    return isinstance(exc, TransientError) and not isinstance(exc, RateLimited)
+
+
 def _expired(exc: AuthError) -> bool:
     # "Token Expired" comes as a 200 body (TokenExpired) or as HTTP 401 quoting the message.
     text = str(exc).lower()
@@ -364,21 +396,61 @@ class _Client:
         async with slot.guard():
             if (token := slot.fresh()) is not None:
                 return token
-            endpoint = f"{self._account.name}/ozonetel.token"
-            token = await self._transport.request(
-                "POST",
-                self._url("token"),
-                limiter=self._limiters["token"],
-                endpoint=endpoint,
-                headers={"apiKey": self._api_key, "Accept": "application/json"},
-                json_body=orjson.dumps({"userName": self._username}),
-                parse=functools.partial(_token_of, endpoint=endpoint, secrets=self._secrets),
-                timeout_s=self._timeout_s,
-                policy=self._policy,
-            )
+            limiter = self._limiters["token"]
+            if (left := limiter.paused_until() - time.monotonic()) > 0:
+                # Raised, not waited for inside the request: the stream backs off, logs this
+                # every cycle and still stops at once.
+                raise self._token_wait(limiter, left)
+            try:
+                token = await self._generate(limiter)
+            except RateLimited:
+                # generateToken's limit is per hour (not per minute like the others): pause for
+                # the limiter's whole period, one window in which nothing more can be granted.
+                limiter.pause(limiter.period)
+                error = self._token_wait(limiter, limiter.period)
+                log.warning(
+                    "ozonetel.token_rate_limited", account=self._account.name,
+                    pause_s=limiter.period, error=str(error),
+                )  # fmt: skip
+                raise error from None
             slot.token, slot.expires = token, time.monotonic() + TOKEN_LIFE_S
             log.info("ozonetel.token_renewed", account=self._account.name)
             return token
+
+    async def _generate(self, limiter: SlidingWindowLimiter) -> str:
+        """A new token from generateToken; transient failures are retried, a rate limit not."""
+        endpoint = f"{self._account.name}/ozonetel.token"
+        policy = self._policy
+        async for attempt in stamina.retry_context(
+            on=_retry_token, attempts=policy.attempts, timeout=policy.timeout_s,
+            wait_initial=policy.wait_initial_s, wait_max=policy.wait_max_s,
+            wait_jitter=policy.wait_jitter_s,
+        ):  # fmt: skip
+            with attempt:
+                # One attempt per request: the transport would retry a rate limit too.
+                return await self._transport.request(
+                    "POST",
+                    self._url("token"),
+                    limiter=limiter,
+                    endpoint=endpoint,
+                    headers={"apiKey": self._api_key, "Accept": "application/json"},
+                    json_body=orjson.dumps({"userName": self._username}),
+                    parse=functools.partial(_token_of, endpoint=endpoint, secrets=self._secrets),
+                    timeout_s=self._timeout_s,
+                    policy=replace(policy, attempts=1),
+                )
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    def _token_wait(self, limiter: SlidingWindowLimiter, wait_s: float) -> RateLimited:
+        resume = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait_s)
+        return RateLimited(
+            f"{self._account.name}/ozonetel.token: generateToken refused a new token for its rate "
+            f"limit ({limiter.limit} per {limiter.period / 60:g} min); no token is asked for "
+            f"before {resume:%Y-%m-%d %H:%M:%S} UTC, so this account's bulk reports wait until "
+            "then. If this recurs, make sure nothing else generates tokens with this API key "
+            "(they share the budget) or lower rate_limits.token",
+            retry_after=wait_s,
+        )
 
 
 class OzonetelSource(_Client):
@@ -468,6 +540,36 @@ def retry_wait(base: dt.timedelta, attempts: int) -> dt.timedelta:
     return min(wait, MAX_RETRY_WAIT)
 
 
+class _Superseded(Exception):
+    """The report type chosen before the limiter's wait no longer holds when it grants."""
+
+    def __init__(self, decision: LookupDecision, at: dt.datetime) -> None:
+        super().__init__(decision.reason)
+        self.decision, self.at = decision, at
+
+
+class _Recheck:
+    """The lookup limiter, deciding again once it grants, right before the request goes out.
+
+    The limiter (and the transport's retries) may wait across IST midnight: a "currentday"
+    chosen at 23:59:40 must not go out at 00:00:05, when the call's day is migrating to the
+    historical report (no request between 00:00 and 03:00 IST)."""
+
+    __slots__ = ("_base", "_check")
+
+    def __init__(self, base: SlidingWindowLimiter, check: Callable[[], _Superseded | None]) -> None:
+        self._base, self._check = base, check
+
+    async def acquire(self) -> None:
+        """Wait for a grant, then raise ``_Superseded`` if the decision changed meanwhile."""
+        await self._base.acquire()
+        if (stale := self._check()) is not None:
+            raise stale
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._base, name)
+
+
 class OzonetelLookups(_Client):
     """CDR in CallBacks lookups for one account (a ``LookupSource``)."""
 
@@ -489,13 +591,21 @@ class OzonetelLookups(_Client):
             return LookupOutcome("gave_up", counted=False, note=note)
         retention = self._account.option("retention")
         decision = lookup_decision(started, now, zone=self._zone, retention=retention)
-        if decision.action == "wait":
-            return LookupOutcome(
-                "retry", next_attempt_at=decision.not_before, counted=False, note=decision.reason
-            )
-        if decision.action == "give_up" or decision.report_type is None:
-            return LookupOutcome("gave_up", counted=False, note=decision.reason)
-        found = await self._ask(item.call_key, decision.report_type)
+        if decision.action != "request" or decision.report_type is None:
+            return unsent_outcome(decision, now)
+        began = time.monotonic()
+
+        def superseded() -> _Superseded | None:
+            # `now` moved on by the time waited since (limiter, retries): the instant it goes out.
+            at = now + dt.timedelta(seconds=time.monotonic() - began)
+            fresh = lookup_decision(started, at, zone=self._zone, retention=retention)
+            same = (fresh.action, fresh.report_type) == (decision.action, decision.report_type)
+            return None if same else _Superseded(fresh, at)
+
+        try:
+            found = await self._ask(item.call_key, decision.report_type, superseded)
+        except _Superseded as stale:
+            return unsent_outcome(stale.decision, stale.at)
         if found is None:
             retry_at = now + retry_wait(self._account.option("lookup_retry"), item.attempts)
             return LookupOutcome("retry", next_attempt_at=retry_at, note="No Data Found yet")
@@ -503,11 +613,12 @@ class OzonetelLookups(_Client):
         return LookupOutcome("done", records=tuple(records), rejects=tuple(rejects))
 
     async def _ask(
-        self, ucid: str, report_type: str
+        self, ucid: str, report_type: str, superseded: Callable[[], _Superseded | None]
     ) -> tuple[list[CallRecord], list[Reject]] | None:
         limiter = self._limiters["lookup"]
         fetched_at = dt.datetime.now(dt.UTC)
-        parse = _pausing(
+        answers: list[CdrsyncError] = []
+        read = _pausing(
             limiter,
             functools.partial(
                 _lookup_of,
@@ -518,6 +629,14 @@ class OzonetelLookups(_Client):
                 secrets=self._secrets,
             ),
         )
+
+        def parse(response: Response) -> tuple[list[CallRecord], list[Reject]] | None:
+            try:
+                return read(response)
+            except CdrsyncError as exc:
+                answers.append(exc)  # Ozonetel's answer about this call, in a 200 body
+                raise
+
         # The legacy API takes the key in the query: the transport blanks every value it sent
         # out of its errors and logs, and our messages never quote a URL.
         params = {
@@ -526,16 +645,35 @@ class OzonetelLookups(_Client):
             "ucid": ucid,
             "reportType": report_type,
         }
-        return await self._transport.request(
-            "GET",
-            self._url("lookup"),
-            limiter=limiter,
-            endpoint=f"{self._account.name}/ozonetel.callbacks",
-            params=params,
-            headers={"Accept": "application/json"},
-            parse=parse,
-            timeout_s=self._timeout_s,
-            policy=self._policy,
+        try:
+            return await self._transport.request(
+                "GET",
+                self._url("lookup"),
+                limiter=cast("SlidingWindowLimiter", _Recheck(limiter, superseded)),
+                endpoint=f"{self._account.name}/ozonetel.callbacks",
+                params=params,
+                headers={"Accept": "application/json"},
+                parse=parse,
+                timeout_s=self._timeout_s,
+                policy=self._policy,
+            )
+        except AuthError:
+            raise
+        except PermanentError as exc:
+            if any(exc is answer for answer in answers):
+                raise
+            # Ozonetel answers every CallBacks question with HTTP 200 and a status string, so
+            # an HTTP 4xx refuses the endpoint itself (the unverified callbacks.php path is
+            # wrong for this account): it would refuse every call alike.
+            raise self._endpoint_refused(exc) from exc
+
+    def _endpoint_refused(self, exc: PermanentError) -> EndpointError:
+        path = self._account.endpoints["lookup"]
+        return EndpointError(
+            f"{exc}. It refuses the CallBacks endpoint itself, not one call: no lookup of "
+            f"account {self._account.name} can succeed, so they stay queued and the lookup "
+            f'stream backs off. Check the account\'s [accounts.endpoints] lookup = "{path}" '
+            "(the default path's casing is unverified) and its base_url"
         )
 
 
