@@ -30,13 +30,8 @@ from cdrsync.simulator.server import RunningServer, serve_app
 from cdrsync.store import Store
 from cdrsync.transport import RetryPolicy, Transport
 from cdrsync.vendors.acefone import digest
-from cdrsync.vendors.ozonetel import (
-    IST,
-    OzonetelLookups,
-    OzonetelSource,
-    forget_tokens,
-    parse_push,
-)
+from cdrsync.vendors.ozonetel import IST, OzonetelSource, forget_tokens, parse_push
+from cdrsync.vendors.ozonetel_lookup import OzonetelLookups
 from support import sql_value
 
 KEY = "sim-ozonetel-key"

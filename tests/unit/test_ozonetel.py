@@ -646,7 +646,7 @@ def test_push_with_nothing_usable_is_a_parse_error(doc, message):
 )
 def test_no_data_found_waits_grow_to_six_hours(attempts: int, minutes: int) -> None:
     """After "No Data Found" the wait doubles per attempt, capped at 6 hours."""
-    from cdrsync.vendors.ozonetel import retry_wait
+    from cdrsync.vendors.ozonetel_lookup import retry_wait
 
     assert retry_wait(dt.timedelta(minutes=10), attempts) == dt.timedelta(minutes=minutes)
 

@@ -80,7 +80,7 @@ def window_source_factory(vendor: str) -> Factory:
 def lookup_source_factory(vendor: str) -> Factory | None:
     """The factory of a vendor's lookup source, or None when the vendor has no lookups."""
     if vendor == "ozonetel":
-        from cdrsync.vendors.ozonetel import OzonetelLookups
+        from cdrsync.vendors.ozonetel_lookup import OzonetelLookups
 
         return OzonetelLookups
     if vendor == "vcclive":
