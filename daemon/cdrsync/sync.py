@@ -147,6 +147,7 @@ class WindowStream(StreamLoop):
         window: dt.timedelta | None = None,
         earliest: Callable[[dt.datetime], dt.datetime] | None = None,
         audit: bool = True,
+        coarse: dt.timedelta | None = None,
     ) -> None:
         super().__init__(
             name=name, account=account, store=store, locks=locks, stop=stop, clock=clock,
@@ -159,6 +160,8 @@ class WindowStream(StreamLoop):
         self._until = until
         self._lookback = account.lookback if lookback is None else lookback
         self._step = window or account.window
+        # Whole-cell windows for what is older than the lookback (see plan_windows).
+        self._coarse = coarse
         # The oldest instant the vendor still serves, given now (Ozonetel: 15 days): windows
         # before it are not requested (the vendor answers them empty, not with an error).
         self._earliest = earliest
@@ -194,6 +197,7 @@ class WindowStream(StreamLoop):
             settle=self._account.settle,
             step=self._step,
             until=self._until,
+            coarse=self._coarse,
         )
         windows = planned[: self._max_windows]
         tally = _Cycle(windows=len(windows), reread_from=now - self._lookback)

@@ -203,3 +203,33 @@ def test_a_window_whose_vendor_lists_a_row_twice_closes():
     """Ozonetel-style: count 3, one page holding a UCID twice: the read is complete."""
     verdict = check_complete([3], rows_received([(3, ["u1", "u1", "u2"])]), reread_later=False)
     assert verdict.closes and verdict.exact
+
+
+D = dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("watermark", "now", "expected"),
+    [
+        # three days behind: whole days until the lookback, hours after
+        (t(0, day=20), t(3, 30),
+         [(t(22, day=19), t(0, day=20)), (t(0, day=20), t(0, day=21)), (t(0, day=21), t(0, day=22)),
+          (t(0, day=22), t(0, day=23)), (t(0), t(1)), (t(1), t(2)), (t(2), t(3)),
+          (t(3), t(3, 28))]),
+        # a watermark mid-day: the rest of that day is one window
+        (t(10, 30, day=21), t(3, 30),
+         [(t(9, day=21), t(0, day=22)), (t(0, day=22), t(0, day=23)), (t(0), t(1)),
+          (t(1), t(2)), (t(2), t(3)), (t(3), t(3, 28))]),
+        # the lookback reaches into yesterday: that day stays in hours
+        (t(23, 50, day=22), t(0, 20),
+         [(t(22, day=22), t(23, day=22)), (t(23, day=22), t(0)), (t(0), t(0, 18))]),
+    ],
+)  # fmt: skip
+def test_plan_windows_catch_up_in_coarse_cells(watermark, now, expected):
+    """Behind the lookback, whole coarse cells (days) are one window each; the part still
+    re-read keeps the fine grid, so the audit and the re-read work as before."""
+    got = plan_windows(
+        watermark=watermark, start=t(0, day=10), now=now, lookback=90 * M, settle=2 * M,
+        step=H, coarse=D,
+    )  # fmt: skip
+    assert [(w.start, w.end) for w in got] == expected
