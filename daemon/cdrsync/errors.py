@@ -32,6 +32,12 @@ class BadPageError(TransientError):
     """A page could not be read as a whole (malformed or truncated JSON); it is fetched again."""
 
 
+class UnexpectedAnswer(BadPageError):
+    """Well-formed JSON of a shape the vendor does not document (no count, no rows list): asked
+    again at the stream's next cycle, not at once, since an immediate retry most likely gets
+    the same answer and, with a scarce budget (Ozonetel: 2 a minute), wastes a request."""
+
+
 class PermanentError(CdrsyncError):
     """The vendor refused the request in a way that retrying will not fix."""
 

@@ -39,6 +39,7 @@ from cdrsync.errors import (
     PermanentError,
     RateLimited,
     TransientError,
+    UnexpectedAnswer,
 )
 from cdrsync.limiter import SlidingWindowLimiter
 
@@ -247,12 +248,12 @@ def _parsed(parse: Callable[[Response], T], response: Response, endpoint: str) -
     except BadPageError as exc:
         if str(exc).startswith(f"{endpoint}:"):
             raise
-        raise BadPageError(f"{endpoint}: {exc}") from exc
+        raise type(exc)(f"{endpoint}: {exc}") from exc
 
 
 def _should_retry(exc: Exception) -> bool | float:
     """stamina's hook: never retry non-transient errors; wait Retry-After when the vendor said."""
-    if not isinstance(exc, TransientError):
+    if not isinstance(exc, TransientError) or isinstance(exc, UnexpectedAnswer):
         return False
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return exc.retry_after

@@ -20,7 +20,13 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from cdrsync.config import AccountSettings, parse
-from cdrsync.errors import AuthError, EndpointError, PermanentError, RateLimited
+from cdrsync.errors import (
+    AuthError,
+    EndpointError,
+    PermanentError,
+    RateLimited,
+    UnexpectedAnswer,
+)
 from cdrsync.limiter import SlidingWindowLimiter
 from cdrsync.lookup import LookupStream
 from cdrsync.model import LookupItem, LookupRequest, Window
@@ -238,6 +244,40 @@ async def test_token_rate_limit_is_asked_once_and_pauses_its_whole_hour(
     assert "nothing else generates tokens" in str(first.value)
     paused = [e for e in logs if e["event"] == "ozonetel.token_rate_limited"]
     assert [(e["log_level"], e["pause_s"]) for e in paused] == [("warning", 3600.0)]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "success", "message": "ok", "details": []},  # no totalCount
+        {"status": "success", "message": "ok", "totalCount": 3},  # no details list
+        ["not", "an", "object"],
+    ],
+)
+async def test_an_answer_of_an_unexpected_shape_costs_one_request_not_six(
+    transport: Transport, answer: Any
+):
+    """Well-formed JSON without the documented fields would most likely come back the same:
+    it is not asked again at once (2 bulk requests a minute), only at the next cycle."""
+    asked: list[float] = []
+
+    async def bulk(request: web.Request) -> web.Response:
+        asked.append(time.monotonic())
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_get("/ca_reports/fetchCdrByPagination", bulk)
+    server = await serve_app(app)
+    source = OzonetelSource(account(server.base_url), transport, limiters(), "oz/list")
+    try:
+        with (
+            stamina.set_testing(True, attempts=6, cap=True),
+            pytest.raises(UnexpectedAnswer, match="next cycle"),
+        ):
+            await source.fetch_page(MORNING, 1)
+    finally:
+        await server.close()
+    assert len(asked) == 1
 
 
 async def test_api_key_mode_against_a_token_account_is_an_auth_error(

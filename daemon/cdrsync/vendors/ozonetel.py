@@ -2,7 +2,8 @@
 
 Pure request rules first (``bulk_body``, ``earliest_available``, ``lookup_decision``,
 ``parse_push``), then the token and the bulk client; the CallBacks lookup client is in
-``ozonetel_lookup``. Reading answers lives in ``ozonetel_parse`` and is re-exported here. Vendor behaviour this answers:
+``ozonetel_lookup``. Reading answers lives in ``ozonetel_parse`` and is re-exported here.
+Vendor behaviour this answers:
 - the bulk reports are a GET with a JSON body ``{fromDate, toDate, userName}`` (query parameters
   get "Invalid Json Pass Valid Json", a POST gets 405), both bounds inclusive, and "fromDate and
   toDate must fall on the same calendar day" (IST);

@@ -33,6 +33,7 @@ from cdrsync.errors import (
     ParseError,
     PermanentError,
     RateLimited,
+    UnexpectedAnswer,
 )
 from cdrsync.model import CallRecord, Page, Reject
 from cdrsync.vendors.acefone import digest
@@ -94,7 +95,9 @@ def check_status(doc: Any, *, endpoint: str, secrets: tuple[str, ...] = ()) -> N
     ``secrets`` (the API key) are blanked out of the vendor's message before it is quoted.
     """
     if not isinstance(doc, dict):
-        raise BadPageError(f"{endpoint}: the answer is not a JSON object; asking again")
+        raise UnexpectedAnswer(
+            f"{endpoint}: the answer is not a JSON object; asking again next cycle"
+        )
     status = str(doc.get("status", "")).strip().lower()
     if status == "success":
         return
@@ -401,8 +404,8 @@ def _total(doc: Mapping[str, Any]) -> int:
         return value
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
-    raise BadPageError(
-        f"Ozonetel page has no usable totalCount ({str(value)[:20]!r}); asking again"
+    raise UnexpectedAnswer(
+        f"Ozonetel page has no usable totalCount ({str(value)[:20]!r}); asking again next cycle"
     )
 
 
@@ -445,7 +448,7 @@ def parse_bulk_page(
     if details is None and doc.get("totalCount") in (0, "0"):
         details = []  # days past the horizon come back as an empty success
     if not isinstance(details, list):
-        raise BadPageError("Ozonetel page has no details list; asking again")
+        raise UnexpectedAnswer("Ozonetel page has no details list; asking again next cycle")
     total = _total(doc)
     normalize = functools.partial(normalize_bulk, account=account, zone=zone, fetched_at=fetched_at)
     records, rejects = normalize_many(
