@@ -200,6 +200,10 @@ VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
                     # After a lost answer, look for the rows in VCC Live before resending
                     # (numberids increase: an inference from the vendor's examples).
                     "outbox_probe": (to_bool, True),
+                    # A row in doubt is ruled absent only by a scan begun this long after its
+                    # answer was lost: VCC may still be adding a timed-out batch (an
+                    # assumption: how long it may take is undocumented).
+                    "outbox_probe_delay": (_DUR, "10m"),
                 }
             ),
         ),

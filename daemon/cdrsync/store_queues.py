@@ -38,6 +38,20 @@ class OutboxRow:
     payload: Mapping[str, Any]
     attempts: int
     sent_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    """For a row in doubt: since when (nothing else touches such a row until it is resolved)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeBounds:
+    """Where the records of a project's rows in doubt can lie (``Queues.outbox_probe_bounds``)."""
+
+    after: int
+    """The highest numberid delivered by a batch sent before them (0: none)."""
+    until: int | None
+    """The lowest numberid delivered by a batch sent after them (None: none yet)."""
+    taken: frozenset[int]
+    """Numberids between the two that delivered rows own already."""
 
 
 def _json(value: Any) -> Any:
@@ -65,6 +79,7 @@ def _outbox(row: Mapping[str, Any]) -> OutboxRow:
         payload=_json(row["payload"]),
         attempts=int(row["attempts"]),
         sent_at=row.get("sent_at") if hasattr(row, "get") else None,
+        updated_at=row.get("updated_at") if hasattr(row, "get") else None,
     )
 
 
@@ -271,11 +286,20 @@ class Queues:
 
     # ------------------------------------------------------------------ outbox
 
-    async def outbox_recover(self, account: str, *, now: dt.datetime) -> int:
-        """Rows a dead process left ``sending`` become ``unknown`` (checked before resending)."""
+    async def outbox_recover(
+        self, account: str, *, now: dt.datetime, sent_before: dt.datetime | None = None
+    ) -> int:
+        """Rows a dead process left ``sending`` (sent before ``sent_before``, if given) become
+        ``unknown``, checked before resending. Returns how many."""
         with translate(f"recover the outbox of account {account}", self._dsn):
-            rows = await self._pool.fetch(QUERIES["outbox_recover"], account, now)
+            rows = await self._pool.fetch(QUERIES["outbox_recover"], account, now, sent_before)
         return len(rows)
+
+    async def outbox_sending(self, account: str) -> int:
+        """How many rows of the account are ``sending``."""
+        with translate(f"read the outbox of account {account}", self._dsn):
+            value = await self._pool.fetchval(QUERIES["outbox_sending"], account)
+        return int(value or 0)
 
     async def outbox_claim(
         self, account: str, *, now: dt.datetime, limit: int, batch: str
@@ -317,11 +341,21 @@ class Queues:
             rows = await self._pool.fetch(QUERIES["outbox_unknown"], account, limit)
         return [_outbox(row) for row in rows]
 
-    async def outbox_numberids(self, account: str) -> dict[int, int]:
-        """``projectid -> highest numberid delivered`` for the account."""
+    async def outbox_probe_bounds(
+        self, account: str, projectid: int, *, first_sent: dt.datetime, last_sent: dt.datetime
+    ) -> ProbeBounds:
+        """Where the records of rows in doubt sent from ``first_sent`` to ``last_sent`` can lie
+        in the project, judged by the batches delivered before and after them."""
         with translate(f"read the delivered numberids of account {account}", self._dsn):
-            rows = await self._pool.fetch(QUERIES["outbox_numberids"], account)
-        return {int(r["projectid"]): int(r["numberid"]) for r in rows}
+            row = await self._pool.fetchrow(
+                QUERIES["outbox_probe_bounds"], account, projectid, first_sent, last_sent
+            )
+        until = row["until"]
+        return ProbeBounds(
+            after=int(row["after"]),
+            until=None if until is None else int(until),
+            taken=frozenset(int(n) for n in row["taken"]),
+        )
 
     async def outbox_add(
         self, account: str, projectid: int, payloads: Sequence[Mapping[str, Any]]

@@ -146,5 +146,10 @@ async def test_outbox_claims_one_project_at_a_time_and_recovers_in_doubt_rows(
     assert [r.id for r in unknown] == [r.id for r in claimed]
     (other,) = await q.outbox_claim("eu", now=now, limit=10, batch="b2")
     await q.outbox_delivered([other.id], [77], now=now)
-    assert await q.outbox_numberids("eu") == {4: 77}
+    later = now + dt.timedelta(hours=1)
+    bounds = await q.outbox_probe_bounds("eu", 4, first_sent=later, last_sent=later)
+    assert (bounds.after, bounds.until) == (77, None)  # rows in doubt sent after 77's batch
+    bounds = await q.outbox_probe_bounds("eu", 4, first_sent=now - dt.timedelta(hours=1),
+                                         last_sent=now - dt.timedelta(hours=1))  # fmt: skip
+    assert (bounds.after, bounds.until) == (0, 77)  # ... or before it
     assert (await q.depths())[("vcclive", "eu", "outbox")] == {"unknown": 2, "delivered": 1}

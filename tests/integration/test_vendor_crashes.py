@@ -242,6 +242,9 @@ async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicat
         "poll_interval": "300ms", "settle": "1s", "page_size": 50,
         "lookup_delay": "0s", "lookup_interval": "1s", "outbox_interval": "300ms",
         "outbox_batch": 4,
+        # Rows a kill left in flight are looked for a request timeout later, and one claimed
+        # but never sent is ruled absent a probe delay later: both short here, as is the test.
+        "request_timeout": "5s", "outbox_probe_delay": "2s",
         # A list budget that spreads the backlog over several runs, so kills land mid-write.
         "rate_limits": {"list": "15/s", "lookup": "100000/min", "records": "100000/min"},
     }  # fmt: skip
@@ -267,7 +270,7 @@ async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicat
                 late = [str(r["id"]) for r in rows if r["state"] != "delivered"]
                 return {"missing": late, "extra": [], "stale": []}
 
-            undelivered = await converge(delivered, lambda: True, 30)
+            undelivered = await converge(delivered, lambda: True, 45)
             stop_hooks.set()
             await hooks
             code = await last.terminate(10)

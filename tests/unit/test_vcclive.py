@@ -15,6 +15,7 @@ from cdrsync.errors import BadPageError, ParseError, PermanentError
 from cdrsync.model import LookupItem
 from cdrsync.transport import Response, error_for_status
 from cdrsync.vendors.vcclive import (
+    AddInDoubt,
     VccLookups,
     add_records_body,
     cdr_path,
@@ -637,20 +638,30 @@ def test_parse_add_result(response: Any, count: int, ids: list[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("body", "message", "in_doubt"),
     [
-        (envelope([7]), "for 2 added record"),
-        (envelope([7, 8, 9]), "for 2 added record"),
-        (envelope({"7": 1}), "not one numberid each"),
-        (envelope([7, None]), "not one numberid each"),
-        (envelope(None, [{"code": 400, "message": "form is required"}]), "form is required"),
+        (envelope([7]), "for 2 added record", True),
+        (envelope([7, 8, 9]), "for 2 added record", True),
+        (envelope([]), "for 2 added record", True),
+        (envelope({"7": 1}), "not one numberid each", True),
+        (envelope([7, None]), "not one numberid each", True),
+        (envelope([7], ["row 2: phone is invalid"]), "row 2: phone is invalid", True),
+        (envelope([7, 8], ["disposition not set"]), "also answered [7,8]", True),
+        # Errors with an empty response: VCC stored nothing.
+        (envelope(None, [{"code": 400, "message": "form is required"}]), "form is required", False),
+        (envelope([], ["record 1: form is required"]), "form is required", False),
+        (envelope({}, ["no record given"]), "no record given", False),
     ],
 )
-def test_add_result_mismatch_or_errors_are_permanent(body: bytes, message: str) -> None:
-    """A count mismatch or VCC's errors are a PermanentError with the vendor's message."""
+def test_add_result_mismatch_or_errors_are_permanent(
+    body: bytes, message: str, in_doubt: bool
+) -> None:
+    """VCC answers HTTP 200 always: errors with an empty response stored nothing (a plain
+    PermanentError); numberids next to errors, or a wrong count, leave the rows in doubt."""
     with pytest.raises(PermanentError) as info:
         parse_add_result(body, 2)
     assert message in str(info.value)
+    assert isinstance(info.value, AddInDoubt) is in_doubt
 
 
 # ---------------------------------------------------------------------------- paths

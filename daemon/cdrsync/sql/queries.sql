@@ -278,12 +278,17 @@ FROM unnest(
 ) AS x (p, n, s, u, t, d, st, us, de, ca, r);
 
 -- name: outbox_recover
--- At start: rows left "sending" by a process that died mid-request. Their answer is lost, so
--- they may or may not be in VCC Live: "unknown" until checked, never sent blindly again.
+-- $1 account, $2 now, $3 sent before (NULL: any). At start and after a failed cycle: rows left
+-- "sending" by a process that died mid-request (or a write-back that failed). Their answer is
+-- lost, so they may or may not be in VCC Live: "unknown" until checked, never sent blindly
+-- again. Rows sent after $3 may still be in flight in another instance: left alone.
 UPDATE vcclive_outbox SET state = 'unknown', updated_at = $2,
     error = 'cdrsync stopped while this row was being sent; checking VCC Live before resending'
-WHERE account = $1 AND state = 'sending'
+WHERE account = $1 AND state = 'sending' AND ($3::timestamptz IS NULL OR sent_at < $3)
 RETURNING id;
+
+-- name: outbox_sending
+SELECT count(*) FROM vcclive_outbox WHERE account = $1 AND state = 'sending';
 
 -- name: outbox_claim
 -- $1 account, $2 now, $3 batch size, $4 batch id. The oldest due row's project, up to $3 rows
@@ -317,13 +322,25 @@ UPDATE vcclive_outbox SET state = $2, error = $3,
 WHERE id = ANY($1::bigint[]);
 
 -- name: outbox_unknown
-SELECT id, projectid, payload, attempts, sent_at FROM vcclive_outbox
+SELECT id, projectid, payload, attempts, sent_at, updated_at FROM vcclive_outbox
 WHERE account = $1 AND state = 'unknown' ORDER BY id LIMIT $2;
 
--- name: outbox_numberids
--- The highest numberid delivered per project of the account (where a probe starts).
-SELECT projectid, max(numberid) AS numberid FROM vcclive_outbox
-WHERE account = $1 AND state = 'delivered' GROUP BY projectid;
+-- name: outbox_probe_bounds
+-- $1 account, $2 projectid, $3 when the earliest row in doubt was sent, $4 the latest.
+-- Where the records of rows in doubt can lie: after the highest numberid delivered by a batch
+-- sent before them, below the lowest one delivered by a batch sent after them (NULL: none
+-- yet), except the numberids other rows own already (never claimed twice).
+WITH d AS (
+    SELECT numberid, sent_at FROM vcclive_outbox
+    WHERE account = $1 AND projectid = $2 AND state = 'delivered' AND numberid IS NOT NULL
+), b AS (
+    SELECT coalesce((SELECT max(numberid) FROM d WHERE sent_at < $3), 0) AS after,
+           (SELECT min(numberid) FROM d WHERE sent_at > $4) AS until
+)
+SELECT b.after, b.until,
+    array(SELECT numberid FROM d
+          WHERE numberid > b.after AND (b.until IS NULL OR numberid < b.until)) AS taken
+FROM b;
 
 -- name: next_outbox_due
 SELECT min(next_attempt_at) FROM vcclive_outbox WHERE account = $1 AND state = 'pending';

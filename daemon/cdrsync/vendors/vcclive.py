@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 import structlog
 
+from cdrsync import jsontext
 from cdrsync.errors import RECORD_ERRORS, AuthError, ParseError, PermanentError
 from cdrsync.model import (
     CallRecord,
@@ -41,6 +42,7 @@ from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.vcclive_parse import (
     DIRECTIONS,
     VENDOR,
+    _error_text,
     agent_of,
     as_text,
     as_whole,
@@ -67,6 +69,7 @@ T = TypeVar("T")
 
 __all__ = [
     "VENDOR",
+    "AddInDoubt",
     "VccDaySource",
     "VccLookups",
     "VccOutbox",
@@ -264,19 +267,46 @@ def add_records_body(payloads: Sequence[Mapping[str, Any]]) -> bytes:
         raise PermanentError(f"outbox payload is not JSON-serializable ({exc})") from None
 
 
+class AddInDoubt(PermanentError):
+    """VCC Live's Add record answer does not say which records it added: some may exist."""
+
+
+def _added_nothing(body: bytes) -> bool:
+    """Whether an answer that carries errors says no record was stored (an empty response)."""
+    response = jsontext.loads(body).get("response")
+    # PHP encodes an empty array as [] (json_encode), a missing value as null.
+    return response is None or response in ([], {})
+
+
 def parse_add_result(body: bytes, count: int, *, endpoint: str = "vcclive.add_record") -> list[int]:
     """The numberids of ``count`` added records, in payload order.
 
-    ``{"response": [7, 8], "errors": []}``. Errors, or a count that does not match what was
-    sent, are a ``PermanentError`` (never retried blindly: an add is not idempotent).
+    ``{"response": [7, 8], "errors": []}``, always under HTTP 200, so the envelope alone says
+    what was stored. Errors with an empty ``response`` (null, ``[]``): nothing was added, a
+    ``PermanentError`` (the rows may be sent again, alone). Errors next to numberids, or no
+    errors but not one numberid per record: some records may have been added, an
+    ``AddInDoubt``, never retried blindly (an add is not idempotent).
     """
-    response = unwrap(body, endpoint=endpoint)
+    try:
+        response = unwrap(body, endpoint=endpoint)
+    except PermanentError:
+        # unwrap read the envelope before it found the errors, so the body is known JSON.
+        if _added_nothing(body):
+            raise
+        doc = jsontext.loads(body)
+        shown = orjson.dumps(doc.get("response")).decode()[:80]
+        raise AddInDoubt(
+            f'{endpoint}: VCC Live reported errors ("{_error_text(doc.get("errors"))}") but '
+            f"also answered {shown} for {count} record(s): some may have been added; the rows "
+            "stay in doubt and are looked for in VCC Live before any is sent again"
+        ) from None
     ids = [as_whole(item) for item in response] if isinstance(response, list) else None
     if ids is None or len(ids) != count or any(i is None or i < 1 for i in ids):
         shown = orjson.dumps(response).decode()[:80]
-        raise PermanentError(
+        raise AddInDoubt(
             f"{endpoint}: VCC Live answered {shown} for {count} added record(s), not one "
-            "numberid each; check the project's records before sending again"
+            "numberid each: some may have been added; the rows stay in doubt and are looked "
+            "for in VCC Live before any is sent again"
         )
     return [i for i in ids if i is not None]
 
@@ -526,9 +556,11 @@ class VccOutbox(_Client):
     async def add_records(self, projectid: int, payloads: Sequence[Mapping[str, Any]]) -> list[int]:
         """Add ``payloads`` as records of ``projectid``; their numberids, in payload order.
 
-        ``PermanentError`` when VCC refuses (4xx, or errors in the answer); ``TransientError``
-        for a network failure or 5xx, after which the records may or may not exist: the
-        request is never repeated here (see ``ADD_POLICY``).
+        ``PermanentError`` when VCC refused before storing anything (4xx, or errors with an
+        empty answer); ``AddInDoubt`` when the answer leaves unclear which records were added
+        (errors next to numberids, a wrong count); ``TransientError`` for a network failure
+        or 5xx. After the last two the records may or may not exist: the request is never
+        repeated here (see ``ADD_POLICY``).
         """
         if not payloads:
             return []
