@@ -139,7 +139,9 @@ class OutboxStream(StreamLoop):
         )
         if rows:
             await asyncio.shield(self._deliver(rows))
-            await self._store.record_cycle(self.name, now=self._clock())
+        # Every cycle that ran counts, rows or not: /readyz and `status` call a stream with no
+        # recent success stuck, and an idle outbox is not.
+        await self._store.record_cycle(self.name, now=self._clock())
         return len(rows) >= self._batch
 
     async def _recover(self) -> None:

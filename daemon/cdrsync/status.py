@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from cdrsync.config import AccountSettings, Settings
 
 
+def is_active(settings: Settings, account: str) -> bool:
+    """Whether ``account`` is in the configuration and enabled: the streams of one removed or
+    disabled are shown, but no longer judged (they would read as lagging for ever)."""
+    try:
+        return settings.account(account).enabled
+    except ConfigError:
+        return False
+
+
 def lag_threshold(settings: Settings, account: str) -> dt.timedelta | None:
     """How far behind a stream may be before ``status`` calls it lagging."""
     try:
@@ -114,7 +123,15 @@ def assess(
         "rows_inserted": state.rows_inserted,
         "rows_updated": state.rows_updated,
         "cycles": state.cycles,
-        "health": "failing" if failing else "lagging" if lagging else "ok",
+        "health": (
+            "inactive"
+            if not is_active(settings, state.account)
+            else "failing"
+            if failing
+            else "lagging"
+            if lagging
+            else "ok"
+        ),
     }
 
 
@@ -133,7 +150,9 @@ def render_status(
     lookup and outbox queues (the QUEUE column: rows waiting, and of them in doubt)."""
     today = today or {}
     rows = [assess(s, settings, now, today.get((s.vendor, s.account), 0), depths) for s in states]
-    unhealthy = any(r["health"] != "ok" for r in rows if r["kind"] in ("list", *_QUEUE_OF))
+    unhealthy = any(
+        r["health"] in ("failing", "lagging") for r in rows if r["kind"] in ("list", *_QUEUE_OF)
+    )
     if as_json:
         return orjson.dumps({"streams": rows}, option=orjson.OPT_INDENT_2).decode(), unhealthy
     if not rows:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cdrsync.errors import StoreError
 from cdrsync.streams import bounded_stream, build_account
 
 if TYPE_CHECKING:
@@ -135,9 +136,20 @@ class Supervisor:
 
     async def _backfill(self, stream: Any) -> None:
         await stream.run()
-        if stream.finished:
-            await self._rt.store.queues.backfill_finished(stream.name, now=self._clock())
+        if not stream.finished:
+            return
+        # A database hiccup here must not end the daemon: the range is read (the stream's
+        # watermark says so); marking it finished is retried until it lands or we stop.
+        while True:
+            try:
+                await self._rt.store.queues.backfill_finished(stream.name, now=self._clock())
+            except StoreError as exc:
+                log.warning("backfill.not_marked_finished", stream=stream.name, error=str(exc),
+                            action="retrying; the range itself is complete")  # fmt: skip
+                await asyncio.sleep(5.0)
+                continue
             log.info("backfill.finished", stream=stream.name)
+            return
 
     def _died(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -146,41 +158,51 @@ class Supervisor:
         log.error("stream.crashed", stream=task.get_name(), error=repr(self.error))
         self.failure.set()
 
-    async def stop(self, name: str) -> None:
+    async def stop(self, name: str, *, forget: bool = True) -> None:
         """Stop account ``name``'s streams: the batch in hand commits, the rest is cancelled
-        after the grace period."""
+        after the grace period; then their stream locks are given back, so another process
+        (or ``cdrsync backfill``) may take the account over.
+
+        ``forget=False`` (a restart, the daemon's shutdown) leaves the account where the push
+        receiver finds it: pushes arriving meanwhile are still stored (a vendor does not send a
+        push again after a 404), only the streams they would wake are gone."""
         running = self._running.pop(name, None)
-        self.accounts.pop(name, None)
+        if forget:
+            self.accounts.pop(name, None)
         if running is None:
             return
         running.stop.set()
-        if not running.tasks:
-            return
-        _, pending = await asyncio.wait(running.tasks, timeout=self._grace)
-        for task in pending:
-            log.warning("stream.cancelled_after_grace", stream=task.get_name())
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*running.tasks, return_exceptions=True)
+        if running.tasks:
+            _, pending = await asyncio.wait(running.tasks, timeout=self._grace)
+            for task in pending:
+                log.warning("stream.cancelled_after_grace", stream=task.get_name())
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*running.tasks, return_exceptions=True)
+        for task in running.tasks:
+            try:
+                await self._rt.locks.release(task.get_name())
+            except StoreError:
+                break  # the lock session is dropped: every lock it held is gone with it
 
     async def stop_all(self) -> None:
-        """Stop every account at once (shutdown)."""
-        await asyncio.gather(*(self.stop(name) for name in list(self._running)))
+        """Stop every account at once (shutdown); pushes are taken until the server closes."""
+        await asyncio.gather(*(self.stop(name, forget=False) for name in list(self._running)))
 
     async def apply(self, settings: Settings) -> Changes:
         """Make the running accounts those of ``settings``."""
         changes = plan_changes(self.accounts, enabled(settings))
         wanted = enabled(settings)
-        for name in (*changes.removed, *changes.restarted):
+        for name in changes.removed:
             await self.stop(name)
+        for name in changes.restarted:
+            await self.stop(name, forget=False)
         for name in (*changes.restarted, *changes.added):
             await self.start(wanted[name])
         return changes
 
     async def watch_backfills(self, stop: asyncio.Event, every: float = 2.0) -> None:
         """Adopt handed-over backfills until ``stop`` (a database outage only delays them)."""
-        from cdrsync.errors import StoreError
-
         while not stop.is_set():
             with contextlib.suppress(StoreError):
                 await self.adopt_backfills()

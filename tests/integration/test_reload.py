@@ -62,4 +62,12 @@ async def test_sighup_adds_removes_and_restarts_accounts_and_refuses_a_bad_file(
         assert changed is not None, kids.tails()
         assert changed["removed"] == ["acc-a"]
         assert changed["streams"] == ["acc-b/list"]
+        # The removed account's lock is given back: another process may take it over (the
+        # running one's stays held).
+        other = store.lock_session()
+        try:
+            assert await other.try_acquire("acc-a/list")
+            assert not await other.try_acquire("acc-b/list")
+        finally:
+            await other.close()
         assert await child.terminate(15) == 0, kids.tails()

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
+from cdrsync import app
 from cdrsync.config import Settings, parse
 from cdrsync.lookup import LookupStream
 from cdrsync.model import LookupRequest
@@ -340,3 +341,70 @@ async def test_a_refused_outbox_row_keeps_its_error_and_the_others_are_delivered
         assert failed == "failed true"
     finally:
         await server.close()
+
+
+async def _push_for(http: aiohttp.ClientSession, port: int, seconds: float, tag: str) -> list[Any]:
+    """Post disposition webhooks (new uuids) for ``seconds``; their HTTP statuses (or the
+    connection error once the server has closed)."""
+    statuses: list[Any] = []
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        body = {
+            "uuid": f"{tag}-{len(statuses)}", "direction": "in", "source": "3612345678",
+            "call_start_time": "2026-11-23 10:00:00", "projectid": 3, "numberid": 9,
+        }  # fmt: skip
+        try:
+            async with http.post(f"http://127.0.0.1:{port}/hooks/{ACCOUNT}?token={SECRET}",
+                                 json=body) as resp:  # fmt: skip
+                statuses.append(resp.status)
+        except aiohttp.ClientConnectionError:
+            statuses.append("closed")
+            break
+        await asyncio.sleep(0.05)
+    return statuses
+
+
+async def test_pushes_are_stored_while_the_account_restarts_and_while_the_daemon_drains(
+    dsn: str, store: Store, served: list[RunningServer]
+) -> None:
+    """A reload that restarts the account, and a shutdown, wait for the batch in hand (here
+    a slow Add record); pushes arriving meanwhile are stored, not refused with 404 (a vendor
+    does not send a refused push again)."""
+    sim = VccSimulator(VccSimConfig(seed=8, backlog=5, live_per_minute=0, add_delay_s=2.5))
+    server = await start_vcclive_server(sim)
+    served.append(server)
+    port = free_port()
+    await store.migrate()
+    project = sim.config.projects[0]
+
+    async def sending() -> bool:
+        query = "SELECT count(*) FROM vcclive_outbox WHERE state = 'sending'"
+        return bool(await sql_value(dsn, query))
+
+    changed = vcc_settings(server.base_url, dsn, port, poll_interval="400ms")
+    stop, reload = asyncio.Event(), asyncio.Event()
+    daemon = asyncio.create_task(app.run(
+        vcc_settings(server.base_url, dsn, port), stop=stop, reload=reload,
+        reloader=lambda: changed,
+    ))  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _ready(http, port)
+            await store.queues.outbox_add(ACCOUNT, project, [{"form": {"name": "slow one"}}])
+            assert await eventually(sending, timeout=10)
+            reload.set()
+            during_restart = await _push_for(http, port, 1.0, "restart")
+            await store.queues.outbox_add(ACCOUNT, project, [{"form": {"name": "slow two"}}])
+            assert await eventually(sending, timeout=10)
+            stop.set()
+            during_drain = await _push_for(http, port, 1.0, "drain")
+        await asyncio.wait_for(daemon, timeout=15)
+    finally:
+        stop.set()
+        if not daemon.done():
+            daemon.cancel()
+    assert during_restart and set(during_restart) == {200}, during_restart
+    assert during_drain and set(during_drain) <= {200, "closed"}, during_drain
+    assert during_drain[0] == 200
+    stored = await sql_value(dsn, "SELECT count(*) FROM calls WHERE source = 'push'")
+    assert stored == during_restart.count(200) + during_drain.count(200)

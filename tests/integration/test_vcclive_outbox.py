@@ -376,3 +376,15 @@ async def test_the_outbox_probes_its_lock_session_like_the_other_streams(
     assert await outbox._turn(0) == (0.3, 0)
     assert await states(store) == ["pending"]
     assert small.copies() == {}
+
+
+async def test_an_idle_outbox_counts_as_healthy(store: Store, small: Vcc, dsn: str) -> None:
+    """With nothing to send, each cycle still records its success: /readyz and `status` do not
+    take an empty outbox for a stuck stream."""
+    clock = Clock()
+    outbox = stream(store, small, clock)
+    await outbox.cycle()
+    clock.tick(minutes=30)
+    await outbox.cycle()
+    state = await store.load_state(NAME)
+    assert state is not None and state.last_success_at == clock.now

@@ -133,3 +133,19 @@ def test_stuck_streams_for_readyz():
     ]  # fmt: skip
     just_started = NOW - dt.timedelta(minutes=2)
     assert stuck_streams(states, accounts, now=NOW, since=just_started) == []
+
+
+def test_streams_of_removed_or_disabled_accounts_are_shown_but_not_judged():
+    """An account taken out of the file (or disabled) keeps its old state rows: they are shown
+    as 'inactive' and never make `status` exit 1 (a monitoring check would fail for ever)."""
+    old = state(stream="gone/list", account="gone", watermark=NOW - dt.timedelta(days=3),
+                last_error="boom", last_error_at=NOW)  # fmt: skip
+    disabled = parse(
+        {"accounts": [{"name": "acme-in", "vendor": "acefone", "base_url": "https://api.acefone.in",
+                       "token": "t0ken-value", "start": "2026-11-01", "enabled": False}]},
+        source="<test>", environ={},
+    )  # fmt: skip
+    text, unhealthy = render_status([old, state()], SETTINGS, now=NOW)
+    assert "inactive" in text and not unhealthy
+    text, unhealthy = render_status([state(last_error="x", last_error_at=NOW)], disabled, now=NOW)
+    assert "inactive" in text and not unhealthy
