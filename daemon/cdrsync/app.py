@@ -72,9 +72,14 @@ async def database_dsn(
     return dsn
 
 
-async def connect_store(settings: Settings, dsn: str, stop: asyncio.Event) -> Store | None:
-    """Connect and migrate, retrying while PostgreSQL is unreachable; None if stopped first."""
+async def connect_store(
+    settings: Settings, dsn: str, stop: asyncio.Event, *, patience: float | None = None
+) -> Store | None:
+    """Connect and migrate, retrying while PostgreSQL is unreachable; None if stopped first,
+    or once ``patience`` seconds have gone by (one-shot commands: a monitoring check must fail,
+    exit 75, not hang while the database is down)."""
     failures = 0
+    give_up = None if patience is None else time.monotonic() + patience
     while not stop.is_set():
         try:
             store = await Store.connect(
@@ -83,6 +88,15 @@ async def connect_store(settings: Settings, dsn: str, stop: asyncio.Event) -> St
         except StoreError as exc:
             failures += 1
             wait = retry_delay(failures, cap=30.0)
+            if give_up is not None:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "db.gave_up", error=str(exc), waited_s=patience,
+                        action="check that PostgreSQL is up and database.dsn, then try again",
+                    )  # fmt: skip
+                    return None
+                wait = min(wait, left)
             log.warning("db.unavailable", error=str(exc), retry_in_s=wait)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
@@ -100,12 +114,17 @@ async def connect_store(settings: Settings, dsn: str, stop: asyncio.Event) -> St
 
 @contextlib.asynccontextmanager
 async def runtime(
-    settings: Settings, stop: asyncio.Event, *, own_database: bool = True
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    own_database: bool = True,
+    patience: float | None = None,
 ) -> AsyncIterator[Runtime | None]:
-    """Open the database, the HTTP client and the lock session; None if stopped while waiting."""
+    """Open the database, the HTTP client and the lock session; None if stopped while waiting
+    (or after ``patience`` seconds without a database)."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await database_dsn(settings, stack, own_database=own_database)
-        store = await connect_store(settings, dsn, stop)
+        store = await connect_store(settings, dsn, stop, patience=patience)
         if store is None:
             yield None
             return

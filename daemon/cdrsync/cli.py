@@ -22,6 +22,8 @@ from cdrsync import __version__
 from cdrsync.errors import CdrsyncError, ConfigError, TransientError
 
 EX_OK, EX_FAIL, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
+ONE_SHOT_PATIENCE = 15.0
+"""Seconds `status` and `migrate` wait for an unreachable database before exiting 75."""
 SIMULATED_VENDORS = ("acefone", "ozonetel", "vcclive")
 
 log = structlog.get_logger("cdrsync")
@@ -184,7 +186,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _configure(settings)
 
     async def main(stop: asyncio.Event) -> int:
-        async with app.runtime(settings, stop, own_database=False) as rt:
+        async with app.runtime(
+            settings, stop, own_database=False, patience=ONE_SHOT_PATIENCE
+        ) as rt:
             return EX_OK if rt is not None else EX_TEMPFAIL
 
     return _run_async(main)
@@ -208,7 +212,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     _configure(settings, level="warning", stream=sys.stderr)
 
     async def main(stop: asyncio.Event) -> int:
-        async with app.runtime(settings, stop, own_database=False) as rt:
+        async with app.runtime(
+            settings, stop, own_database=False, patience=ONE_SHOT_PATIENCE
+        ) as rt:
             if rt is None:
                 return EX_TEMPFAIL
             now = dt.datetime.now(dt.UTC)

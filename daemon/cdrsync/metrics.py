@@ -100,7 +100,10 @@ class Metrics:
         self.pushes.labels(account, status).inc()
 
     def set_queues(self, depths: dict[tuple[str, str, str], dict[str, int]]) -> None:
-        """The queue depths just read from the database (at scrape time)."""
+        """The queue depths just read from the database (at scrape time). A state no row is
+        in any more is not in ``depths``: the old series are cleared first, or its last
+        count would stay (an alert on rows in doubt would never clear)."""
+        self.queue.clear()
         for (vendor, account, queue), states in depths.items():
             for state, rows in states.items():
                 self.queue.labels(vendor, account, queue, state).set(rows)

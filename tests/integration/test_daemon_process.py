@@ -629,3 +629,17 @@ async def test_systemd_notify_ready_status_watchdog_stopping(
     assert any(line.startswith("STATUS=1 streams, 0 failing") for line in lines), lines
     assert lines.count("WATCHDOG=1") >= 5, lines  # every 0.2 s
     assert lines[-1] == "STOPPING=1", lines
+
+
+async def test_status_exits_75_when_the_database_is_down(tmp_path: Path) -> None:
+    """A monitoring check on `cdrsync status` fails (exit 75, "try again later") within its
+    patience while PostgreSQL is unreachable, instead of hanging (`migrate` waits the same)."""
+    config = write_config(
+        tmp_path / "c.toml",
+        "postgresql://cdrsync@127.0.0.1:1/nowhere",
+        [account_table("http://127.0.0.1:1")],
+    )
+    async with children(tmp_path) as kids:
+        code, out, err = await kids.command("status", "--config", str(config), within=60)
+    assert code == 75, out + err
+    assert "db.gave_up" in err and "database.dsn" in err
