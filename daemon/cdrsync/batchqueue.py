@@ -1,4 +1,5 @@
-"""A queue between a stream's reader and its writer, bounded by the rows it holds.
+"""A queue between a stream's reader and its writer, bounded by the rows it holds, and the
+pipeline that runs the two together.
 
 Bounding by rows, not by batches, keeps memory flat however dense the vendor's windows are: a
 window of 4 000 calls takes the room of forty windows of 100.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sized
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Sized
+from typing import Any, Generic, TypeVar
+
+from cdrsync.errors import CdrsyncError
 
 T = TypeVar("T", bound=Sized)
 
@@ -63,3 +66,45 @@ class RowQueue(Generic[T]):
         item = self._items.popleft()
         self._rows -= len(item) if item is not None else 0
         return item
+
+
+async def run_pipeline(
+    read: Coroutine[Any, Any, None],
+    write: Coroutine[Any, Any, CdrsyncError | None],
+    *,
+    stop: asyncio.Event,
+    name: str,
+    on_stop: Callable[[], None],
+) -> CdrsyncError | None:
+    """Run a stream's reader (which ends the queue, even when cancelled) and its writer (which
+    returns its first error and stops) together; the writer's error, else the reader's.
+
+    On ``stop`` the reader is cancelled (no new request) and the writer commits what was read.
+    Once the writer has failed the reader is cancelled at once: nothing it would still fetch
+    could be stored this cycle, and vendors ration requests (Ozonetel: 2 bulk requests a
+    minute); a reader left running would also block for good on the full queue. Any other
+    exception, from either side, is a bug and is raised."""
+    reader = asyncio.create_task(read, name=f"{name}:read")
+    writer = asyncio.create_task(write, name=f"{name}:write")
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({reader, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():
+            if not writer.done():
+                on_stop()
+            reader.cancel()
+        # Waited for, not awaited: the reader cancelled just above is no error.
+        await asyncio.wait({reader})
+        read_error: CdrsyncError | None = None
+        if not reader.cancelled():
+            try:
+                reader.result()
+            except CdrsyncError as exc:
+                read_error = exc
+        write_error = await writer
+        return write_error or read_error
+    finally:
+        stopper.cancel()
+        for task in (reader, writer):
+            if not task.done():
+                task.cancel()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from cdrsync.batchqueue import RowQueue
+from cdrsync.batchqueue import RowQueue, run_pipeline
 from cdrsync.dayplan import (
     DayTask,
     cap_days,
@@ -200,34 +200,18 @@ class DayStream(StreamLoop):
     async def _pipeline(self, tasks: Sequence[DayTask], tally: _Tally) -> CdrsyncError | None:
         """Read and write concurrently; on stop, no new request, but what was read commits."""
         queue: RowQueue[_Batch] = RowQueue(2 * self._write_rows)
-        reader = asyncio.create_task(self._read_all(tasks, queue, tally), name=f"{self.name}:read")
-        writer = asyncio.create_task(self._write_all(queue, tally), name=f"{self.name}:write")
-        stopper = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                self._log.info("day.stopping", closed=tally.closed)
-                reader.cancel()
-            read_error: CdrsyncError | None = None
-            try:
-                await reader
-            except asyncio.CancelledError:
-                if not self._stop.is_set():
-                    raise
-            except CdrsyncError as exc:
-                read_error = exc
-            write_error = await writer
-            return write_error or read_error
-        finally:
-            stopper.cancel()
-            for task in (reader, writer):
-                if not task.done():
-                    task.cancel()
+        return await run_pipeline(
+            self._read_all(tasks, queue, tally),
+            self._write_all(queue, tally),
+            stop=self._stop,
+            name=self.name,
+            on_stop=lambda: self._log.info("day.stopping", closed=tally.closed),
+        )
 
     async def _write_all(self, queue: RowQueue[_Batch], tally: _Tally) -> CdrsyncError | None:
         """Commit batches strictly in order, coalescing those already waiting (up to
-        ``write_rows`` rows): each batch's cursor covers exactly the rows committed up to it."""
-        failure: CdrsyncError | None = None
+        ``write_rows`` rows): each batch's cursor covers exactly the rows committed up to it.
+        The first failure ends it (``run_pipeline`` then stops the reader)."""
         ended = False
         while not ended and (batch := await queue.get()) is not None:
             batches = [batch]
@@ -239,20 +223,17 @@ class DayStream(StreamLoop):
                     break
                 batches.append(more)
                 rows += len(more)
-            if failure is not None:
-                continue  # keep draining so the reader never blocks; nothing more commits
             try:
                 # The batch in hand commits even if we are being cancelled at shutdown.
                 result = await asyncio.shield(self._write(batches))
             except CdrsyncError as exc:
-                failure = exc
-                continue
+                return exc
             tally.written += result
             for done in batches:
                 if done.closes is not None:
                     tally.closed += 1
                     self._log.info("day.closed", day=done.closes.isoformat())
-        return failure
+        return None
 
     async def _write(self, batches: Sequence[_Batch]) -> WriteResult:
         advances = [b.advance_to for b in batches if b.advance_to is not None]
@@ -325,7 +306,7 @@ class DayStream(StreamLoop):
         start, anchor = resume_plan(entry, self._verify_rows) if seen is not None else (0, ())
         prior = (seen or 0) if anchor else 0
         keys: set[str] = set()
-        keyless = 0
+        keyless = repeated = 0
         # The uuids of the last rows before ``start``; None where a row had none (unnamed).
         tail: deque[str | None] = deque(maxlen=self._verify_rows)
         while True:
@@ -349,14 +330,21 @@ class DayStream(StreamLoop):
                     continue
                 fresh = page.keys[len(anchor) :]  # the anchor rows were counted before
                 anchor = ()
-            keys.update(fresh)
+            # As in ``plan.rows_received``: a uuid on two pages counts once (rows moved between
+            # the requests), a uuid twice in one answer counts twice. One answer cannot have
+            # been shifted, so that is VCC Live listing a row twice, and counting it once would
+            # keep the day below its totalCount, never closing. (A fresh row repeating an
+            # anchor row counts too: the anchor was counted before and is not in ``keys``.)
+            distinct = set(fresh)
+            repeated += len(fresh) - len(distinct)
+            keys |= distinct
             keyless += page.size - len(page.keys)
             clean = page.size == len(page.keys)
             tail.extend(page.keys if clean else [None] * page.size)
             # Step by the rows received, not by ``num``: VCC Live seems to cap a page near 500
             # rows whatever is asked (undocumented), and says nothing else about its paging.
             start += page.size
-            received = prior + len(keys) + keyless
+            received = prior + len(keys) + keyless + repeated
             named = None if None in tail else [k for k in tail if k is not None]
             self._cursor[task.key] = cursor_entry(
                 start, named, page.total, seen=received if closing else None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from cdrsync.batchqueue import RowQueue
+from cdrsync.batchqueue import RowQueue, run_pipeline
 from cdrsync.errors import CdrsyncError
 from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
 from cdrsync.plan import (
@@ -260,32 +260,18 @@ class WindowStream(StreamLoop):
         self, windows: Sequence[Window], tally: _Cycle, audit: AuditSpan | None
     ) -> CdrsyncError | None:
         queue: RowQueue[_Batch] = RowQueue(2 * self._write_rows)
-        reader = asyncio.create_task(
-            self._read_all(windows, queue, tally, audit), name=f"{self.name}:read"
+
+        def stopping() -> None:
+            # SIGTERM: no new requests; what was already read is still committed.
+            self._log.info("sync.stopping", windows_done=tally.windows_done)
+
+        return await run_pipeline(
+            self._read_all(windows, queue, tally, audit),
+            self._write_all(queue, tally),
+            stop=self._stop,
+            name=self.name,
+            on_stop=stopping,
         )
-        writer = asyncio.create_task(self._write_all(queue, tally), name=f"{self.name}:write")
-        stopper = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                # SIGTERM: no new requests; what was already read is still committed below.
-                self._log.info("sync.stopping", windows_done=tally.windows_done)
-                reader.cancel()
-            read_error: CdrsyncError | None = None
-            try:
-                await reader
-            except asyncio.CancelledError:
-                if not self._stop.is_set():
-                    raise
-            except CdrsyncError as exc:
-                read_error = exc
-            write_error = await writer
-            return write_error or read_error
-        finally:
-            stopper.cancel()
-            for task in (reader, writer):
-                if not task.done():
-                    task.cancel()
 
     async def _read_all(
         self,
@@ -330,8 +316,8 @@ class WindowStream(StreamLoop):
     async def _write_all(self, queue: RowQueue[_Batch], tally: _Cycle) -> CdrsyncError | None:
         """Commit batches in order. Windows already waiting in the queue are committed together
         while the transaction stays within ``write_rows`` rows: a small window then costs no
-        transaction of its own."""
-        failure: CdrsyncError | None = None
+        transaction of its own. The first failure ends it (``run_pipeline`` then stops the
+        reader): nothing after a batch that did not commit may commit."""
         ended = False
         while not ended and (batch := await queue.get()) is not None:
             batches = [batch]
@@ -343,14 +329,11 @@ class WindowStream(StreamLoop):
                     break
                 batches.append(more)
                 rows += len(more.records)
-            if failure is not None:
-                continue  # keep draining so the reader never blocks; nothing more is committed
             try:
                 # The batch in hand commits even if we are being cancelled at shutdown.
                 result = await asyncio.shield(self._write(batches))
             except CdrsyncError as exc:
-                failure = exc
-                continue
+                return exc
             tally.written += result
             self._rows_total += result.written
             for done in batches:
@@ -358,7 +341,7 @@ class WindowStream(StreamLoop):
                     tally.windows_done += 1
                     self._windows_done_total += 1
                     self._report(done.advance_to)
-        return failure
+        return None
 
     async def _write(self, batches: Sequence[_Batch]) -> WriteResult:
         advances = [b.advance_to for b in batches if b.advance_to is not None]

@@ -21,7 +21,7 @@ import structlog
 
 from cdrsync.config import AccountSettings, parse
 from cdrsync.daystream import DayStream
-from cdrsync.errors import AuthError, TransientError
+from cdrsync.errors import AuthError, StoreError, TransientError
 from cdrsync.model import CallRecord, Page, Reject
 from cdrsync.store import Store
 
@@ -485,6 +485,99 @@ async def test_a_row_without_uuid_is_rejected_and_the_day_still_closes(store, ds
     assert found.pop("<rejects>") == "1"
     assert set(found) == source.uuids()
     assert (await store.load_state(STREAM)).watermark == midnight(nov(22))
+
+
+@pytest.mark.parametrize("twice", [1, 4], ids=["on-the-first-page", "on-a-later-page"])
+async def test_a_uuid_listed_twice_in_one_page_still_closes_the_day(store, dsn, twice):
+    """VCC Live listing one uuid twice in one answer (totalCount counts both): the day closes,
+    with the call stored once, instead of falling one short of its count on every read."""
+    source = FakeDays()
+    source.add(nov(21), 7)
+    rows = source.rows[nov(21)]
+    rows.insert(twice + 1, dict(rows[twice]))
+    with structlog.testing.capture_logs() as logs:
+        await day_stream(store, source, start=nov(21)).cycle()
+
+    assert events(logs, "day.drift") == []
+    assert source.asked(nov(21)) == [0, 3, 6]
+    assert (await store.load_state(STREAM)).watermark == midnight(nov(22))
+    assert await keys(dsn) == source.uuids()
+    assert await store.call_count() == 7
+
+
+async def test_a_uuid_twice_across_the_resume_point_of_a_closing_read_counts(store, dsn):
+    """A closing read resumed from its cursor (a crash) whose first page repeats an anchor row
+    (VCC Live listing it twice in one answer) still closes the day."""
+    source = FakeDays()
+    source.add(nov(20), 7)
+    rows = source.rows[nov(20)]
+    rows.insert(3, dict(rows[2]))  # pages [000 001 002] [002 003 004] ...: one answer repeats
+    reached = asyncio.Event()
+
+    async def hang(day: dt.date, offset: int) -> None:
+        if (day, offset) == (nov(20), 3):
+            reached.set()
+            await asyncio.Event().wait()
+
+    source.hook = hang
+    first = asyncio.create_task(day_stream(store, source, start=nov(20)).cycle())
+    await asyncio.wait_for(reached.wait(), 5)
+
+    async def committed() -> bool:
+        state = await store.load_state(STREAM)
+        return bool(state and state.cursor and state.cursor["2026-11-20"]["offset"] == 3)
+
+    await eventually(committed)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    source.hook = None
+    source.requests.clear()
+
+    await day_stream(store, source, start=nov(20), verify_rows=1).cycle()
+
+    assert source.asked(nov(20)) == [2, 5]  # resumed one row early, to check the anchor
+    assert (await store.load_state(STREAM)).watermark == midnight(nov(22))
+    assert await keys(dsn) == source.uuids()
+
+
+async def test_a_failed_write_stops_reading_and_fails_the_cycle(store, monkeypatch):
+    """When the first batch cannot be stored, no more days are requested (each would be
+    fetched for nothing) and the cycle fails; the watermark does not move."""
+    source = FakeDays()
+    for day in range(1, 24):
+        source.add(nov(day), 4)
+
+    async def request_takes_time(day: dt.date, offset: int) -> None:
+        await asyncio.sleep(0)
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        raise StoreError("disk full")
+
+    source.hook = request_takes_time
+    monkeypatch.setattr(store, "write_batch", refuse)
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(day_stream(store, source, start=nov(1)).cycle(), 5)
+
+    # Of 46 planned requests: the first page, and what was read ahead while the write failed.
+    assert len(source.requests) <= 10, source.requests
+    assert (await store.load_state(STREAM)).watermark is None
+
+
+async def test_a_bug_in_the_writer_ends_the_cycle_instead_of_hanging_it(store, monkeypatch):
+    """An exception that is no CdrsyncError in the writer crashes the cycle promptly; the reader
+    does not wait for ever on a full queue that no one empties."""
+    source = FakeDays()
+    for day in range(1, 24):
+        source.add(nov(day), 4)
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "write_batch", broken)
+    stream = day_stream(store, source, start=nov(1), write_rows=2)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(stream.cycle(), 5)
 
 
 async def test_one_owner_runs_the_stream_and_a_wake_starts_a_cycle_at_once(store, dsn):

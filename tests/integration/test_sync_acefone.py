@@ -13,8 +13,10 @@ import pytest
 import structlog
 
 from cdrsync import app
+from cdrsync.errors import StoreError
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
+from cdrsync.sync import WindowStream
 from support import (
     ACCOUNT,
     acefone_settings,
@@ -264,3 +266,50 @@ async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, 
         assert any(e["event"] == "sync.window_recount" for e in logs)
     else:
         assert diff["missing"]
+
+
+@contextlib.asynccontextmanager
+async def owned_stream(c: Clocked, settings, **options) -> AsyncIterator[WindowStream]:
+    """The account's window stream at the fake time, owned by this process, for the block."""
+    stop = asyncio.Event()
+    async with app.runtime(settings, stop) as rt:
+        assert rt is not None
+        stream = app.build_stream(rt, settings.accounts[0], stop, clock=c.clock.utc, **options)
+        assert await rt.locks.try_acquire(stream.name)
+        yield stream
+
+
+async def test_a_failed_write_stops_the_reader_and_the_cycle_fails(dsn, monkeypatch):
+    """When the first batch cannot be stored, the cycle stops reading at once (the vendor's
+    request budget is not spent on rows that cannot be stored) and fails; the watermark stays."""
+    async with clocked(dsn, seed=7, backlog=600, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1h")
+        async with owned_stream(c, settings) as stream:
+
+            async def refuse(*args, **kwargs):
+                raise StoreError("disk full")
+
+            monkeypatch.setattr(stream._store, "write_batch", refuse)
+            with structlog.testing.capture_logs() as logs, pytest.raises(StoreError):
+                await asyncio.wait_for(stream.cycle(), 10)
+            state = await stream._store.load_state(stream.name)
+    [summary] = [e for e in logs if e["event"] == "sync.cycle_partial"]
+    assert summary["windows"] >= 24, "the test needs a cycle that plans many windows"
+    # The window whose write failed, and what was read ahead while it failed (3 here).
+    assert c.sim.stats.list_requests <= 6, (c.sim.stats.list_requests, summary["windows"])
+    assert state.watermark is None
+
+
+async def test_a_bug_in_the_writer_ends_the_cycle_instead_of_hanging_it(dsn):
+    """An exception that is no CdrsyncError in the writer (a progress hook raising) crashes the
+    cycle promptly; the reader does not wait for ever on a queue no one empties."""
+
+    def broken(progress):
+        raise RuntimeError("hook bug")
+
+    async with clocked(dsn, seed=7, backlog=600, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1h")
+        async with owned_stream(c, settings, on_progress=broken) as stream:
+            stream._write_rows = 10  # a queue far smaller than the backlog
+            with pytest.raises(RuntimeError, match="hook bug"):
+                await asyncio.wait_for(stream.cycle(), 10)
