@@ -426,21 +426,22 @@ async def follow_backfill(
         if rt is None or run.start is None or run.until is None:
             return False
         while not stop.is_set():
+            # The daemon marks the request finished: a day stream's watermark (VCC Live) stops
+            # at a local midnight and never reaches an "up to now" end.
+            if await rt.store.queues.backfill_done(run.stream, until=run.until):
+                return True
             state = await rt.store.load_state(run.stream)
-            if state is not None and state.watermark is not None:
-                if on_progress is not None:
-                    on_progress(
-                        Progress(
-                            run.stream,
-                            state.cycles,
-                            state.rows_inserted + state.rows_updated,
-                            state.watermark,
-                            run.start,
-                            run.until,
-                        )
+            if state is not None and state.watermark is not None and on_progress is not None:
+                on_progress(
+                    Progress(
+                        run.stream,
+                        state.cycles,
+                        state.rows_inserted + state.rows_updated,
+                        state.watermark,
+                        run.start,
+                        run.until,
                     )
-                if state.watermark >= run.until:
-                    return True
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every)
     return False

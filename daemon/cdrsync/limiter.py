@@ -8,7 +8,8 @@ grant times instead and admits a request only when the window ending at that ins
 than ``limit`` of them, which is exact for every window, not on average.
 
 The decision (:meth:`SlidingWindowLimiter.delay`) is pure and takes ``now``; only
-:meth:`SlidingWindowLimiter.acquire` waits, with asyncio.
+:meth:`SlidingWindowLimiter.acquire` waits, with asyncio. A limiter counts this process's grants;
+a ``gate`` (see :attr:`SlidingWindowLimiter.gate`) can add a check shared with other processes.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class SlidingWindowLimiter:
         "_period",
         "_sleep",
         "_slow_until",
-        "on_grant",
+        "gate",
     )
 
     def __init__(
@@ -79,8 +80,11 @@ class SlidingWindowLimiter:
         # barge past queued waiters, which is the FIFO fairness that acquire() promises.
         self._lock = asyncio.Lock()
         self._high = 0  # normal-priority callers inside acquire(): a low one yields to them
-        self.on_grant: Callable[[], Awaitable[None]] | None = None
-        """Awaited after each grant, before the request goes out (persisting it)."""
+        self.gate: Callable[[], Awaitable[float]] | None = None
+        """A check shared with other processes, awaited once this limiter allows a grant (with
+        its lock held, so this process's callers pass it one at a time, in order): 0 means the
+        grant is taken there too and the request may go; more means wait that many seconds,
+        then ask both again. The grant is recorded here only after the gate said 0."""
 
     def __repr__(self) -> str:
         return f"<SlidingWindowLimiter {self._name!r} {self._limit}/{self._period:g}s>"
@@ -159,8 +163,18 @@ class SlidingWindowLimiter:
         """Record a grant at ``now`` without waiting (for callers that checked :meth:`delay`)."""
         self._grants.append(now)
 
+    async def _take(self) -> float:
+        """With the lock held and :meth:`delay` at 0: pass the gate, then record the grant.
+        Returns 0 once granted, else the seconds the gate asks to wait."""
+        if self.gate is not None and (wait := await self.gate()) > 0:
+            return wait
+        # Timestamped after the gate, right before the request goes out: a slow gate (a slow
+        # database) must not make the recorded grant older than the request it lets through.
+        self.record(self._clock())
+        return 0.0
+
     async def acquire(self) -> None:
-        """Wait until a grant is allowed, then record it.
+        """Wait until a grant is allowed (here and by the gate), then record it.
 
         Waiters are served first come, first served. A waiter cancelled while it waits takes no
         slot and does not hold up the ones behind it.
@@ -169,27 +183,26 @@ class SlidingWindowLimiter:
         try:
             async with self._lock:
                 # Re-check after every sleep: a pause() may have arrived while we slept.
-                while (wait := self.delay(self._clock())) > 0:
+                while True:
+                    wait = self.delay(self._clock())
+                    if wait <= 0 and (wait := await self._take()) <= 0:
+                        return
                     await self._sleep(wait)
-                self.record(self._clock())
         finally:
             self._high -= 1
-        if self.on_grant is not None:
-            await self.on_grant()
 
     async def acquire_low(self, poll: float = 0.05) -> None:
         """Wait until a grant is allowed and no normal-priority caller is waiting, then record
         it: backlog work spends only what live work leaves (Ozonetel's 2 bulk requests a
         minute go to the newest window first)."""
         while True:
-            now = self._clock()
-            wait = self.delay(now)
-            # Checked and recorded with no await in between: atomic on the event loop.
-            if wait <= 0 and self._high == 0:
-                self.record(now)
-                if self.on_grant is not None:
-                    await self.on_grant()
-                return
+            wait = self.delay(self._clock())
+            # An unlocked asyncio.Lock is taken without yielding, so no normal caller can slip
+            # in between this check and the grant; the lock then keeps them out of the gate.
+            if wait <= 0 and self._high == 0 and not self._lock.locked():
+                async with self._lock:
+                    if (wait := await self._take()) <= 0:
+                        return
             await self._sleep(max(wait, poll))
 
     def pause(self, seconds: float, *, now: float | None = None) -> None:

@@ -259,25 +259,36 @@ class Queues:
             rows = await self._pool.fetch(QUERIES["open_backfills"], list(accounts))
         return [(r["stream"], r["account"], r["start_at"], r["until_at"]) for r in rows]
 
-    async def backfill_finished(self, stream: str, *, now: dt.datetime) -> None:
-        """A handed-over backfill reached the end of its range."""
+    async def backfill_finished(self, stream: str, *, now: dt.datetime, until: dt.datetime) -> None:
+        """A handed-over backfill reached ``until``, the end of the range it was given (a
+        request extended since stays open, to be run again)."""
         with translate(f"finish backfill {stream}", self._dsn):
-            await self._pool.execute(QUERIES["backfill_finished"], stream, now)
+            await self._pool.execute(QUERIES["backfill_finished"], stream, now, until)
+
+    async def backfill_done(self, stream: str, *, until: dt.datetime) -> bool:
+        """Whether the daemon has finished the handed-over backfill up to ``until``."""
+        with translate(f"read backfill {stream}", self._dsn):
+            return bool(await self._pool.fetchval(QUERIES["backfill_done"], stream, until))
 
     # ------------------------------------------------------------------ rate grants
 
-    async def record_grant(self, account: str, group: str, at: dt.datetime) -> None:
-        """Remember one request sent under a scarce limit."""
-        with translate(f"record a {group} request of account {account}", self._dsn):
-            await self._pool.execute(QUERIES["record_grant"], account, group, at)
+    async def take_grant(self, account: str, group: str, *, limit: int, window: float) -> float:
+        """Take one grant of ``account``'s ``group`` for every process sharing the database:
+        0 when fewer than ``limit`` were taken in the last ``window`` seconds (it is recorded
+        now), else the seconds until one leaves that window. One short transaction under an
+        advisory lock, on the database's clock; it also forgets the group's older grants."""
+        with translate(f"take a {group} request grant of account {account}", self._dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(QUERIES["grant_lock"], account, group)
+                wait = await conn.fetchval(QUERIES["take_grant"], account, group, limit, window)
+        return float(wait)
 
-    async def recent_grants(
-        self, account: str, group: str, *, since: dt.datetime
-    ) -> list[dt.datetime]:
-        """Requests sent under a limit since ``since`` (by any process), oldest first."""
+    async def grant_ages(self, account: str, group: str, *, within: float) -> list[float]:
+        """How many seconds ago (database clock) each grant of the last ``within`` seconds was
+        taken, by any process; oldest first."""
         with translate(f"read the recent {group} requests of account {account}", self._dsn):
-            rows = await self._pool.fetch(QUERIES["recent_grants"], account, group, since)
-        return [r["granted_at"] for r in rows]
+            rows = await self._pool.fetch(QUERIES["grant_ages"], account, group, within)
+        return [float(r["age"]) for r in rows]
 
     async def prune_grants(self, *, before: dt.datetime) -> None:
         """Forget grants older than any window."""

@@ -70,34 +70,47 @@ def limiters_for(account: AccountSettings) -> dict[str, SlidingWindowLimiter]:
 
 
 async def shared_limiters(rt: Runtime, account: AccountSettings) -> dict[str, SlidingWindowLimiter]:
-    """The account's limiters, with its scarce budgets (at most a request a second, such as
-    Ozonetel's 2/min) persisted: each grant is recorded before its request goes out, and a new
-    process first counts what was granted within the window, so a restart (a crash, SIGHUP, a
-    backfill process) never spends a window twice."""
+    """The account's limiters, with its scarce budgets (at most a request a second on average,
+    such as Ozonetel's 2 bulk reports a minute) shared through PostgreSQL.
+
+    Stream locks are per stream, but a budget is per account: a backfill process, or a second
+    daemon that took another stream of the account, spends the same vendor window. So every
+    scarce grant is also taken in table ``rate_grants`` (``Queues.take_grant``: an advisory
+    lock, a count on the database's clock, the insert) before its request goes out, and a
+    process whose share is spent waits there for the other processes' grants to age out. A new
+    process also seeds its limiter with the window's grants, for the budget metrics and for an
+    outage. If the database cannot be reached the request still goes out under this process's
+    limiter alone (``rate.grant_not_recorded``): during the outage another process on the
+    account could spend the same window.
+    """
     limiters = limiters_for(account)
     queues = rt.store.queues
-    now = dt.datetime.now(dt.UTC)
-    await queues.prune_grants(before=now - dt.timedelta(days=1))
+    await queues.prune_grants(before=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
     for group, limiter in limiters.items():
         if not limiter.scarce:
             continue
-        since = now - dt.timedelta(seconds=limiter.window)
-        grants = await queues.recent_grants(account.name, group, since=since)
-        limiter.seed([(now - at).total_seconds() for at in grants])
-        limiter.on_grant = _recorder(rt, account.name, group)
+        limiter.seed(await queues.grant_ages(account.name, group, within=limiter.window))
+        limiter.gate = _database_gate(rt, account.name, group, limiter)
     return limiters
 
 
-def _recorder(rt: Runtime, account: str, group: str) -> Callable[[], Awaitable[None]]:
-    async def record() -> None:
-        try:
-            await rt.store.queues.record_grant(account, group, dt.datetime.now(dt.UTC))
-        except StoreError as exc:
-            # The request still goes out: the limiter in this process holds the grant; only a
-            # restart during the outage could miss it.
-            log.warning("rate.grant_not_recorded", account=account, group=group, error=str(exc))
+def _database_gate(
+    rt: Runtime, account: str, group: str, limiter: SlidingWindowLimiter
+) -> Callable[[], Awaitable[float]]:
+    """``limiter``'s gate: the grant taken in ``rate_grants`` (0), or the seconds to wait."""
 
-    return record
+    async def gate() -> float:
+        try:
+            return await rt.store.queues.take_grant(
+                account, group, limit=limiter.limit, window=limiter.window
+            )
+        except StoreError as exc:
+            # A database outage must not stop the sync: the request goes out under this
+            # process's limiter alone; only another process on the account could overspend.
+            log.warning("rate.grant_not_recorded", account=account, group=group, error=str(exc))
+            return 0.0
+
+    return gate
 
 
 async def build_account(

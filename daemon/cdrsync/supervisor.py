@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -128,13 +129,13 @@ class Supervisor:
                 limiters=running.limiters, low_priority=True, clock=self._clock,
             )  # fmt: skip
             running.backfills.add(stream)
-            self._spawn(running, self._backfill(bounded), stream)
+            self._spawn(running, self._backfill(running, bounded, until), stream)
             log.info("backfill.adopted", stream=stream, start=start.isoformat(),
                      until=until.isoformat())  # fmt: skip
             started += 1
         return started
 
-    async def _backfill(self, stream: Any) -> None:
+    async def _backfill(self, running: _Running, stream: Any, until: dt.datetime) -> None:
         await stream.run()
         if not stream.finished:
             return
@@ -142,13 +143,17 @@ class Supervisor:
         # watermark says so); marking it finished is retried until it lands or we stop.
         while True:
             try:
-                await self._rt.store.queues.backfill_finished(stream.name, now=self._clock())
+                await self._rt.store.queues.backfill_finished(
+                    stream.name, now=self._clock(), until=until
+                )
             except StoreError as exc:
                 log.warning("backfill.not_marked_finished", stream=stream.name, error=str(exc),
                             action="retrying; the range itself is complete")  # fmt: skip
                 await asyncio.sleep(5.0)
                 continue
             log.info("backfill.finished", stream=stream.name)
+            # Asked again with a later end meanwhile, it is adopted again (from its watermark).
+            running.backfills.discard(stream.name)
             return
 
     def _died(self, task: asyncio.Task[None]) -> None:

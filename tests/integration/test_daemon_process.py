@@ -552,8 +552,17 @@ async def test_backfill_beside_a_running_daemon_is_run_by_it_within_the_rate_lim
             since.isoformat(), "--until", today.isoformat(), within=90,
         )  # fmt: skip
         assert await daemon.wait_event("backfill.finished", within=5), daemon.tail()
+        # "Up to now", twice: the second request extends the first (finished by then), the
+        # daemon runs it on from where it stopped, and the command ends.
+        upto_now = []
+        for _ in range(2):
+            upto_now.append(await kids.command(
+                "backfill", "--config", str(config), "--account", ACCOUNT, "--since",
+                since.isoformat(), within=90,
+            ))  # fmt: skip
         assert await daemon.terminate(10) == 0, daemon.tail()
     assert code == 0, out + err
+    assert [c for c, _, _ in upto_now] == [0, 0], upto_now
     assert "a running daemon owns account" in err
     assert sim.stats.rate_limited == 0
     before_today = await converge(store, dsn, truth, within=1)

@@ -344,3 +344,70 @@ async def test_a_low_priority_caller_takes_only_what_normal_callers_leave():
     live = [asyncio.create_task(take(f"live{i}", limiter.acquire)) for i in range(2)]
     await asyncio.gather(low, *live)
     assert order == ["live0", "live1", "backlog"]
+
+
+class Gate:
+    """A shared gate that answers from a script: seconds to wait, 0 once granted there."""
+
+    def __init__(self, fake: FakeTime, answers: list[float], *, takes: float = 0.0) -> None:
+        self.fake = fake
+        self.answers = answers
+        self.takes = takes
+        self.asked: list[float] = []
+
+    async def __call__(self) -> float:
+        self.asked.append(self.fake.now)
+        if self.takes:
+            await self.fake.sleep(self.takes)
+        return self.answers.pop(0) if self.answers else 0.0
+
+
+async def test_a_grant_waits_for_the_gate_and_asks_again() -> None:
+    """When the shared gate says wait (another process spent the budget), acquire sleeps that
+    long, checks its own window again and asks the gate again; only then is it granted."""
+    fake = FakeTime()
+    limiter = SlidingWindowLimiter(2, 10.0, margin=0.0, clock=fake.clock, sleep=fake.sleep)
+    limiter.gate = Gate(fake, [7.0, 0.0])
+    task = asyncio.create_task(limiter.acquire())
+    await fake.settle()
+    assert not task.done() and limiter.used(0.0) == 0
+    await fake.advance_to(7.0)
+    await task
+    assert limiter.gate.asked == [0.0, 7.0]
+    assert limiter.used(7.0) == 1
+
+
+async def test_a_grant_is_timestamped_after_a_slow_gate() -> None:
+    """A gate that takes 3 s (a slow database) cannot bring two grants closer than the window:
+    each grant is recorded when the gate returns, right before its request goes out."""
+    fake = FakeTime()
+    limiter = SlidingWindowLimiter(1, 10.0, margin=0.0, clock=fake.clock, sleep=fake.sleep)
+    limiter.gate = Gate(fake, [], takes=3.0)
+    sent: list[float] = []
+
+    async def request() -> None:
+        await limiter.acquire()
+        sent.append(fake.now)
+
+    tasks = [asyncio.create_task(request()) for _ in range(2)]
+    for when in (3.0, 10.0, 13.0, 16.0):
+        await fake.settle()
+        await fake.advance_to(when)
+    await asyncio.gather(*tasks)
+    assert sent == [3.0, 16.0]
+
+
+async def test_a_low_priority_grant_passes_the_gate_too() -> None:
+    """Backlog work asks the shared gate as well, and retries after the wait it answers."""
+    from cdrsync.limiter import LowPriority
+
+    fake = FakeTime()
+    limiter = SlidingWindowLimiter(2, 10.0, margin=0.0, clock=fake.clock, sleep=fake.sleep)
+    limiter.gate = Gate(fake, [5.0])
+    task = asyncio.create_task(LowPriority(limiter).acquire())
+    await fake.settle()
+    assert not task.done()
+    await fake.advance_to(5.0)
+    await task
+    assert limiter.gate.asked == [0.0, 5.0]
+    assert limiter.used(5.0) == 1

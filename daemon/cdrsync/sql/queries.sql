@@ -346,9 +346,15 @@ FROM b;
 SELECT min(next_attempt_at) FROM vcclive_outbox WHERE account = $1 AND state = 'pending';
 
 -- name: request_backfill
-INSERT INTO backfills (stream, account, start_at, until_at, requested_at)
+-- The same range asked again (a backfill "up to now" run again later) reaches further: the
+-- request is extended, and reopened if it had finished short of the new end.
+INSERT INTO backfills AS b (stream, account, start_at, until_at, requested_at)
 VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (stream) DO NOTHING;
+ON CONFLICT (stream) DO UPDATE SET
+    until_at = GREATEST(b.until_at, EXCLUDED.until_at),
+    finished_at = CASE WHEN EXCLUDED.until_at > b.until_at THEN NULL ELSE b.finished_at END,
+    requested_at = CASE WHEN EXCLUDED.until_at > b.until_at THEN EXCLUDED.requested_at
+                        ELSE b.requested_at END;
 
 -- name: open_backfills
 SELECT stream, account, start_at, until_at FROM backfills
@@ -356,7 +362,12 @@ WHERE finished_at IS NULL AND account = ANY($1::text[])
 ORDER BY requested_at;
 
 -- name: backfill_finished
-UPDATE backfills SET finished_at = $2 WHERE stream = $1 AND finished_at IS NULL;
+-- $3: the end the daemon's stream ran to; a request extended meanwhile stays open.
+UPDATE backfills SET finished_at = $2
+WHERE stream = $1 AND finished_at IS NULL AND until_at <= $3;
+
+-- name: backfill_done
+SELECT finished_at IS NOT NULL AND until_at >= $2 FROM backfills WHERE stream = $1;
 
 -- name: outbox_add
 INSERT INTO vcclive_outbox (account, projectid, payload)
@@ -367,12 +378,47 @@ RETURNING id;
 SELECT id, projectid, state, attempts, numberid, payload, error FROM vcclive_outbox
 WHERE account = $1 ORDER BY id;
 
--- name: record_grant
-INSERT INTO rate_grants (account, grp, granted_at) VALUES ($1, $2, $3);
+-- name: grant_lock
+-- One grant decision at a time per (account, group), across every process sharing the schema;
+-- a transaction lock in the single-bigint key space (stream locks use two int4 keys).
+SELECT pg_advisory_xact_lock(
+    hashtextextended('cdrsync.rate:' || current_schema() || ':' || $1::text || '/' || $2::text, 0)
+);
 
--- name: recent_grants
-SELECT granted_at FROM rate_grants
-WHERE account = $1 AND grp = $2 AND granted_at > $3
+-- name: take_grant
+-- Under grant_lock. On the database's clock, which every process shares (clock_timestamp():
+-- now() would be the start of a transaction that may have waited for the lock): if fewer than
+-- $3 grants fall in the last $4 seconds, insert one and answer 0; otherwise answer the seconds
+-- until the $3-th most recent leaves the window. Grants of the group older than the window
+-- are deleted on the way (an index range), so the table holds about $3 rows per group.
+WITH clock AS (
+    SELECT clock_timestamp() AS now, make_interval(secs => $4::float8) AS span
+),
+pruned AS (
+    DELETE FROM rate_grants AS g USING clock
+    WHERE g.account = $1 AND g.grp = $2 AND g.granted_at <= clock.now - clock.span
+),
+recent AS (
+    SELECT g.granted_at FROM rate_grants AS g, clock
+    WHERE g.account = $1 AND g.grp = $2 AND g.granted_at > clock.now - clock.span
+    ORDER BY g.granted_at DESC LIMIT $3::int
+),
+blocking AS (
+    SELECT count(*) AS n, min(granted_at) AS oldest FROM recent
+),
+granted AS (
+    INSERT INTO rate_grants (account, grp, granted_at)
+    SELECT $1, $2, clock.now FROM clock, blocking WHERE blocking.n < $3::int
+)
+SELECT CASE WHEN blocking.n < $3::int THEN 0.0::float8
+            ELSE extract(epoch FROM blocking.oldest + clock.span - clock.now)::float8 END
+FROM clock, blocking;
+
+-- name: grant_ages
+-- Seconds since each grant of the last $3 seconds, on the database's clock, oldest first.
+SELECT extract(epoch FROM clock_timestamp() - granted_at)::float8 AS age FROM rate_grants
+WHERE account = $1 AND grp = $2
+  AND granted_at > clock_timestamp() - make_interval(secs => $3::float8)
 ORDER BY granted_at;
 
 -- name: prune_grants
