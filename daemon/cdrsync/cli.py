@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -352,16 +353,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"cdrsync: {exc}", file=sys.stderr)
+        _say(f"cdrsync: {exc}")
         return EX_CONFIG
     except TransientError as exc:  # e.g. backfill while a daemon owns the account
-        print(f"cdrsync: {exc}", file=sys.stderr)
+        _say(f"cdrsync: {exc}")
         return EX_TEMPFAIL
     except CdrsyncError as exc:
-        print(f"cdrsync: {exc}", file=sys.stderr)
+        _say(f"cdrsync: {exc}")
         return EX_FAIL
     except KeyboardInterrupt:
         return EX_FAIL
+    except Exception:
+        # A bug: its traceback is wanted, but it may quote a request or a setting, so it goes
+        # through the same secret scrubber as the logs (Python's own printer would not).
+        _say(f"cdrsync: crashed (a bug; please report it):\n{traceback.format_exc()}")
+        return EX_FAIL
+
+
+def _say(text: str) -> None:
+    """Print a message for the user on stderr, with any secret in it masked."""
+    from cdrsync.observability import SCRUBBER
+
+    print(SCRUBBER.scrub(text), file=sys.stderr)
 
 
 if __name__ == "__main__":
