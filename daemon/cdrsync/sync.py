@@ -461,8 +461,18 @@ class WindowStream(StreamLoop):
         and the last page came back full), the pages they pushed the tail onto, too."""
         page_size = self._source.page_size
         pages = [first]
+        # A window that can no longer be split (one second) is read to max_page_depth pages at
+        # most: a vendor's absurd count (a million calls in a second) must not turn into
+        # thousands of requests; the window then stays short, and is read again next cycle.
+        depth = self._account.max_page_depth
+        if pages_for(first.total, page_size) > depth:
+            self._log.warning(
+                "sync.count_implausible", window=str(window), count=first.total, pages=depth,
+                action="the vendor's count cannot be read in max_page_depth pages; reading "
+                "that many and retrying the window next cycle",
+            )  # fmt: skip
         for _ in range(1 + self._max_rereads):
-            wanted = pages_for(max(p.total for p in pages), page_size)
+            wanted = min(pages_for(max(p.total for p in pages), page_size), depth)
             if len(pages) >= wanted or (len(pages) > 1 and pages[-1].size < page_size):
                 break
             pages += await self._fetch_pages(window, range(len(pages) + 1, wanted + 1))

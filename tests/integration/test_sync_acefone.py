@@ -313,3 +313,34 @@ async def test_a_bug_in_the_writer_ends_the_cycle_instead_of_hanging_it(dsn):
             stream._write_rows = 10  # a queue far smaller than the backlog
             with pytest.raises(RuntimeError, match="hook bug"):
                 await asyncio.wait_for(stream.cycle(), 10)
+
+
+class Inflated:
+    """The real source, its counts replaced by an absurd one (a vendor bug)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def fetch_page(self, window, page):
+        got = await self._inner.fetch_page(window, page)
+        return dataclasses.replace(got, total=10**12)
+
+
+async def test_an_absurd_vendor_count_costs_a_bounded_number_of_requests(dsn, store):
+    """A count of a trillion calls in a one-second window (which cannot be split further) is
+    read to max_page_depth pages and no further, and the window is not closed on it; the
+    count's size does not break the bookkeeping either."""
+    async with clocked(dsn, seed=5, backlog=50, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1s", max_page_depth=3)
+        async with owned_stream(c, settings) as stream:
+            stream._source = Inflated(stream._source)
+            with structlog.testing.capture_logs() as logs:
+                await asyncio.wait_for(stream.cycle(), 30)
+            state = await stream._store.load_state(stream.name)
+    planned = 48  # windows a cycle reads at most
+    assert c.sim.stats.list_requests <= planned * 3 * 4  # pages x (1 read + 3 re-reads)
+    assert any(e["event"] == "sync.count_implausible" for e in logs)
+    assert state.watermark is None

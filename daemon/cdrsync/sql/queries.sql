@@ -171,8 +171,8 @@ WHERE ($1::text IS NULL OR vendor = $1::text)
 -- name: record_windows
 -- $1 stream, $2 starts, $3 ends, $4 vendor counts (arrays, one entry a window), $5 now.
 INSERT INTO sync_windows (stream, window_start, window_end, vendor_count, read_at, checked_at)
-SELECT $1, s, e, c, $5, $5
-FROM unnest($2::timestamptz[], $3::timestamptz[], $4::int[]) AS t (s, e, c)
+SELECT $1, s, e, LEAST(c, 2147483647)::int, $5, $5  -- a vendor's absurd count must not stall
+FROM unnest($2::timestamptz[], $3::timestamptz[], $4::bigint[]) AS t (s, e, c)
 ON CONFLICT (stream, window_start, window_end) DO UPDATE SET
     vendor_count = EXCLUDED.vendor_count,
     read_at = EXCLUDED.read_at,
