@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from cdrsync import app
-from cdrsync.config import Settings, parse
+from cdrsync.config import AccountSettings, Settings, parse
 from cdrsync.simulator.acefone import AcefoneSimulator
 from cdrsync.store import Store
 from cdrsync.vendors.acefone import digest
@@ -125,3 +125,13 @@ async def sql_value(dsn: str, query: str, *args: Any) -> Any:
         return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+def one_account(acc: dict[str, Any]) -> AccountSettings:
+    """The validated settings of one account table (no database, no HTTP listener)."""
+    settings = parse(
+        {"daemon": {"state_dir": "/tmp", "http_listen": ""}, "accounts": [acc]},
+        source="<test>",
+        environ={},
+    )
+    return settings.accounts[0]

@@ -19,11 +19,12 @@ import orjson
 import pytest
 import structlog
 
-from cdrsync.config import AccountSettings, parse
+from cdrsync.config import AccountSettings
 from cdrsync.daystream import DayStream
 from cdrsync.errors import AuthError, StoreError, TransientError
 from cdrsync.model import CallRecord, Page, Reject
 from cdrsync.store import Store
+from support import one_account
 
 BUD = zoneinfo.ZoneInfo("Europe/Budapest")
 ACCOUNT = "hu"
@@ -51,12 +52,7 @@ def account(start: dt.date = START, **fields: Any) -> AccountSettings:
         "username": "mycc", "api_key": "test-token", "start": start.isoformat(),
         "settle": "0s", "poll_interval": "1h", **fields,
     }  # fmt: skip
-    settings = parse(
-        {"daemon": {"state_dir": "/tmp", "http_listen": ""}, "accounts": [acc]},
-        source="<test>",
-        environ={},
-    )
-    return settings.accounts[0]
+    return one_account(acc)
 
 
 def call(row: dict[str, Any], day: dt.date) -> CallRecord:

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from cdrsync.config import AccountSettings, parse
+from cdrsync.config import AccountSettings
 from cdrsync.errors import StoreError
 from cdrsync.limiter import SlidingWindowLimiter
 from cdrsync.store import Store
 from cdrsync.store_queues import Queues
 from cdrsync.streams import shared_limiters
-from support import sql_value
+from support import one_account, sql_value
 
 ACCOUNT = "acme-in"
 
@@ -33,12 +33,7 @@ def account(rate: str) -> AccountSettings:
         "name": ACCOUNT, "vendor": "acefone", "base_url": "http://127.0.0.1:9", "token": "t",
         "start": "2026-01-01", "rate_limits": {"list": rate},
     }  # fmt: skip
-    settings = parse(
-        {"daemon": {"state_dir": "/tmp", "http_listen": ""}, "accounts": [acc]},
-        source="<test>",
-        environ={},
-    )
-    return settings.accounts[0]
+    return one_account(acc)
 
 
 Stack = Callable[[str], Awaitable[SlidingWindowLimiter]]

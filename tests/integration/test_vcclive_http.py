@@ -19,7 +19,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from cdrsync.config import AccountSettings, parse
+from cdrsync.config import AccountSettings
 from cdrsync.errors import AuthError, PermanentError, RateLimited, TransientError
 from cdrsync.limiter import LimiterSet
 from cdrsync.model import LookupItem
@@ -35,6 +35,7 @@ from cdrsync.vendors.vcclive import (
     parse_push,
     records_path,
 )
+from support import one_account
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC).timestamp()
 FAST = RetryPolicy(attempts=2, timeout_s=10.0, wait_initial_s=0.01, wait_max_s=0.05)
@@ -71,12 +72,7 @@ class Vcc:
                             "records": "100000/min"},
             **extra,
         }  # fmt: skip
-        settings = parse(
-            {"daemon": {"state_dir": "/tmp", "http_listen": ""}, "accounts": [acc]},
-            source="<test>",
-            environ={},
-        )
-        return settings.accounts[0]
+        return one_account(acc)
 
     def client(self, kind: type[Any], **extra: Any) -> Any:
         account = self.account(**extra)
