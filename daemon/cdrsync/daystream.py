@@ -251,8 +251,12 @@ class DayStream(StreamLoop):
     async def _read_all(
         self, tasks: Sequence[DayTask], queue: RowQueue[_Batch], tally: _Tally
     ) -> None:
+        # Fenced when this cycle runs under the stream's lock (always, in the daemon).
+        fenced = self.name in self._locks.held
         try:
-            for task in tasks:
+            for index, task in enumerate(tasks):
+                if index and fenced and not await self._still_owned():
+                    return
                 if task.closes and tally.incomplete is not None:
                     continue  # days close strictly in order: none can close after a short one
                 if task.closes:

@@ -145,6 +145,21 @@ class StreamLoop(abc.ABC):
             self._owned_logged = owned
         return owned
 
+    async def _still_owned(self) -> bool:
+        """Between the windows (or days) of a cycle, which may last many minutes when catching
+        up: whether the lock session still answers. A session ended on the server (an admin,
+        a failover) loses every lock, and another instance may have taken the stream: this
+        cycle then stops reading (what was read still commits) and the next turn asks again."""
+        if await self._locks.alive():
+            return True
+        self._log.warning(
+            "stream.lock_lost",
+            action="stopped reading this cycle; the next one takes the lock again or leaves "
+            "the stream to the instance that has it",
+        )
+        self._owned_logged = None
+        return False
+
     async def _sleep(self, delay: float, *, wakeable: bool) -> None:
         """Wait ``delay`` seconds, less if the stop event is set (or, if ``wakeable``, a push
         wakes the stream). The wake event is left as it is: clearing it is the caller's call."""

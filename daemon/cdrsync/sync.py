@@ -280,8 +280,12 @@ class WindowStream(StreamLoop):
         tally: _Cycle,
         audit: AuditSpan | None,
     ) -> None:
+        # Fenced when this cycle runs under the stream's lock (always, in the daemon).
+        fenced = self.name in self._locks.held
         try:
-            for window in windows:
+            for index, window in enumerate(windows):
+                if index and fenced and not await self._still_owned():
+                    return
                 if not await self._read_window(window, queue, tally):
                     return
             if audit is not None:

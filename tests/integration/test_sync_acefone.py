@@ -344,3 +344,38 @@ async def test_an_absurd_vendor_count_costs_a_bounded_number_of_requests(dsn, st
     assert c.sim.stats.list_requests <= planned * 3 * 4  # pages x (1 read + 3 re-reads)
     assert any(e["event"] == "sync.count_implausible" for e in logs)
     assert state.watermark is None
+
+
+class KillsTheLockSession:
+    """The real source; after its first page, the stream's lock session is ended on the
+    server (as an admin or a failover would), and the lock is lost."""
+
+    def __init__(self, inner, locks, dsn):
+        self._inner, self._locks, self._dsn = inner, locks, dsn
+        self.pages = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def fetch_page(self, window, page):
+        got = await self._inner.fetch_page(window, page)
+        self.pages += 1
+        if self.pages == 1:
+            pid = self._locks._conn.get_server_pid()
+            await sql_value(self._dsn, "SELECT pg_terminate_backend($1)", pid)
+        return got
+
+
+async def test_a_cycle_stops_reading_once_its_lock_session_is_gone(dsn, store):
+    """A long catch-up cycle whose lock session ends on the server stops after the window in
+    hand (another instance may own the stream now) instead of reading every planned window."""
+    async with clocked(dsn, seed=9, backlog=300, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1h")
+        async with owned_stream(c, settings) as stream:
+            stream._source = KillsTheLockSession(stream._source, stream._locks, dsn)
+            with structlog.testing.capture_logs() as logs:
+                await asyncio.wait_for(stream.cycle(), 30)
+            state = await stream._store.load_state(stream.name)
+    assert any(e["event"] == "stream.lock_lost" for e in logs)
+    assert stream._source.pages <= 2, stream._source.pages  # not the 24+ windows planned
+    assert state.watermark is not None  # the window read before still committed
