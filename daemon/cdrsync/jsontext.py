@@ -50,5 +50,7 @@ def loads(body: bytes | str) -> Any:
                 parse_float=_float_or_text,
                 parse_constant=_no_constant,
             )
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: deeply nested arrays, which orjson refuses at depth 1024 but the
+            # standard library follows until Python's stack runs out. Still not a page to keep.
             raise exc from None

@@ -33,6 +33,8 @@ def test_decodes_and_keeps_out_of_range_numbers_as_text(body, expected):
         b"<html>503</html>",
         b'{"a": NaN}',
         b'{"a": Infinity, "b": 1e400}',
+        # nested past Python's stack: refused as JSON, not a RecursionError out of the stream
+        b'{"a": 1e400, "b": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     ],
 )
 def test_what_is_not_json_is_still_refused(body):

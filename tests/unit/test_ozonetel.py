@@ -16,6 +16,7 @@ from cdrsync.errors import (
     PermanentError,
     RateLimited,
     TransientError,
+    UnexpectedAnswer,
 )
 from cdrsync.model import Window
 from cdrsync.vendors.ozonetel import (
@@ -467,6 +468,7 @@ def test_a_lookup_that_sends_nothing_follows_the_new_decision_uncounted(
     [
         (TransientError("HTTP 503"), True),
         (BadPageError("cut short"), True),
+        (UnexpectedAnswer("the answer is not a JSON object"), False),  # would come back the same
         (RateLimited("max limit exceeded", retry_after=60.0), False),
         (RateLimited("HTTP 429"), False),
         (PermanentError("HTTP 404"), False),

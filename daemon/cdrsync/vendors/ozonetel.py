@@ -40,6 +40,7 @@ from cdrsync.errors import (
     PermanentError,
     RateLimited,
     TransientError,
+    UnexpectedAnswer,
 )
 from cdrsync.model import (
     LookupOutcome,
@@ -319,8 +320,9 @@ def _retry_token(exc: Exception) -> bool:
 
     generateToken allows 10 tokens an hour: "max limit exceeded" (or a 429) means the hour's
     budget is spent, so every retry within the hour is refused as well, spends nothing useful
-    and may keep the account locked out."""
-    return isinstance(exc, TransientError) and not isinstance(exc, RateLimited)
+    and may keep the account locked out. Nor is an answer of an undocumented shape: it would
+    most likely come back the same, each time for one of the hour's tokens."""
+    return isinstance(exc, TransientError) and not isinstance(exc, RateLimited | UnexpectedAnswer)
 
 
 def _expired(exc: AuthError) -> bool:
