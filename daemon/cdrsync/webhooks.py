@@ -74,9 +74,11 @@ def scrub_doc(doc: Any) -> Any:
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every value of ``secrets`` (4 characters or more) replaced by the mask."""
+    """``text`` (JSON) with every value of ``secrets`` (4 characters or more) replaced by the
+    mask, as it is and as JSON escapes it (a secret with a quote or a backslash in it)."""
     for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, MASK)
+        escaped = orjson.dumps(secret).decode()[1:-1]
+        text = text.replace(secret, MASK).replace(escaped, MASK)
     return text
 
 

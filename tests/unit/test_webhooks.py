@@ -93,3 +93,10 @@ def test_configured_secrets_are_masked_wherever_they_are() -> None:
     text = reject_payload(doc, ["KK7secret", "abcd1234", "abc"])
     assert "KK7secret" not in text and "abcd1234" not in text
     assert '"short":"abc"' in text  # values under 4 characters would mask ordinary words
+
+
+def test_a_secret_with_a_quote_is_masked_in_its_json_escaped_form() -> None:
+    """JSON writes a quote or a backslash escaped: the secret is masked in that form too."""
+    secret = 'ab"cd\\ef'
+    text = reject_payload({"note": f"key {secret} here"}, [secret])
+    assert "cd" not in text, text
