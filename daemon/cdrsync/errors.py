@@ -55,10 +55,11 @@ class ParseError(CdrsyncError):
     """A single record could not be normalized; it goes to the rejects table."""
 
 
-RECORD_ERRORS: tuple[type[Exception], ...] = (ParseError, OverflowError)
+RECORD_ERRORS: tuple[type[Exception], ...] = (ParseError, OverflowError, RecursionError)
 """What normalizing one record may raise; the record becomes a reject. OverflowError is a date
-arithmetic on an absurd vendor value (``9999-12-31 23:59:59`` plus a duration): uncaught, it
-would end the stream on the same page after every restart."""
+arithmetic on an absurd vendor value (``9999-12-31 23:59:59`` plus a duration), RecursionError
+a record nested deeper than Python's stack: uncaught, either would end the stream on the same
+page after every restart."""
 
 
 class ConfigError(CdrsyncError):

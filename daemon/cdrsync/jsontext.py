@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from typing import Any
 
 import orjson
+
+from cdrsync.errors import ParseError
 
 _INT64 = range(-(2**63), 2**63)
 
@@ -54,3 +57,29 @@ def loads(body: bytes | str) -> Any:
             # RecursionError: deeply nested arrays, which orjson refuses at depth 1024 but the
             # standard library follows until Python's stack runs out. Still not a page to keep.
             raise exc from None
+
+
+_TOO_DEEP = "nested too deeply to store (JSON deeper than 255 levels)"
+
+
+def canonical(value: Any) -> bytes:
+    """``value`` as sorted-key JSON (a record's ``raw``, whose hash tracks its content).
+
+    orjson writes at most 255 levels (and Python's own stack ends near 1000): a vendor record
+    nested deeper cannot be stored and is a ``ParseError`` (a reject), not a crash of its
+    stream."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        raise ParseError(f"record {_TOO_DEEP}") from exc
+
+
+def reject_text(value: Any) -> str:
+    """What ``rejects.payload`` keeps of a value: sorted-key JSON, or, for one that cannot be
+    written as JSON (too deep, not JSON at all), a JSON note with a shortened repr. Never
+    raises: a reject must always be storable."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except (orjson.JSONEncodeError, RecursionError):
+        note = {"unstorable": _TOO_DEEP, "repr": reprlib.repr(value)}
+        return orjson.dumps(note, option=orjson.OPT_SORT_KEYS).decode()

@@ -85,7 +85,11 @@ def mask(text: str, secrets: Iterable[str]) -> str:
 def reject_payload(doc: Any, secrets: Iterable[str] = ()) -> str:
     """A refused push as text for ``rejects``: scrubbed JSON (a NUL stays escaped), with every
     value in ``secrets`` (the account's configured credentials) masked wherever it still is."""
-    return mask(orjson.dumps(scrub_doc(doc), option=orjson.OPT_SORT_KEYS).decode(), secrets)
+    try:
+        scrubbed = scrub_doc(doc)
+    except RecursionError:  # deeper than Python's stack: nothing unscrubbed may be kept
+        scrubbed = {"unstorable": "nested too deeply to scrub"}
+    return mask(jsontext.reject_text(scrubbed), secrets)
 
 
 def account_secrets(account: AccountSettings) -> list[str]:

@@ -184,3 +184,14 @@ def test_window_params_are_local_and_inclusive_of_the_end_second():
         "page": "2",
         "limit": "100",
     }
+
+
+def test_a_record_nested_too_deeply_costs_one_record_not_the_stream():
+    """A record deeper than JSON can be written back (255 levels) is rejected; its page is kept
+    (it raised out of the parser and ended the stream)."""
+    body = page([{**SAMPLE, "id": "deep", "extra": "DEEP"}, SAMPLE]).replace(
+        b'"DEEP"', b"[" * 300 + b"]" * 300
+    )
+    parsed = parse_page(body, account="a", stream="a/list", zone=IST, fetched_at=FETCHED)
+    assert [r.call_key for r in parsed.records] == [SAMPLE["id"]]
+    assert [r.call_key for r in parsed.rejects] == ["deep"]

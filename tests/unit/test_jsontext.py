@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from cdrsync import jsontext
+from cdrsync.errors import ParseError
 
 
 @pytest.mark.parametrize(
@@ -41,3 +42,18 @@ def test_what_is_not_json_is_still_refused(body):
     """A cut or garbled answer still raises, so it is fetched again rather than half-read."""
     with pytest.raises(orjson.JSONDecodeError):
         jsontext.loads(body)
+
+
+DEEP = [[[]]]
+for _ in range(400):
+    DEEP = [DEEP]
+
+
+def test_a_value_too_deep_to_store_is_a_parse_error_and_still_a_storable_reject():
+    """orjson writes 255 levels at most: such a record is a reject (not a crash), and what the
+    reject keeps of it is still JSON."""
+    with pytest.raises(ParseError, match="nested too deeply"):
+        jsontext.canonical({"x": DEEP})
+    kept = orjson.loads(jsontext.reject_text({"x": DEEP}))
+    assert "nested too deeply" in kept["unstorable"]
+    assert jsontext.reject_text({"b": 1, "a": 2}) == '{"a":2,"b":1}'

@@ -669,3 +669,15 @@ def test_a_date_at_the_end_of_time_is_a_reject_not_a_crash():
     page = read_page(bulk_page([{**BULK, "UCID": "1"}, odd]))
     assert [r.call_key for r in page.records] == ["1"]
     assert [r.call_key for r in page.rejects] == ["2"]
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_a_record_nested_too_deeply_is_rejected_without_its_api_key(depth):
+    """Too deep to write back (255) or to scrub (Python's stack): a reject with no Apikey, the
+    rest of the page kept."""
+    deep = {**BULK, "UCID": "2", "Apikey": "KK7secret", "Extra": "DEEP"}
+    body = bulk_page([{**BULK, "UCID": "1"}, deep]).replace(b'"DEEP"', b"[" * depth + b"]" * depth)
+    page = read_page(body)
+    assert [r.call_key for r in page.records] == ["1"]
+    assert [r.call_key for r in page.rejects] == ["2"]
+    assert "KK7secret" not in page.rejects[0].payload

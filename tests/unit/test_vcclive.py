@@ -707,3 +707,12 @@ def test_a_start_in_the_repeated_hour_follows_the_utc_connect_time(
     call = norm(record)
     assert call.started_at == started
     assert call.local_date == dt.date(2026, 10, 25)
+
+
+def test_a_row_nested_too_deeply_costs_one_row_not_the_stream() -> None:
+    """A row deeper than JSON can be written back (255 levels) is rejected; the day goes on."""
+    rows = [{**DOC_CDR, "uuid": "deep", "extra": "DEEP"}, DOC_CDR]
+    body = day_page(rows, "2").replace(b'"DEEP"', b"[" * 300 + b"]" * 300)
+    page = parse_day_page(body, account="cc-hu", stream="s1", zone=BUD, fetched_at=FETCHED)
+    assert [r.call_key for r in page.rejects] == ["deep"]
+    assert [r.call_key for r in page.records] == [DOC_CDR["uuid"]]

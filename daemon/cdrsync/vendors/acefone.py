@@ -158,7 +158,7 @@ def normalize(
     ended_at = _local(end_stamp, "end_stamp", zone) if end_stamp not in (None, "") else None
     duration_s = _int(record, "call_duration")
     talk_s = _int(record, "answered_seconds")
-    raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    raw = jsontext.canonical(record)
     if b"\\u0000" in raw:
         # PostgreSQL stores no NUL character in text or jsonb; kept, it would fail the whole
         # batch on every cycle. The record goes to rejects instead.
@@ -237,7 +237,7 @@ def parse_page(
         try:
             records.append(normalize_item(item, account=account, zone=zone, fetched_at=fetched_at))
         except RECORD_ERRORS as exc:
-            payload = orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
+            payload = jsontext.reject_text(item)
             rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
     return Page(
         total=total,

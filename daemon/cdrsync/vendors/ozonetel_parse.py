@@ -144,7 +144,10 @@ def scrub(record: Any) -> Any:
 
 
 def _raw(record: Mapping[str, Any]) -> bytes:
-    raw = orjson.dumps(scrub(record), option=orjson.OPT_SORT_KEYS)
+    try:
+        raw = jsontext.canonical(scrub(record))
+    except RecursionError:  # deeper than Python's stack: scrub() recurses
+        raise ParseError("record is nested too deeply to store") from None
     if b"\\u0000" in raw:
         # PostgreSQL stores no NUL character: kept, it would fail the whole batch every cycle.
         raise ParseError("record contains a NUL character, which PostgreSQL cannot store")
@@ -160,9 +163,10 @@ def payload_text(item: Any) -> str:
         with contextlib.suppress(orjson.JSONDecodeError):
             item = jsontext.loads(item)
     try:
-        return orjson.dumps(scrub(item), option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:
-        return repr(item)[:2000]
+        scrubbed = scrub(item)
+    except RecursionError:  # deeper than Python's stack: nothing unscrubbed may be kept
+        scrubbed = {"unstorable": "nested too deeply to scrub"}
+    return jsontext.reject_text(scrubbed)
 
 
 # ---------------------------------------------------------------------------- fields

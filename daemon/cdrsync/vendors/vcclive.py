@@ -218,7 +218,7 @@ def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) 
     try:
         records = (_push_call(doc, key, account, received_at),)
     except RECORD_ERRORS as exc:
-        payload = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
+        payload = jsontext.reject_text(doc)
         rejects = (Reject(VENDOR, account.name, "push", key, str(exc), payload, received_at),)
     _, local = _push_start(doc, account.zone)
     month = local or received_at.astimezone(account.zone)

@@ -55,7 +55,7 @@ def _error_text(errors: Any) -> str:
         if isinstance(item, dict):
             text = next(
                 (str(item[k]) for k in ("message", "msg", "error", "description") if k in item),
-                orjson.dumps(item).decode(),
+                jsontext.reject_text(item),
             )
             code = item.get("code")
             parts.append(f"{code}: {text}" if code is not None else text)
@@ -229,7 +229,7 @@ def canonical(record: Any) -> bytes:
     PostgreSQL stores no NUL in text or jsonb: kept, it would fail the whole batch on every
     cycle, so the record goes to rejects instead.
     """
-    raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    raw = jsontext.canonical(record)
     if b"\\u0000" in raw:
         raise ParseError("record contains a NUL character, which PostgreSQL cannot store")
     return raw
@@ -360,7 +360,7 @@ def _normalize_rows(
                 )
             )
         except RECORD_ERRORS as exc:
-            payload = orjson.dumps(row, option=orjson.OPT_SORT_KEYS).decode()
+            payload = jsontext.reject_text(row)
             rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
     return records, rejects, keys
 
