@@ -242,9 +242,10 @@ async def test_vcclive_sigkill_at_random_instants_then_resume_loses_and_duplicat
         "poll_interval": "300ms", "settle": "1s", "page_size": 50,
         "lookup_delay": "0s", "lookup_interval": "1s", "outbox_interval": "300ms",
         "outbox_batch": 4,
-        # Rows a kill left in flight are looked for a request timeout later, and one claimed
-        # but never sent is ruled absent a probe delay later: both short here, as is the test.
-        "request_timeout": "5s", "outbox_probe_delay": "2s",
+        # Rows a kill left in flight are looked for a request timeout later, one claimed but
+        # never sent is ruled absent a probe delay later and sent again an outbox_retry after
+        # that: all short here, as is the test.
+        "request_timeout": "5s", "outbox_probe_delay": "2s", "outbox_retry": "1s",
         # A list budget that spreads the backlog over several runs, so kills land mid-write.
         "rate_limits": {"list": "15/s", "lookup": "100000/min", "records": "100000/min"},
     }  # fmt: skip
