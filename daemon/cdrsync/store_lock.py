@@ -93,8 +93,10 @@ class StreamLocks:
                 return False
             try:
                 await self._conn.fetchval("SELECT 1", timeout=self._probe_timeout)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            except Exception:
                 # A session that does not answer in time may be half-dead: give its locks up.
+                # Anything at all (asyncpg's InternalClientError from a connection the server
+                # has just ended, mid-protocol) means the same: the locks are not ours.
                 await self._drop()
                 return False
             return True
