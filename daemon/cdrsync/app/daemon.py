@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,123 +19,23 @@ import structlog
 from aiohttp import web
 
 from cdrsync import __version__
+from cdrsync.app.runtime import Runtime, runtime
+from cdrsync.app.streams import limiters_for, shared_limiters, stream_name
+from cdrsync.app.supervisor import Supervisor, enabled
+from cdrsync.app.webhooks import Receiver
+from cdrsync.engine.window import Clock, CycleHook, ProgressHook, WindowStream, utcnow
 from cdrsync.errors import CdrsyncError, ConfigError, StoreError
-from cdrsync.limiter import SlidingWindowLimiter
-from cdrsync.metrics import CONTENT_TYPE, Metrics
+from cdrsync.http.limiter import SlidingWindowLimiter
 from cdrsync.model import WriteResult
-from cdrsync.observability import StatusBoard, sd_notify, watchdog_interval
-from cdrsync.plan import retry_delay
-from cdrsync.status import stuck_streams
-from cdrsync.store import Store, StreamLocks
-from cdrsync.streams import limiters_for, shared_limiters, stream_name
-from cdrsync.supervisor import Supervisor, enabled
-from cdrsync.sync import Clock, CycleHook, ProgressHook, WindowStream, utcnow
-from cdrsync.transport import Transport
+from cdrsync.ops.metrics import CONTENT_TYPE
+from cdrsync.ops.observability import StatusBoard, sd_notify, watchdog_interval
+from cdrsync.ops.status import stuck_streams
 from cdrsync.vendors import window_source_factory
-from cdrsync.webhooks import Receiver
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings, Settings
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """The open resources streams share."""
-
-    settings: Settings
-    store: Store
-    transport: Transport
-    locks: StreamLocks
-    metrics: Metrics
-
-
-async def database_dsn(
-    settings: Settings, stack: contextlib.AsyncExitStack, *, own_database: bool = True
-) -> str:
-    """``database.dsn``, or a private embedded PostgreSQL under ``daemon.state_dir``.
-
-    The daemon owns the embedded server and stops it on exit. A one-shot command
-    (``own_database=False``: status, migrate, backfill) stops it only if it started it, so
-    asking ``status`` beside a running daemon leaves the daemon's server alone."""
-    if settings.database.dsn is not None:
-        return settings.database.dsn.reveal()
-    from cdrsync.embedded import EmbeddedPostgres
-
-    server = EmbeddedPostgres()
-    data_dir = settings.daemon.state_dir / "postgres"
-    log.info("db.embedded_starting", data_dir=str(data_dir))
-    dsn = await asyncio.to_thread(server.start, data_dir)
-    if own_database or server.started:
-        stack.push_async_callback(asyncio.to_thread, server.stop)
-    return dsn
-
-
-async def connect_store(
-    settings: Settings, dsn: str, stop: asyncio.Event, *, patience: float | None = None
-) -> Store | None:
-    """Connect and migrate, retrying while PostgreSQL is unreachable; None if stopped first,
-    or once ``patience`` seconds have gone by (one-shot commands: a monitoring check must fail,
-    exit 75, not hang while the database is down)."""
-    failures = 0
-    give_up = None if patience is None else time.monotonic() + patience
-    while not stop.is_set():
-        try:
-            store = await Store.connect(
-                dsn, schema=settings.database.schema, pool_size=settings.database.pool_size
-            )
-        except StoreError as exc:
-            failures += 1
-            wait = retry_delay(failures, cap=30.0)
-            if give_up is not None:
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    log.warning(
-                        "db.gave_up", error=str(exc), waited_s=patience,
-                        action="check that PostgreSQL is up and database.dsn, then try again",
-                    )  # fmt: skip
-                    return None
-                wait = min(wait, left)
-            log.warning("db.unavailable", error=str(exc), retry_in_s=wait)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
-            continue
-        try:
-            applied = await store.migrate()
-        except BaseException:
-            await store.close()
-            raise
-        if applied:
-            log.info("db.migrated", applied=applied)
-        return store
-    return None
-
-
-@contextlib.asynccontextmanager
-async def runtime(
-    settings: Settings,
-    stop: asyncio.Event,
-    *,
-    own_database: bool = True,
-    patience: float | None = None,
-) -> AsyncIterator[Runtime | None]:
-    """Open the database, the HTTP client and the lock session; None if stopped while waiting
-    (or after ``patience`` seconds without a database)."""
-    async with contextlib.AsyncExitStack() as stack:
-        dsn = await database_dsn(settings, stack, own_database=own_database)
-        store = await connect_store(settings, dsn, stop, patience=patience)
-        if store is None:
-            yield None
-            return
-        stack.push_async_callback(store.close)
-        locks = store.lock_session()
-        stack.push_async_callback(locks.close)
-        metrics = Metrics()
-        transport = await stack.enter_async_context(
-            Transport.open(user_agent=f"cdrsync/{__version__}", observer=metrics)
-        )
-        yield Runtime(settings, store, transport, locks, metrics)
 
 
 def build_stream(
@@ -380,8 +280,8 @@ async def backfill(
     Rate limits are per account: a second process beside a running daemon would double the
     request rate. So when a daemon owns the account, the backfill is handed to it (it runs it
     with the budget it already holds, live data first) and this returns at once."""
-    from cdrsync.plan import local_midnight_utc
-    from cdrsync.streams import bounded_stream
+    from cdrsync.app.streams import bounded_stream
+    from cdrsync.engine.plan import local_midnight_utc
 
     account = settings.account(account_name)
     zone = account.zone
@@ -420,7 +320,7 @@ async def follow_backfill(
 ) -> bool:
     """Report a handed-over backfill's progress from its ``sync_state`` row until its range is
     complete (True) or ``stop`` is set (False)."""
-    from cdrsync.sync import Progress
+    from cdrsync.engine.window import Progress
 
     async with runtime(settings, stop, own_database=False) as rt:
         if rt is None or run.start is None or run.until is None:

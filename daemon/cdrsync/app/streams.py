@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 
+from cdrsync.engine.plan import local_midnight_utc
+from cdrsync.engine.window import Clock, CycleHook, WindowStream, utcnow
 from cdrsync.errors import StoreError
-from cdrsync.limiter import LowPriority, SlidingWindowLimiter
-from cdrsync.plan import local_midnight_utc
-from cdrsync.sync import Clock, CycleHook, WindowStream, utcnow
+from cdrsync.http.limiter import LowPriority, SlidingWindowLimiter
 from cdrsync.vendors import lookup_source_factory, window_source_factory
 
 if TYPE_CHECKING:
-    from cdrsync.app import Runtime
+    from cdrsync.app.runtime import Runtime
     from cdrsync.config import AccountSettings
 
 log = structlog.get_logger(__name__)
@@ -183,7 +183,7 @@ def _lookup_stream(
     factory = lookup_source_factory(account.vendor)
     if factory is None:
         return None
-    from cdrsync.lookup import LookupStream
+    from cdrsync.engine.lookup import LookupStream
 
     name = stream_name(account.name, "lookup")
     source = factory(account, rt.transport, limiters, name)
@@ -202,8 +202,8 @@ def _vcclive(
     clock: Clock,
     on_cycle: CycleHook | None,
 ) -> list[Stream]:
-    from cdrsync.daystream import DayStream
-    from cdrsync.outbox import OutboxStream
+    from cdrsync.engine.day import DayStream
+    from cdrsync.engine.outbox import OutboxStream
     from cdrsync.vendors.vcclive import VccDaySource, VccOutbox
 
     name = stream_name(account.name)
@@ -338,7 +338,7 @@ def bounded_stream(
         limiters = {**limiters, group: cast(SlidingWindowLimiter, LowPriority(limiters[group]))}
     name = stream_name(account.name, kind)
     if account.vendor == "vcclive":
-        from cdrsync.daystream import DayStream
+        from cdrsync.engine.day import DayStream
         from cdrsync.vendors.vcclive import VccDaySource
 
         zone = account.zone

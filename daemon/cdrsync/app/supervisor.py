@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cdrsync.app.streams import bounded_stream, build_account
 from cdrsync.errors import StoreError
-from cdrsync.streams import bounded_stream, build_account
 
 if TYPE_CHECKING:
-    from cdrsync.app import Runtime
+    from cdrsync.app.runtime import Runtime
     from cdrsync.config import AccountSettings, Settings
-    from cdrsync.sync import Clock, CycleHook
+    from cdrsync.engine.window import Clock, CycleHook
 
 log = structlog.get_logger(__name__)
 

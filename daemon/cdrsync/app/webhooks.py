@@ -31,13 +31,13 @@ from cdrsync import jsontext
 from cdrsync.config import SECRET_KEYS
 from cdrsync.errors import RECORD_ERRORS, StoreError
 from cdrsync.model import PushResult, Reject
-from cdrsync.observability import MASK
+from cdrsync.ops.observability import MASK
 from cdrsync.settings_types import Secret
 from cdrsync.vendors import push_parser
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.store import Store
+    from cdrsync.store.store import Store
 
 log = structlog.get_logger(__name__)
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from cdrsync.batchqueue import RowQueue, run_pipeline
-from cdrsync.dayplan import (
+from cdrsync.engine.batchqueue import RowQueue, run_pipeline
+from cdrsync.engine.dayplan import (
     DayTask,
     cap_days,
     closing_seen,
@@ -34,15 +34,15 @@ from cdrsync.dayplan import (
     resume_plan,
     verify_anchor,
 )
+from cdrsync.engine.loop import Owner, StreamLoop
+from cdrsync.engine.plan import local_midnight_utc
+from cdrsync.engine.window import Clock, CycleHook, utcnow
 from cdrsync.errors import CdrsyncError
 from cdrsync.model import CallRecord, Page, Reject, WriteResult
-from cdrsync.plan import local_midnight_utc
-from cdrsync.streamloop import Owner, StreamLoop
-from cdrsync.sync import Clock, CycleHook, utcnow
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.store import Store
+    from cdrsync.store.store import Store
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdrsync.plan import local_midnight_utc
+from cdrsync.engine.plan import local_midnight_utc
 
 ZERO = dt.timedelta(0)
 ONE_DAY = dt.timedelta(days=1)

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from cdrsync.engine.loop import StreamLoop, queue_backoff
+from cdrsync.engine.window import Clock, CycleHook, utcnow
 from cdrsync.errors import AuthError, CdrsyncError, EndpointError, TransientError
 from cdrsync.model import LookupItem, LookupOutcome, WriteResult
-from cdrsync.streamloop import StreamLoop, queue_backoff
-from cdrsync.sync import Clock, CycleHook, utcnow
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.store import Store, StreamLocks
+    from cdrsync.store.store import Store, StreamLocks
     from cdrsync.vendors import LookupSource
 
 log = structlog.get_logger(__name__)

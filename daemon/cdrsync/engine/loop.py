@@ -15,12 +15,12 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cdrsync.engine.plan import retry_delay
 from cdrsync.errors import CdrsyncError, PermanentError, StoreError
-from cdrsync.plan import retry_delay
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.store import Store
+    from cdrsync.store.store import Store
 
 Backoff = Callable[[CdrsyncError, int, float], float]
 """Seconds to wait after (the error, consecutive failures, the stream's poll interval)."""

@@ -34,17 +34,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from cdrsync.engine.loop import StreamLoop, queue_backoff
+from cdrsync.engine.outbox_probe import PROBE_MISSES, ProbeScan, judge, next_pass_at
+from cdrsync.engine.plan import retry_delay
+from cdrsync.engine.window import Clock, utcnow
 from cdrsync.errors import AuthError, CdrsyncError, PermanentError, StoreError, TransientError
-from cdrsync.outbox_probe import PROBE_MISSES, ProbeScan, judge, next_pass_at
-from cdrsync.plan import retry_delay
-from cdrsync.store_queues import OutboxRow
-from cdrsync.streamloop import StreamLoop, queue_backoff
-from cdrsync.sync import Clock, utcnow
+from cdrsync.store.queues import OutboxRow
 from cdrsync.vendors.vcclive import AddInDoubt
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.store import Store, StreamLocks
+    from cdrsync.store.store import Store, StreamLocks
 
 log = structlog.get_logger(__name__)
 

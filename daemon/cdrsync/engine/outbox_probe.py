@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cdrsync.store_queues import OutboxRow, ProbeBounds
+from cdrsync.store.queues import OutboxRow, ProbeBounds
 
 PROBE_MISSES = 20
 """Without a later batch to stop at, this many absent numberids in a row end a scan: numberids

@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from cdrsync.batchqueue import RowQueue, run_pipeline
-from cdrsync.errors import CdrsyncError
-from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
-from cdrsync.plan import (
+from cdrsync.engine.batchqueue import RowQueue, run_pipeline
+from cdrsync.engine.loop import Owner, StreamLoop
+from cdrsync.engine.plan import (
     audit_span,
     check_complete,
     local_midnight_utc,
@@ -35,11 +34,12 @@ from cdrsync.plan import (
     split_window,
     too_deep,
 )
-from cdrsync.streamloop import Owner, StreamLoop
+from cdrsync.errors import CdrsyncError
+from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.store import Store, StreamLocks
+    from cdrsync.store.store import Store, StreamLocks
     from cdrsync.vendors import WindowSource
 
 log = structlog.get_logger(__name__)

@@ -2,9 +2,9 @@
 
 This is the only module of cdrsync that imports aiohttp's client. Every request goes through
 :meth:`Transport.request`, which for each attempt waits for the endpoint group's
-:class:`~cdrsync.limiter.SlidingWindowLimiter` (retries spend the same budget), sends, reads the
-whole body and turns the outcome into a value (via the caller's ``parse``) or into one of the
-categories of :mod:`cdrsync.errors`. Only transient errors are retried, with stamina.
+:class:`~cdrsync.http.limiter.SlidingWindowLimiter` (retries spend the same budget), sends,
+reads the whole body and turns the outcome into a value (via the caller's ``parse``) or into
+one of the categories of :mod:`cdrsync.errors`. Only transient errors are retried, with stamina.
 
 Secrets never leave this module in errors or logs: messages name the endpoint group and the
 status or failure kind, never the URL (Acefone recording URLs carry ``token=``), its query,
@@ -41,7 +41,7 @@ from cdrsync.errors import (
     TransientError,
     UnexpectedAnswer,
 )
-from cdrsync.limiter import SlidingWindowLimiter
+from cdrsync.http.limiter import SlidingWindowLimiter
 
 __all__ = [
     "MAX_RETRY_AFTER_S",

@@ -18,7 +18,7 @@ from prometheus_client import (
 )
 
 from cdrsync.errors import CdrsyncError
-from cdrsync.limiter import SlidingWindowLimiter
+from cdrsync.http.limiter import SlidingWindowLimiter
 from cdrsync.model import WriteResult
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

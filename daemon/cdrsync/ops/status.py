@@ -12,9 +12,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from cdrsync.engine.window import Progress
 from cdrsync.errors import ConfigError
 from cdrsync.model import StreamState
-from cdrsync.sync import Progress
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings, Settings

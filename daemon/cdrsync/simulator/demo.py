@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdrsync import app
+from cdrsync.app import daemon as app
 from cdrsync.config import Settings, parse
-from cdrsync.demo_vendors import (
+from cdrsync.simulator.demo_vendors import (
     LIMITS_BANNER,
     OUTBOX_ROWS,
     VccDemo,
@@ -36,8 +36,8 @@ from cdrsync.demo_vendors import (
     seed_outbox,
     vendor_demos,
 )
-from cdrsync.embedded import EmbeddedPostgres
-from cdrsync.store import Store
+from cdrsync.store.embedded import EmbeddedPostgres
+from cdrsync.store.store import Store
 
 __all__ = ["compare", "demo_settings", "expected_hashes", "run_demo"]
 

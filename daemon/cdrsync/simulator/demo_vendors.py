@@ -30,7 +30,7 @@ from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.ozonetel import scrub
 
 if TYPE_CHECKING:
-    from cdrsync.store import Store
+    from cdrsync.store.store import Store
 
 OZONETEL_BULK_PER_MIN = 60
 """The demo's Ozonetel bulk budget (the vendor's is 2 a minute), simulator and daemon alike."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from cdrsync.store import QUERIES, server_settings, translate
+from cdrsync.store.queries import QUERIES, server_settings, translate
 
 
 class StreamLocks:

@@ -23,7 +23,8 @@ from cdrsync.model import (
     Reject,
     WriteResult,
 )
-from cdrsync.store import ADVANCE_STATE_SQL, QUERIES, translate, upsert_in
+from cdrsync.store.queries import ADVANCE_STATE_SQL, QUERIES, translate
+from cdrsync.store.upsert import upsert_in
 
 LOOKUP_STATES = ("pending", "done", "gave_up")
 OUTBOX_STATES = ("pending", "sending", "delivered", "failed", "unknown")

@@ -1,10 +1,9 @@
-"""PostgreSQL: migrations, the batch upsert of calls, stream state and rejects.
+"""PostgreSQL: migrations, the batch write of calls, stream state and rejects.
 
-The only module (with its helper ``store_lock``) that imports asyncpg. Every driver failure is
-translated into ``StoreError`` here, with a message naming the operation and what to do, and
-never the DSN's password. SQL lives in ``sql/queries.sql`` (named queries) and
-``sql/migrations/NNNN_name.sql``; the only dynamic identifier, the schema name, is validated
-and quoted by ``quote_ident``.
+With its sibling modules (``queries``, ``upsert``, ``lock``, ``queues``) the only place that
+imports asyncpg. Every driver failure is translated into ``StoreError`` (``queries.translate``),
+with a message naming the operation and what to do, and never the DSN's password. SQL lives in
+``sql/queries.sql`` (named queries) and ``sql/migrations/NNNN_name.sql``.
 
 ``write_batch`` carries guarantees 1, 2 and 4 of the design: rows, rejects and the stream's
 watermark commit in one transaction; a key appears once; an unchanged re-read writes nothing;
@@ -13,33 +12,34 @@ an older copy never replaces a newer one.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import importlib.resources
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 import asyncpg
 
-from cdrsync.errors import ConfigError, StoreError
-from cdrsync.model import (
-    CALL_COLUMNS,
-    SOURCES,
-    CallRecord,
-    Reject,
-    StreamState,
-    Window,
-    WriteResult,
+from cdrsync.errors import StoreError
+from cdrsync.model import CallRecord, Reject, StreamState, Window, WriteResult
+from cdrsync.store.lock import StreamLocks
+from cdrsync.store.queries import (
+    ADVANCE_STATE_SQL,
+    CREATE_TEMP_SQL,
+    QUERIES,
+    TEMP_TABLE,
+    UPSERT_CALLS_SQL,
+    UPSERT_REJECTS_SQL,
+    describe_dsn,
+    quote_ident,
+    server_settings,
+    translate,
+    validate_schema,
 )
-
-if TYPE_CHECKING:
-    from cdrsync.store_lock import StreamLocks
-    from cdrsync.store_queues import Queues
+from cdrsync.store.queues import Queues
+from cdrsync.store.upsert import collapse, upsert_in
 
 __all__ = [
     "ADVANCE_STATE_SQL",
@@ -61,50 +61,6 @@ __all__ = [
     "validate_schema",
 ]
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL would silently truncate a longer name
-
-
-def validate_schema(schema: str) -> str:
-    """Return ``schema`` if it is a plain identifier PostgreSQL keeps as given, else raise."""
-    if not _IDENTIFIER.fullmatch(schema) or len(schema) > _MAX_IDENTIFIER:
-        raise ConfigError(
-            f"database.schema {schema!r} is not a valid schema name: use 1-63 letters, digits "
-            "and underscores, not starting with a digit"
-        )
-    if schema.lower().startswith("pg_"):
-        raise ConfigError(f"database.schema {schema!r}: names starting with pg_ are reserved")
-    return schema
-
-
-def quote_ident(name: str) -> str:
-    """Quote ``name`` as an SQL identifier (double quotes, inner quotes doubled)."""
-    if "\x00" in name:
-        raise ConfigError("an SQL identifier cannot contain a NUL character")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _load_queries() -> dict[str, str]:
-    text = (importlib.resources.files("cdrsync") / "sql" / "queries.sql").read_text("utf-8")
-    queries: dict[str, str] = {}
-    for chunk in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
-        name, _, body = chunk.partition("\n")
-        queries[name.strip()] = body.strip()
-    return queries
-
-
-QUERIES = _load_queries()
-"""Named queries of sql/queries.sql, by name."""
-
-TEMP_TABLE = "cdrsync_calls_in"
-"""The per-connection temporary table a batch is COPied into (columns: ``CALL_COLUMNS``)."""
-CREATE_TEMP_SQL = QUERIES["create_temp_calls"]
-"""Creates ``TEMP_TABLE`` if this connection has none yet; run inside the batch transaction."""
-UPSERT_CALLS_SQL = QUERIES["upsert_calls"]
-"""Moves ``TEMP_TABLE`` into ``calls``; ``$1`` = now; returns one row (inserted, updated)."""
-UPSERT_REJECTS_SQL = QUERIES["upsert_rejects"]
-ADVANCE_STATE_SQL = QUERIES["advance_state"]
-
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -117,131 +73,13 @@ class Migration:
 
 def migrations() -> list[Migration]:
     """Every migration shipped with cdrsync, in version order."""
-    folder = importlib.resources.files("cdrsync") / "sql" / "migrations"
+    folder = importlib.resources.files("cdrsync.store") / "sql" / "migrations"
     found = []
     for entry in folder.iterdir():
         match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
         if match:
             found.append(Migration(int(match[1]), entry.name[:-4], entry.read_text("utf-8")))
     return sorted(found, key=lambda m: m.version)
-
-
-def describe_dsn(dsn: str) -> str:
-    """Where ``dsn`` points (host and database), for messages: never user or password."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        query = parse_qs(parts.query)
-        host = parts.hostname or unquote(query.get("host", ["localhost"])[0])
-        port = f":{parts.port}" if parts.port else ""
-        return f"{host}{port}/{unquote(parts.path.lstrip('/')) or 'postgres'}"
-    fields = dict(re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn))
-    return f"{fields.get('host', 'localhost')}/{fields.get('dbname', 'postgres')}"
-
-
-def _password(dsn: str) -> str | None:
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        query = parse_qs(parts.query)
-        secret = parts.password or query.get("password", [None])[0]
-        return unquote(secret) if secret else None
-    match = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-    return match[1].strip("'") if match else None
-
-
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash, "starting up"
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-)
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InternalClientError,
-    *_CONNECTION_ERRORS,
-)
-
-
-@contextlib.contextmanager
-def translate(operation: str, dsn: str) -> Iterator[None]:
-    """Turn a driver failure during ``operation`` into a ``StoreError`` a user can act on."""
-    try:
-        yield
-    except _DRIVER_ERRORS as exc:
-        target = describe_dsn(dsn)
-        detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-        secret = _password(dsn)
-        if secret:
-            detail = detail.replace(secret, "***")
-        if isinstance(exc, _CONNECTION_ERRORS):
-            advice = (
-                "PostgreSQL is unreachable or restarting; nothing of this operation was "
-                "committed. cdrsync retries; if it persists, check that the server is running "
-                "and database.dsn"
-            )
-        else:
-            advice = (
-                "the transaction was rolled back and nothing of it was committed. cdrsync "
-                "retries; if it repeats, check the PostgreSQL log and run `cdrsync migrate`"
-            )
-        raise StoreError(f"could not {operation} on {target} ({detail}): {advice}") from exc
-
-
-_RANK = {source: rank for rank, source in enumerate(SOURCES)}
-
-
-def collapse(records: Sequence[CallRecord]) -> list[CallRecord]:
-    """One record per key: the highest-ranked source wins (list > lookup > push), then the
-    greatest ``fetched_at``, the later one on a tie (the rule of ``upsert_calls``)."""
-    best: dict[tuple[str, str, str], CallRecord] = {}
-    for record in records:
-        key = (record.vendor, record.account, record.call_key)
-        kept = best.get(key)
-        if kept is None or (_RANK.get(record.source, 0), record.fetched_at) >= (
-            _RANK.get(kept.source, 0),
-            kept.fetched_at,
-        ):
-            best[key] = record
-    return list(best.values())
-
-
-async def upsert_in(
-    conn: Any, records: Sequence[CallRecord], rejects: Sequence[Reject], now: dt.datetime
-) -> tuple[int, int]:
-    """Upsert ``records`` and count ``rejects`` on ``conn`` inside the caller's transaction;
-    returns (inserted, updated)."""
-    inserted = updated = 0
-    if records:
-        rows = [record.row() for record in collapse(records)]
-        await conn.execute(CREATE_TEMP_SQL)
-        await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=CALL_COLUMNS)
-        counts = await conn.fetchrow(UPSERT_CALLS_SQL, now)
-        inserted, updated = int(counts["inserted"]), int(counts["updated"])
-    if rejects:
-        await conn.execute(UPSERT_REJECTS_SQL, *_reject_arrays(rejects, now))
-    return inserted, updated
-
-
-def _reject_arrays(rejects: Sequence[Reject], now: dt.datetime) -> list[Any]:
-    """Columns of ``upsert_rejects``, one entry per distinct payload, with how often it came."""
-    merged: dict[tuple[str, str, bytes], tuple[Reject, int]] = {}
-    for reject in rejects:
-        digest = hashlib.sha256(reject.payload.encode("utf-8", "surrogatepass")).digest()
-        key = (reject.vendor, reject.account, digest)
-        seen = merged.get(key)
-        merged[key] = (reject, (seen[1] if seen else 0) + 1)
-    items = [(key[2], reject, count) for key, (reject, count) in merged.items()]
-    return [
-        [r.vendor for _, r, _ in items],
-        [r.account for _, r, _ in items],
-        [r.stream for _, r, _ in items],
-        [r.call_key for _, r, _ in items],
-        [r.reason for _, r, _ in items],
-        [r.payload for _, r, _ in items],
-        [digest for digest, _, _ in items],
-        now,
-        [count for _, _, count in items],
-    ]
 
 
 def _state(row: Mapping[str, Any]) -> StreamState:
@@ -456,20 +294,11 @@ class Store:
     @property
     def queues(self) -> Queues:
         """The lookup queue and the VCC Live outbox on this store's pool."""
-        from cdrsync.store_queues import Queues
-
         return Queues(self._pool, self._dsn)
 
     def lock_session(self) -> StreamLocks:
         """A new, unopened holder of this process's stream locks (its own connection)."""
-        from cdrsync.store_lock import StreamLocks
-
         return StreamLocks(self._dsn, schema=self.schema, connect_timeout=self._connect_timeout)
-
-
-def server_settings(schema: str) -> dict[str, str]:
-    """Session settings of every cdrsync connection: the schema first on the search path."""
-    return {"search_path": quote_ident(validate_schema(schema)), "application_name": "cdrsync"}
 
 
 def _unknown_stream(stream: str) -> StoreError:
@@ -477,16 +306,3 @@ def _unknown_stream(stream: str) -> StoreError:
         f"stream {stream} has no row in sync_state, so its batch was not written; this is a "
         "cdrsync bug (ensure_stream() must run first): please report it"
     )
-
-
-def __getattr__(name: str) -> Any:
-    """``cdrsync.store.StreamLocks``, imported on first use (PEP 562).
-
-    ``store_lock`` builds on this module's helpers, so importing it at the top would be
-    circular whichever of the two modules is imported first.
-    """
-    if name == "StreamLocks":
-        from cdrsync.store_lock import StreamLocks
-
-        return StreamLocks
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ import pytest
 from cdrsync.errors import ParseError
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import RunningServer, start_server
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import normalize
 from process_support import (
     ACCOUNT,

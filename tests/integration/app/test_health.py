@@ -7,9 +7,9 @@ import socket
 
 import aiohttp
 
-from cdrsync.embedded import EmbeddedPostgres
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
+from cdrsync.store.embedded import EmbeddedPostgres
 from support import acefone_settings, eventually, running_daemon, synced
 
 

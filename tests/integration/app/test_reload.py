@@ -8,7 +8,7 @@ from pathlib import Path
 from test_daemon_process import quiet_simulator, serve, served, start_before
 
 from cdrsync.simulator.server import RunningServer
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from process_support import account_table, children, fetch, write_config
 from support import eventually
 

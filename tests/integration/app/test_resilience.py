@@ -21,11 +21,11 @@ import pytest
 import structlog
 
 from cdrsync.config import Settings
-from cdrsync.embedded import EmbeddedPostgres
 from cdrsync.settings_types import Secret
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator, Admission
 from cdrsync.simulator.server import start_server
-from cdrsync.store import Store
+from cdrsync.store.embedded import EmbeddedPostgres
+from cdrsync.store.store import Store
 from support import (
     ACCOUNT,
     acefone_settings,

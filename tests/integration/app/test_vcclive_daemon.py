@@ -15,16 +15,16 @@ import aiohttp
 import orjson
 import pytest
 
-from cdrsync import app
+from cdrsync.app import daemon as app
 from cdrsync.config import Settings, parse
-from cdrsync.lookup import LookupStream
+from cdrsync.engine.lookup import LookupStream
+from cdrsync.engine.outbox import OutboxStream
+from cdrsync.http.transport import Transport
 from cdrsync.model import LookupRequest
-from cdrsync.outbox import OutboxStream
 from cdrsync.simulator.server import RunningServer
 from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
 from cdrsync.simulator.vcclive_server import run_webhooks, start_vcclive_server
-from cdrsync.store import Store
-from cdrsync.transport import Transport
+from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.vcclive import VccLookups, VccOutbox
 from support import differences, eventually, running_daemon, sql_value
@@ -203,7 +203,7 @@ async def test_cdr_lookups_follow_the_five_minute_schedule_and_give_up_after_20(
         settings = vcc_settings(server.base_url, dsn, 0, lookup_delay="5m", lookup_interval="5m")
         account = settings.accounts[0]
         async with Transport.open() as transport:
-            from cdrsync.streams import limiters_for
+            from cdrsync.app.streams import limiters_for
 
             limiters = limiters_for(account)
             name = f"{ACCOUNT}/lookup"
@@ -260,7 +260,7 @@ async def test_outbox_rows_are_delivered_once_across_a_crash_mid_batch(
         rows = [{"form": {"name": f"lead {i}", "city": "Budapest"}} for i in range(12)]
         await _insert_outbox(dsn, rows)
         async with Transport.open() as transport:
-            from cdrsync.streams import limiters_for
+            from cdrsync.app.streams import limiters_for
 
             limiters = limiters_for(account)
             sink = VccOutbox(account, transport, limiters, f"{ACCOUNT}/outbox")
@@ -324,7 +324,7 @@ async def test_a_refused_outbox_row_keeps_its_error_and_the_others_are_delivered
         await _insert_outbox(dsn, [{"form": {"name": "ok 1"}}, {"no_form": True},
                                    {"form": {"name": "ok 2"}}])  # fmt: skip
         async with Transport.open() as transport:
-            from cdrsync.streams import limiters_for
+            from cdrsync.app.streams import limiters_for
 
             sink = VccOutbox(account, transport, limiters_for(account), f"{ACCOUNT}/outbox")
             stream = OutboxStream(name=f"{ACCOUNT}/outbox", account=account, sink=sink,

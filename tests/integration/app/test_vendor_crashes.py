@@ -21,7 +21,7 @@ from cdrsync.simulator.ozonetel_server import run_pushes, start_ozonetel_server
 from cdrsync.simulator.server import RunningServer
 from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
 from cdrsync.simulator.vcclive_server import run_webhooks, start_vcclive_server
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.ozonetel import IST, forget_tokens, scrub
 from process_support import Children, children, duplicate_keys, fetch, write_config

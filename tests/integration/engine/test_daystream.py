@@ -20,10 +20,10 @@ import pytest
 import structlog
 
 from cdrsync.config import AccountSettings
-from cdrsync.daystream import DayStream
+from cdrsync.engine.day import DayStream
 from cdrsync.errors import AuthError, StoreError, TransientError
 from cdrsync.model import CallRecord, Page, Reject
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from support import one_account
 
 BUD = zoneinfo.ZoneInfo("Europe/Budapest")

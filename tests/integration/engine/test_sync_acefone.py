@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 import pytest
 import structlog
 
-from cdrsync import app
+from cdrsync.app import daemon as app
+from cdrsync.engine.window import WindowStream
 from cdrsync.errors import StoreError
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
-from cdrsync.sync import WindowStream
 from support import (
     ACCOUNT,
     acefone_settings,

@@ -17,15 +17,15 @@ import pytest
 import structlog
 from test_vcclive_daemon import ACCOUNT, vcc_settings
 
+from cdrsync.app.streams import limiters_for
 from cdrsync.config import AccountSettings
+from cdrsync.engine.outbox import PROBE_READS, OutboxStream
 from cdrsync.errors import AuthError, StoreError, TransientError
-from cdrsync.outbox import PROBE_READS, OutboxStream
+from cdrsync.http.transport import Transport
 from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
 from cdrsync.simulator.vcclive_server import start_vcclive_server
-from cdrsync.store import Store
-from cdrsync.store_queues import Queues
-from cdrsync.streams import limiters_for
-from cdrsync.transport import Transport
+from cdrsync.store.queues import Queues
+from cdrsync.store.store import Store
 from cdrsync.vendors.vcclive import VccOutbox, parse_add_result
 
 PROJECT = 3

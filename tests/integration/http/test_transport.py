@@ -32,8 +32,8 @@ from cdrsync.errors import (
     RateLimited,
     TransientError,
 )
-from cdrsync.limiter import SlidingWindowLimiter
-from cdrsync.transport import Response, RetryPolicy, Transport, parse_retry_after
+from cdrsync.http.limiter import SlidingWindowLimiter
+from cdrsync.http.transport import Response, RetryPolicy, Transport, parse_retry_after
 
 FAST = RetryPolicy(
     attempts=3, timeout_s=20.0, wait_initial_s=0.01, wait_max_s=0.05, wait_jitter_s=0

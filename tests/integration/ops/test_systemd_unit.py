@@ -19,7 +19,7 @@ import pytest
 
 from cdrsync.config import DaemonSettings
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "cdrsync.service"
+UNIT = Path(__file__).resolve().parents[3] / "systemd" / "cdrsync.service"
 INSTALLED_EXEC = "/opt/cdrsync/bin/cdrsync"
 MAX_EXPOSURE = 2.0
 SCORE_LINE = re.compile(r"Overall exposure level for cdrsync\.service:\s*(\d+(?:\.\d+)?)")

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from cdrsync.demo import run_demo
+from cdrsync.simulator.demo import run_demo
 from process_support import children
 from support import eventually
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cdrsync import app
+from cdrsync.app import daemon as app
 from cdrsync.config import parse
-from cdrsync.embedded import EmbeddedPostgres
+from cdrsync.store.embedded import EmbeddedPostgres
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from cdrsync.model import CallRecord
-from cdrsync.store import Store, migrations
+from cdrsync.store.store import Store, migrations
 
 STREAM = "acefone:main:records"
 DOCUMENTED_TABLES = (

@@ -13,7 +13,7 @@ from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
 from support import acefone_settings, running_daemon, synced
 
-GUIDE = Path(__file__).parents[2] / "docs" / "queries.md"
+GUIDE = Path(__file__).parents[3] / "docs" / "queries.md"
 BLOCKS = re.findall(r"```sql\n(.*?)```", GUIDE.read_text(encoding="utf-8"), flags=re.S)
 ROLE_RECIPE, QUERIES = BLOCKS[0], BLOCKS[1:]
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from cdrsync.model import CallEvent, LookupOutcome, LookupRequest
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from support import sql_value
 
 NOW = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from cdrsync.app.streams import shared_limiters
 from cdrsync.config import AccountSettings
 from cdrsync.errors import StoreError
-from cdrsync.limiter import SlidingWindowLimiter
-from cdrsync.store import Store
-from cdrsync.store_queues import Queues
-from cdrsync.streams import shared_limiters
+from cdrsync.http.limiter import SlidingWindowLimiter
+from cdrsync.store.queues import Queues
+from cdrsync.store.store import Store
 from support import one_account, sql_value
 
 ACCOUNT = "acme-in"

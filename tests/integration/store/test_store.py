@@ -9,11 +9,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cdrsync import store as store_module
-from cdrsync.embedded import EmbeddedPostgres
 from cdrsync.errors import ConfigError, StoreError
 from cdrsync.model import CallRecord, Reject
-from cdrsync.store import Store, collapse, quote_ident
+from cdrsync.store import store as store_module
+from cdrsync.store.embedded import EmbeddedPostgres
+from cdrsync.store.store import Store, collapse, quote_ident
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 10, 0, tzinfo=UTC)

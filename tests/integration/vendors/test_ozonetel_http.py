@@ -20,6 +20,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from cdrsync.config import AccountSettings, parse
+from cdrsync.engine.lookup import LookupStream
 from cdrsync.errors import (
     AuthError,
     EndpointError,
@@ -27,14 +28,13 @@ from cdrsync.errors import (
     RateLimited,
     UnexpectedAnswer,
 )
-from cdrsync.limiter import SlidingWindowLimiter
-from cdrsync.lookup import LookupStream
+from cdrsync.http.limiter import SlidingWindowLimiter
+from cdrsync.http.transport import RetryPolicy, Transport
 from cdrsync.model import LookupItem, LookupRequest, Window
 from cdrsync.simulator.ozonetel import OzonetelSimConfig, OzonetelSimulator
 from cdrsync.simulator.ozonetel_server import run_pushes, start_ozonetel_server
 from cdrsync.simulator.server import RunningServer, serve_app
-from cdrsync.store import Store
-from cdrsync.transport import RetryPolicy, Transport
+from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.ozonetel import IST, OzonetelSource, forget_tokens, parse_push
 from cdrsync.vendors.ozonetel_lookup import OzonetelLookups

@@ -21,12 +21,12 @@ from aiohttp import web
 
 from cdrsync.config import AccountSettings
 from cdrsync.errors import AuthError, PermanentError, RateLimited, TransientError
-from cdrsync.limiter import LimiterSet
+from cdrsync.http.limiter import LimiterSet
+from cdrsync.http.transport import Response, RetryPolicy, Transport
 from cdrsync.model import LookupItem
 from cdrsync.simulator.server import RunningServer, serve_app
 from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator, local_day
 from cdrsync.simulator.vcclive_server import run_webhooks, start_vcclive_server
-from cdrsync.transport import Response, RetryPolicy, Transport
 from cdrsync.vendors.vcclive import (
     VccDaySource,
     VccLookups,

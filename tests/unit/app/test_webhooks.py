@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 
-from cdrsync.webhooks import Refusal, decode_push, reject_payload, scrub_doc
+from cdrsync.app.webhooks import Refusal, decode_push, reject_payload, scrub_doc
 
 RECORD = {"monitorUCID": "1234", "Apikey": "KK7-secret-key", "CallerID": "98"}
 

@@ -15,7 +15,7 @@ from cdrsync.config import RateLimit, Secret, parse_duration, parse_rate
 from cdrsync.errors import ConfigError
 from cdrsync.settings_types import format_duration, quote
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "config" / "cdrsync.example.toml"
 SOURCE = "/etc/cdrsync/cdrsync.toml"
 TOKEN = "tok-Zq7-DO-NOT-LEAK-4411"  # distinctive, so its absence can be asserted
@@ -715,7 +715,7 @@ def test_vendor_options_have_safe_defaults() -> None:
 )
 def test_reload_plan(running: dict[str, int], wanted: dict[str, int], expected: tuple) -> None:
     """A reload starts added accounts, stops removed ones and restarts changed ones."""
-    from cdrsync.supervisor import plan_changes
+    from cdrsync.app.supervisor import plan_changes
 
     changes = plan_changes(running, wanted)  # type: ignore[arg-type]
     assert (changes.added, changes.removed, changes.restarted) == expected

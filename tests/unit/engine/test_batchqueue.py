@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cdrsync.batchqueue import RowQueue
+from cdrsync.engine.batchqueue import RowQueue
 
 
 @pytest.mark.timeout(10)

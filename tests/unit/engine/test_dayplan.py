@@ -7,7 +7,7 @@ import zoneinfo
 
 import pytest
 
-from cdrsync.dayplan import (
+from cdrsync.engine.dayplan import (
     DayTask,
     cap_days,
     closing_seen,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cdrsync.outbox_probe import (
+from cdrsync.engine.outbox_probe import (
     ProbeScan,
     field_verdict,
     judge,
@@ -15,7 +15,7 @@ from cdrsync.outbox_probe import (
     record_verdict,
     settles_at,
 )
-from cdrsync.store_queues import OutboxRow, ProbeBounds
+from cdrsync.store.queues import OutboxRow, ProbeBounds
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 M = dt.timedelta(minutes=1)

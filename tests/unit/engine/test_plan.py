@@ -7,8 +7,7 @@ import itertools
 
 import pytest
 
-from cdrsync.model import Window
-from cdrsync.plan import (
+from cdrsync.engine.plan import (
     audit_span,
     check_complete,
     floor_to,
@@ -21,6 +20,7 @@ from cdrsync.plan import (
     split_window,
     too_deep,
 )
+from cdrsync.model import Window
 
 UTC = dt.UTC
 H = dt.timedelta(hours=1)

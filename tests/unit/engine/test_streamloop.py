@@ -9,8 +9,8 @@ import pytest
 import structlog
 
 from cdrsync.config import AccountSettings, parse
+from cdrsync.engine.loop import Backoff, StreamLoop, poll_backoff, queue_backoff
 from cdrsync.errors import AuthError, CdrsyncError, PermanentError, StoreError, TransientError
-from cdrsync.streamloop import Backoff, StreamLoop, poll_backoff, queue_backoff
 
 POLL = 60.0
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cdrsync.limiter import LimiterSet, SlidingWindowLimiter
+from cdrsync.http.limiter import LimiterSet, SlidingWindowLimiter
 
 
 def admit(limiter: SlidingWindowLimiter, arrivals: list[float]) -> list[float]:
@@ -329,7 +329,7 @@ def test_scarce_budgets_average_at_most_a_request_a_second(limit, period, scarce
 
 async def test_a_low_priority_caller_takes_only_what_normal_callers_leave():
     """Backlog work (acquire_low) waits while live work (acquire) is queued for the budget."""
-    from cdrsync.limiter import LowPriority
+    from cdrsync.http.limiter import LowPriority
 
     limiter = SlidingWindowLimiter(1, 0.05, margin=0.0)
     await limiter.acquire()  # the window is full now
@@ -399,7 +399,7 @@ async def test_a_grant_is_timestamped_after_a_slow_gate() -> None:
 
 async def test_a_low_priority_grant_passes_the_gate_too() -> None:
     """Backlog work asks the shared gate as well, and retries after the wait it answers."""
-    from cdrsync.limiter import LowPriority
+    from cdrsync.http.limiter import LowPriority
 
     fake = FakeTime()
     limiter = SlidingWindowLimiter(2, 10.0, margin=0.0, clock=fake.clock, sleep=fake.sleep)

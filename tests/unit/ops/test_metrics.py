@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdrsync.metrics import Metrics
+from cdrsync.ops.metrics import Metrics
 
 
 def queue_samples(metrics: Metrics) -> dict[str, float]:

@@ -9,7 +9,7 @@ import socket
 import pytest
 import structlog
 
-from cdrsync.observability import (
+from cdrsync.ops.observability import (
     SecretScrubber,
     StatusBoard,
     configure_logging,

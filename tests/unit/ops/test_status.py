@@ -8,9 +8,9 @@ import io
 import orjson
 
 from cdrsync.config import parse
+from cdrsync.engine.window import Progress
 from cdrsync.model import StreamState
-from cdrsync.status import ProgressPrinter, render_status
-from cdrsync.sync import Progress
+from cdrsync.ops.status import ProgressPrinter, render_status
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 SETTINGS = parse(
@@ -118,7 +118,7 @@ def test_a_failing_lookup_stream_fails_the_check():
 def test_stuck_streams_for_readyz():
     """/readyz calls a running account's stream stuck after 3 polls + 15 min without a success
     (counted from the daemon's start when it never had one); removed accounts do not count."""
-    from cdrsync.status import stuck_streams
+    from cdrsync.ops.status import stuck_streams
 
     accounts = {a.name: a for a in SETTINGS.accounts}
     started = NOW - dt.timedelta(hours=1)

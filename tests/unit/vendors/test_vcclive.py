@@ -12,8 +12,8 @@ import pytest
 
 from cdrsync.config import AccountSettings, parse
 from cdrsync.errors import BadPageError, ParseError, PermanentError
+from cdrsync.http.transport import Response, error_for_status
 from cdrsync.model import LookupItem
-from cdrsync.transport import Response, error_for_status
 from cdrsync.vendors.vcclive import (
     AddInDoubt,
     VccLookups,

@@ -1,4 +1,4 @@
--- Named queries of cdrsync.store. Each starts at a "-- name: <name>" line and runs with
+-- Named queries of cdrsync.store.store. Each starts at a "-- name: <name>" line and runs with
 -- search_path set to the configured schema (names are unqualified).
 
 -- name: bootstrap_migrations
