@@ -146,6 +146,7 @@ class OzonetelLookups(_Client):
                 zone=self._zone,
                 fetched_at=fetched_at,
                 secrets=self._secrets,
+                ucid=ucid,
             ),
         )
 
