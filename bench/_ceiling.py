@@ -23,7 +23,7 @@ import orjson
 from _child import sim_config
 from cdrsync.model import CALL_COLUMNS
 from cdrsync.simulator.acefone import AcefoneSimulator
-from cdrsync.store import CREATE_TEMP_SQL, TEMP_TABLE, UPSERT_CALLS_SQL, server_settings
+from cdrsync.store.store import CREATE_TEMP_SQL, TEMP_TABLE, UPSERT_CALLS_SQL, server_settings
 from cdrsync.vendors.acefone import normalize
 
 Row = tuple[Any, ...]

@@ -32,8 +32,8 @@ import psutil
 
 import _ceiling
 from _child import TOKEN, ChildRun, Simulator, run_measured
-from cdrsync.embedded import EmbeddedPostgres
-from cdrsync.store import Store
+from cdrsync.store.embedded import EmbeddedPostgres
+from cdrsync.store.store import Store
 
 ACCOUNT, SCHEMA, ZONE, WINDOW_S = "bench", "cdrsync", "Asia/Kolkata", 3600
 TARGET_RATIO, TARGET_RSS_MB = 0.6, 150.0

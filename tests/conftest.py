@@ -32,9 +32,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from cdrsync.embedded import EmbeddedPostgres
 from cdrsync.model import CallRecord
-from cdrsync.store import Store, quote_ident
+from cdrsync.store.embedded import EmbeddedPostgres
+from cdrsync.store.store import Store, quote_ident
 
 T = TypeVar("T")
 EXTERNAL_DSN_ENV = "CDRSYNC_TEST_DSN"

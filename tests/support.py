@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 
-from cdrsync import app
+from cdrsync.app import daemon as app
 from cdrsync.config import AccountSettings, Settings, parse
 from cdrsync.simulator.acefone import AcefoneSimulator
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import digest
 
 ACCOUNT = "acme-in"

@@ -144,7 +144,7 @@ def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int
 def _configure(
     settings: Any = None, *, level: str | None = None, fmt: str = "auto", stream: Any = None
 ) -> None:
-    from cdrsync.observability import configure_logging
+    from cdrsync.ops.observability import configure_logging
 
     if settings is not None:
         configure_logging(
@@ -158,13 +158,13 @@ def _configure(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cdrsync import app
+    from cdrsync.app import daemon as app
 
     settings = _load(args.config)
     _configure(settings)
 
     def reloader() -> Any:
-        from cdrsync.observability import SCRUBBER
+        from cdrsync.ops.observability import SCRUBBER
 
         fresh = _load(args.config)
         SCRUBBER.add(fresh.secret_values())  # the old ones stay: they may still be in flight
@@ -181,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from cdrsync import app
+    from cdrsync.app import runtime as app
 
     settings = _load(args.config)
     _configure(settings)
@@ -205,8 +205,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cdrsync import app
-    from cdrsync.status import render_status
+    from cdrsync.app import runtime as app
+    from cdrsync.ops.status import render_status
 
     settings = _load(args.config)
     # stdout is the report (scripts parse --json); only problems are logged, on stderr.
@@ -233,8 +233,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from cdrsync import app
-    from cdrsync.status import ProgressPrinter
+    from cdrsync.app import daemon as app
+    from cdrsync.ops.status import ProgressPrinter
 
     settings = _load(args.config)
     _configure(settings)
@@ -273,7 +273,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cdrsync.demo import run_demo
+    from cdrsync.simulator.demo import run_demo
 
     # The summary lines are the demo's output; the daemon's info lines would bury them.
     _configure(level=args.log_level)
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _say(text: str) -> None:
     """Print a message for the user on stderr, with any secret in it masked."""
-    from cdrsync.observability import SCRUBBER
+    from cdrsync.ops.observability import SCRUBBER
 
     print(SCRUBBER.scrub(text), file=sys.stderr)
 

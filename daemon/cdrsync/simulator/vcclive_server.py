@@ -37,10 +37,10 @@ import orjson
 from aiohttp import web
 
 from cdrsync.errors import CdrsyncError
-from cdrsync.limiter import SlidingWindowLimiter
+from cdrsync.http.limiter import SlidingWindowLimiter
+from cdrsync.http.transport import Response, RetryPolicy, Transport
 from cdrsync.simulator.server import RunningServer, serve_app
 from cdrsync.simulator.vcclive import AGENTS, FMT, Call, VccSimulator
-from cdrsync.transport import Response, RetryPolicy, Transport
 
 __all__ = [
     "build_vcclive_app",

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.limiter import SlidingWindowLimiter
+    from cdrsync.http.limiter import SlidingWindowLimiter
+    from cdrsync.http.transport import Transport
     from cdrsync.model import LookupItem, LookupOutcome, Page, PushResult, Window
-    from cdrsync.transport import Transport
 
 
 class WindowSource(Protocol):

@@ -27,13 +27,13 @@ import structlog
 
 from cdrsync import jsontext
 from cdrsync.errors import RECORD_ERRORS, AuthError, BadPageError, ParseError
+from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import CallRecord, Page, Reject, Window
-from cdrsync.transport import RetryPolicy
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.limiter import SlidingWindowLimiter
-    from cdrsync.transport import Response, Transport
+    from cdrsync.http.limiter import SlidingWindowLimiter
+    from cdrsync.http.transport import Response, Transport
 
 VENDOR = "acefone"
 LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"

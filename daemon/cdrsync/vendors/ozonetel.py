@@ -42,6 +42,7 @@ from cdrsync.errors import (
     TransientError,
     UnexpectedAnswer,
 )
+from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import (
     LookupOutcome,
     LookupRequest,
@@ -49,7 +50,6 @@ from cdrsync.model import (
     PushResult,
     Window,
 )
-from cdrsync.transport import RetryPolicy
 from cdrsync.vendors.ozonetel_parse import (
     DIRECTIONS,
     IST,
@@ -70,8 +70,8 @@ from cdrsync.vendors.ozonetel_parse import (
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.limiter import SlidingWindowLimiter
-    from cdrsync.transport import Response, Transport
+    from cdrsync.http.limiter import SlidingWindowLimiter
+    from cdrsync.http.transport import Response, Transport
 
 __all__ = [
     "DIRECTIONS",

@@ -30,9 +30,9 @@ from cdrsync.vendors.ozonetel import (
 from cdrsync.vendors.ozonetel_parse import LOOKUP_KIND, parse_lookup
 
 if TYPE_CHECKING:
-    from cdrsync.limiter import SlidingWindowLimiter
+    from cdrsync.http.limiter import SlidingWindowLimiter
+    from cdrsync.http.transport import Response
     from cdrsync.model import LookupItem
-    from cdrsync.transport import Response
 
 __all__ = ["MAX_RETRY_WAIT", "OzonetelLookups", "retry_wait"]
 

@@ -28,6 +28,7 @@ import structlog
 
 from cdrsync import jsontext
 from cdrsync.errors import RECORD_ERRORS, AuthError, ParseError, PermanentError
+from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import (
     CallRecord,
     LookupItem,
@@ -37,7 +38,6 @@ from cdrsync.model import (
     PushResult,
     Reject,
 )
-from cdrsync.transport import RetryPolicy
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.vcclive_parse import (
     DIRECTIONS,
@@ -61,9 +61,9 @@ from cdrsync.vendors.vcclive_parse import (
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
-    from cdrsync.limiter import SlidingWindowLimiter
+    from cdrsync.http.limiter import SlidingWindowLimiter
+    from cdrsync.http.transport import Response, Transport
     from cdrsync.model import CallEvent
-    from cdrsync.transport import Response, Transport
 
 T = TypeVar("T")
 

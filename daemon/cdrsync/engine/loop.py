@@ -1,0 +1,190 @@
+"""The loop every stream runs: own the stream, run a cycle, back off on failure, then sleep.
+
+The window, day, lookup and outbox streams differ in what one cycle does, not in how they are
+driven, so ``StreamLoop.run()`` drives them all. What does differ between them is a parameter
+(the ``*.cycle_failed`` event name, the backoff rule) or a small hook a stream overrides (its
+poll interval, its idle wait, which sleeps a push may cut short); each override says why.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cdrsync.engine.plan import retry_delay
+from cdrsync.errors import CdrsyncError, PermanentError, StoreError
+
+if TYPE_CHECKING:
+    from cdrsync.config import AccountSettings
+    from cdrsync.store.store import Store
+
+Backoff = Callable[[CdrsyncError, int, float], float]
+"""Seconds to wait after (the error, consecutive failures, the stream's poll interval)."""
+
+PERMANENT_CAP = 600.0
+"""Longest wait after a permanent error: the vendor keeps refusing until someone acts."""
+
+
+class Owner(Protocol):
+    """What a stream needs of the lock session (``cdrsync.store.lock.StreamLocks``)."""
+
+    @property
+    def held(self) -> frozenset[str]: ...
+
+    async def alive(self) -> bool: ...
+    async def try_acquire(self, stream: str) -> bool: ...
+
+
+def poll_backoff(exc: CdrsyncError, failures: int, poll: float) -> float:
+    """The wait of a stream that polls a list (window and day streams): a transient error never
+    waits longer than a poll would anyway; a permanent one never shorter."""
+    if isinstance(exc, PermanentError):
+        # Credentials or a request the vendor refuses: retrying fast fixes nothing, and some
+        # vendors lock an account after repeated failed logins.
+        return max(poll, retry_delay(failures, cap=PERMANENT_CAP))
+    return min(poll, retry_delay(failures))
+
+
+def queue_backoff(exc: CdrsyncError, failures: int, poll: float) -> float:
+    """The wait of a stream that works a queue (lookup and outbox streams): doubling from one
+    second, up to a minute (ten after a permanent error), whatever the poll interval."""
+    cap = PERMANENT_CAP if isinstance(exc, PermanentError) else 60.0
+    # At least a second: the poll interval does not bound this wait, so nothing else would.
+    return max(1.0, retry_delay(failures, cap=cap))
+
+
+class StreamLoop(abc.ABC):
+    """One stream of one account: ``run()`` until stopped (or finished), ``cycle()`` in tests."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        account: AccountSettings,
+        store: Store,
+        locks: Owner,
+        stop: asyncio.Event,
+        clock: Callable[[], dt.datetime],
+        logger: Any,
+        failed_event: str,
+        backoff: Backoff = poll_backoff,
+    ) -> None:
+        """``logger`` is the subclass's module logger (kept so stdlib logger names stay put);
+        ``failed_event`` names the warning a failed cycle logs (``sync.cycle_failed``...)."""
+        self.name = name
+        self._account = account
+        self._store = store
+        self._locks = locks
+        self._stop = stop
+        self._clock = clock
+        self._failed_event = failed_event
+        self._backoff = backoff
+        # Set by a push through a subclass's ``wake()``; only the sleeps that allow it end early.
+        self._wake = asyncio.Event()
+        self._log = logger.bind(vendor=account.vendor, account=account.name, stream=name)
+        self._owned_logged: bool | None = None
+        self.finished = False
+        """True once a bounded stream has read all it was asked to (never for the others)."""
+
+    @abc.abstractmethod
+    async def cycle(self) -> bool:
+        """One pass of the stream's work. True when more work waits already (no sleep)."""
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        """Cycle until the stop event is set (or the stream is finished)."""
+        failures = 0
+        while not self._stop.is_set() and not self.finished:
+            self._turn_starts()
+            delay, failures = await self._turn(failures)
+            if delay > 0 and not self.finished:
+                await self._rest(delay, failures)
+
+    async def _turn(self, failures: int) -> tuple[float, int]:
+        """One cycle if this process owns the stream: the wait before the next one, and the
+        consecutive failures so far. A CdrsyncError is logged and recorded, not raised; any
+        other exception is a bug and ends the loop."""
+        delay = self._poll_delay()
+        try:
+            if await self._own():
+                more = await self.cycle()
+                failures = 0
+                # Inside the try: a stream's idle wait may ask the store, which can fail too.
+                delay = 0.0 if more else await self._idle_delay(delay)
+        except CdrsyncError as exc:
+            failures += 1
+            delay = self._backoff(exc, failures, delay)
+            await self._failed(exc, failures, delay)
+        return delay, failures
+
+    async def _failed(self, exc: CdrsyncError, failures: int, delay: float) -> None:
+        self._log.warning(
+            self._failed_event,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            failures=failures,
+            retry_in_s=delay,
+        )
+        # The store may be what failed: the warning above is then all that can be said.
+        with contextlib.suppress(StoreError):
+            await self._store.record_cycle(self.name, now=self._clock(), error=str(exc))
+
+    async def _own(self) -> bool:
+        """Whether this process owns the stream (one owner per stream across instances)."""
+        if not await self._locks.alive() or self.name not in self._locks.held:
+            owned = await self._locks.try_acquire(self.name)
+        else:
+            owned = True
+        if owned != self._owned_logged:
+            self._log.info("stream.owned" if owned else "stream.owned_elsewhere")
+            self._owned_logged = owned
+        return owned
+
+    async def _still_owned(self) -> bool:
+        """Between the windows (or days) of a cycle, which may last many minutes when catching
+        up: whether the lock session still answers. A session ended on the server (an admin,
+        a failover) loses every lock, and another instance may have taken the stream: this
+        cycle then stops reading (what was read still commits) and the next turn asks again."""
+        if await self._locks.alive():
+            return True
+        self._log.warning(
+            "stream.lock_lost",
+            action="stopped reading this cycle; the next one takes the lock again or leaves "
+            "the stream to the instance that has it",
+        )
+        self._owned_logged = None
+        return False
+
+    async def _sleep(self, delay: float, *, wakeable: bool) -> None:
+        """Wait ``delay`` seconds, less if the stop event is set (or, if ``wakeable``, a push
+        wakes the stream). The wake event is left as it is: clearing it is the caller's call."""
+        waits = {asyncio.ensure_future(self._stop.wait())}
+        if wakeable:
+            waits.add(asyncio.ensure_future(self._wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    # ------------------------------------------------------------------ hooks
+
+    def _turn_starts(self) -> None:  # noqa: B027 - an optional hook, empty on purpose
+        """Called before each turn (a stream that clears its wake-ups here overrides it)."""
+
+    def _poll_delay(self) -> float:
+        """Seconds between cycles when nothing is waiting: the account's poll interval."""
+        return self._account.poll_interval.total_seconds()
+
+    async def _idle_delay(self, poll: float) -> float:
+        """Seconds to wait after a cycle that left nothing waiting: by default, a poll."""
+        return poll
+
+    async def _rest(self, delay: float, failures: int) -> None:
+        """The wait between turns: only the stop event ends it early, by default."""
+        await self._sleep(delay, wakeable=False)

@@ -1,0 +1,535 @@
+"""The window stream: keeps one account's calls in step through a vendor's list endpoint.
+
+Each cycle plans windows (``plan.plan_windows``), reads each one completely (all pages, with the
+vendor's count checked against the distinct keys received, re-read on drift, split when it is too
+deep to page), and hands the rows to a writer that upserts them and advances the watermark in the
+same transaction as the window's rows. Reading and writing overlap: the reader fetches the next
+window while the writer commits the last one, and the writer commits windows strictly in order, so
+the watermark never passes a window that is not committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+import zoneinfo
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import structlog
+
+from cdrsync.engine.batchqueue import RowQueue, run_pipeline
+from cdrsync.engine.loop import Owner, StreamLoop
+from cdrsync.engine.plan import (
+    audit_span,
+    check_complete,
+    local_midnight_utc,
+    on_grid,
+    pages_for,
+    plan_windows,
+    rows_received,
+    split_window,
+    too_deep,
+)
+from cdrsync.errors import CdrsyncError
+from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
+
+if TYPE_CHECKING:
+    from cdrsync.config import AccountSettings
+    from cdrsync.store.store import Store, StreamLocks
+    from cdrsync.vendors import WindowSource
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], dt.datetime]
+T = TypeVar("T")
+FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    """The current time in UTC (the default clock)."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a stream stands, reported after every committed window."""
+
+    stream: str
+    windows_done: int
+    rows_written: int
+    watermark: dt.datetime
+    start: dt.datetime
+    until: dt.datetime | None
+    windows_total: int | None = None
+    """Grid windows between start and until (a bounded stream), for "done / total"."""
+
+
+ProgressHook = Callable[[Progress], None]
+CycleHook = Callable[[str, bool, "float | None", WriteResult], None]
+"""Called after every cycle with (stream, succeeded, watermark lag in seconds, what it wrote)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    records: Sequence[CallRecord]
+    rejects: Sequence[Reject]
+    advance_to: dt.datetime | None
+    window: Window | None = None
+    """A whole grid window read completely: recorded with ``vendor_count`` for the audit."""
+    vendor_count: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.rejects)
+
+
+@dataclass(slots=True)
+class _Cycle:
+    windows: int = 0
+    windows_done: int = 0
+    pages: int = 0
+    rereads: int = 0
+    splits: int = 0
+    audited: int = 0
+    recounted: int = 0
+    reread_from: dt.datetime = FAR_FUTURE
+    """Windows ending after this are read again by the next cycle (inside the lookback)."""
+    incomplete: Window | None = None
+    written: WriteResult = field(default_factory=WriteResult)
+
+
+AuditSpan = tuple[dt.datetime, dt.datetime, dt.datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """A marker in the read queue: record ``window`` (whose parts are done) with ``count``."""
+
+    window: Window
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRange:
+    """Which windows a stream reads. Every field left None takes the account's setting."""
+
+    start: dt.datetime | None = None
+    """The oldest instant read (default: the account's ``start``, local midnight)."""
+    until: dt.datetime | None = None
+    """A bounded stream (backfill, history) ends here; None follows now."""
+    lookback: dt.timedelta | None = None
+    """Re-read behind the watermark every cycle (default: the account's ``lookback``)."""
+    window: dt.timedelta | None = None
+    """The grid step (default: the account's ``window``)."""
+    coarse: dt.timedelta | None = None
+    """Whole cells of this size for what is older than the lookback (Ozonetel: a day)."""
+    earliest: Callable[[dt.datetime], dt.datetime] | None = None
+    """The oldest instant the vendor still serves, given now (Ozonetel: 15 days)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowTuning:
+    """How hard a stream reads: per-cycle bounds, concurrency and the audit."""
+
+    max_windows_per_cycle: int = 48
+    page_concurrency: int = 4
+    max_rereads: int = 3
+    audit_per_cycle: int | None = None
+    """Closed windows re-counted per cycle (default: ``audit_budget``)."""
+    write_rows: int = 5000
+    audit: bool = True
+    """Re-count closed windows at all (off for bounded streams)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHooks:
+    """Callbacks of the daemon, the backfill command and the tests."""
+
+    on_progress: ProgressHook | None = None
+    on_cycle: CycleHook | None = None
+
+
+def audit_budget(account: AccountSettings) -> int:
+    """Windows to re-count per cycle: twice what keeps every window of the horizon checked once
+    an interval (at least 4), so a backlog of due windows drains."""
+    windows = account.audit_horizon / account.window
+    cycles = max(1.0, account.audit_interval / account.poll_interval)
+    return max(4, math.ceil(2 * windows / cycles))
+
+
+class WindowStream(StreamLoop):
+    """One account's list stream: ``run()`` until stopped, or once per ``cycle()`` in tests."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        account: AccountSettings,
+        source: WindowSource,
+        store: Store,
+        locks: StreamLocks | Owner,
+        stop: asyncio.Event,
+        clock: Clock = utcnow,
+        kind: str = "list",
+        reads: WindowRange = WindowRange(),
+        tuning: WindowTuning = WindowTuning(),
+        hooks: StreamHooks = StreamHooks(),
+    ) -> None:
+        super().__init__(
+            name=name, account=account, store=store, locks=locks, stop=stop, clock=clock,
+            logger=log, failed_event="sync.cycle_failed",
+        )  # fmt: skip
+        self.kind = kind
+        self._source = source
+        zone = zoneinfo.ZoneInfo(account.timezone)
+        self._start = reads.start or local_midnight_utc(account.start, zone)
+        self._until = reads.until
+        self._lookback = account.lookback if reads.lookback is None else reads.lookback
+        self._step = reads.window or account.window
+        # Whole-cell windows for what is older than the lookback (see plan_windows).
+        self._coarse = reads.coarse
+        # The oldest instant the vendor still serves, given now (Ozonetel: 15 days): windows
+        # before it are not requested (the vendor answers them empty, not with an error).
+        self._earliest = reads.earliest
+        self._audit_on = tuning.audit
+        self._max_windows = tuning.max_windows_per_cycle
+        self._concurrency = tuning.page_concurrency
+        self._max_rereads = tuning.max_rereads
+        self._audit_per_cycle = tuning.audit_per_cycle or audit_budget(account)
+        # Rows per transaction the writer aims at, and rows the reader may read ahead of it:
+        # enough to coalesce small windows, bounded so memory does not grow with window size.
+        self._write_rows = tuning.write_rows
+        self._on_progress = hooks.on_progress
+        self._on_cycle = hooks.on_cycle
+        self._windows_done_total = 0
+        self._rows_total = 0
+
+    # ------------------------------------------------------------------ one cycle
+
+    async def cycle(self) -> bool:
+        """One pass over the planned windows. True when more windows wait (catching up)."""
+        began = time.monotonic()
+        now = self._clock()
+        state = await self._store.load_state(self.name)
+        if state is None:
+            state = await self._store.ensure_stream(
+                self.name, vendor=self._account.vendor, account=self._account.name, kind=self.kind
+            )
+        planned = plan_windows(
+            watermark=state.watermark,
+            start=self._horizon(now, state.watermark),
+            now=now,
+            lookback=self._lookback,
+            settle=self._account.settle,
+            step=self._step,
+            until=self._until,
+            coarse=self._coarse,
+        )
+        windows = planned[: self._max_windows]
+        tally = _Cycle(windows=len(windows), reread_from=now - self._lookback)
+        audit = None
+        if self._audit_on and len(windows) == len(planned):  # catch up first; audit after
+            audit = audit_span(
+                watermark=state.watermark,
+                now=now,
+                horizon=self._account.audit_horizon,
+                interval=self._account.audit_interval,
+            )
+        error = await self._pipeline(windows, tally, audit)
+        state = await self._store.load_state(self.name) or state
+        if self._until is not None and state.watermark is not None:
+            self.finished = state.watermark >= self._until
+        if error is None:
+            await self._store.record_cycle(self.name, now=self._clock())
+        lag = (now - state.watermark).total_seconds() if state.watermark else None
+        self._log.info(
+            "sync.cycle_done" if error is None else "sync.cycle_partial",
+            windows=tally.windows,
+            windows_done=tally.windows_done,
+            pages=tally.pages,
+            rereads=tally.rereads,
+            splits=tally.splits,
+            audited=tally.audited,
+            recounted=tally.recounted,
+            inserted=tally.written.inserted,
+            updated=tally.written.updated,
+            unchanged=tally.written.unchanged,
+            rejected=tally.written.rejected,
+            watermark=state.watermark.isoformat() if state.watermark else None,
+            lag_s=round(lag, 1) if lag is not None else None,
+            ms=round((time.monotonic() - began) * 1000),
+        )
+        if self._on_cycle is not None:
+            self._on_cycle(self.name, error is None, lag, tally.written)
+        if error is not None:
+            raise error
+        return len(planned) > len(windows) and tally.incomplete is None
+
+    def _horizon(self, now: dt.datetime, watermark: dt.datetime | None) -> dt.datetime:
+        """The start of this cycle's plan: the stream's start, or the vendor's horizon when
+        that is later (saying once what can no longer be fetched)."""
+        if self._earliest is None:
+            return self._start
+        earliest = self._earliest(now)
+        if earliest <= self._start:
+            return self._start
+        if watermark is None or watermark < earliest:
+            self._log.warning(
+                "sync.beyond_horizon",
+                lost_from=(watermark or self._start).isoformat(),
+                lost_until=earliest.isoformat(),
+                action="the vendor no longer serves these calls; they cannot be fetched",
+            )
+        return earliest
+
+    async def _pipeline(
+        self, windows: Sequence[Window], tally: _Cycle, audit: AuditSpan | None
+    ) -> CdrsyncError | None:
+        queue: RowQueue[_Batch] = RowQueue(2 * self._write_rows)
+
+        def stopping() -> None:
+            # SIGTERM: no new requests; what was already read is still committed.
+            self._log.info("sync.stopping", windows_done=tally.windows_done)
+
+        return await run_pipeline(
+            self._read_all(windows, queue, tally, audit),
+            self._write_all(queue, tally),
+            stop=self._stop,
+            name=self.name,
+            on_stop=stopping,
+        )
+
+    async def _read_all(
+        self,
+        windows: Sequence[Window],
+        queue: RowQueue[_Batch],
+        tally: _Cycle,
+        audit: AuditSpan | None,
+    ) -> None:
+        # Fenced when this cycle runs under the stream's lock (always, in the daemon).
+        fenced = self.name in self._locks.held
+        try:
+            for index, window in enumerate(windows):
+                if index and fenced and not await self._still_owned():
+                    return
+                if not await self._read_window(window, queue, tally):
+                    return
+            if audit is not None:
+                await self._audit(audit, queue, tally)
+        finally:
+            await queue.put(None)
+
+    async def _audit(self, span: AuditSpan, queue: RowQueue[_Batch], tally: _Cycle) -> None:
+        """Re-ask the vendor's count of closed windows; read again those whose count moved.
+
+        This answers Acefone selecting calls by start time but listing a call only after it
+        ends: a call longer than the lookback surfaces in a window the lookback no longer
+        re-reads. One one-record request per window keeps it cheap."""
+        since, until, checked_before = span
+        due = await self._store.windows_due(
+            self.name, since=since, until=until, checked_before=checked_before,
+            limit=self._audit_per_cycle,
+        )  # fmt: skip
+        for window, recorded in due:
+            tally.audited += 1
+            counted = await self._source.count(window)
+            if counted == recorded:
+                await self._store.window_checked(self.name, window, now=self._clock())
+                continue
+            tally.recounted += 1
+            self._log.info(
+                "sync.window_recount", window=str(window), recorded=recorded, counted=counted
+            )
+            if not await self._read_window(window, queue, tally):
+                return
+
+    async def _write_all(self, queue: RowQueue[_Batch], tally: _Cycle) -> CdrsyncError | None:
+        """Commit batches in order. Windows already waiting in the queue are committed together
+        while the transaction stays within ``write_rows`` rows: a small window then costs no
+        transaction of its own. The first failure ends it (``run_pipeline`` then stops the
+        reader): nothing after a batch that did not commit may commit."""
+        ended = False
+        while not ended and (batch := await queue.get()) is not None:
+            batches = [batch]
+            rows = len(batch.records)
+            while (head := queue.head_rows()) is not None and rows + head <= self._write_rows:
+                more = await queue.get()  # does not wait: the queue is not empty
+                if more is None:
+                    ended = True
+                    break
+                batches.append(more)
+                rows += len(more.records)
+            try:
+                # The batch in hand commits even if we are being cancelled at shutdown.
+                result = await asyncio.shield(self._write(batches))
+            except CdrsyncError as exc:
+                return exc
+            tally.written += result
+            self._rows_total += result.written
+            for done in batches:
+                if done.advance_to is not None:
+                    tally.windows_done += 1
+                    self._windows_done_total += 1
+                    self._report(done.advance_to)
+        return None
+
+    async def _write(self, batches: Sequence[_Batch]) -> WriteResult:
+        advances = [b.advance_to for b in batches if b.advance_to is not None]
+        return await self._store.write_batch(
+            self.name,
+            [r for b in batches for r in b.records],
+            [r for b in batches for r in b.rejects],
+            now=self._clock(),
+            advance_to=max(advances) if advances else None,
+            windows=[
+                (b.window, b.vendor_count)
+                for b in batches
+                if b.window and b.vendor_count is not None
+            ],
+        )
+
+    def _report(self, watermark: dt.datetime) -> None:
+        if self._on_progress is not None:
+            self._on_progress(
+                Progress(
+                    stream=self.name,
+                    windows_done=self._windows_done_total,
+                    rows_written=self._rows_total,
+                    watermark=watermark,
+                    start=self._start,
+                    until=self._until,
+                    windows_total=self._windows_total(),
+                )
+            )
+
+    def _windows_total(self) -> int | None:
+        if self._until is None:
+            return None
+        return math.ceil((self._until - self._start) / self._step)
+
+    # ------------------------------------------------------------------ one window
+
+    async def _read_window(self, window: Window, queue: RowQueue[_Batch], tally: _Cycle) -> bool:
+        """Read ``window`` until complete (splitting it when too deep). False if it stayed short.
+
+        A whole grid window is recorded with the vendor's count once read, for the audit; a
+        grid window that had to be split is recorded, with the count that made it split, after
+        all its parts are complete."""
+        pending: list[Window | _Recorded] = [window]
+        while pending:
+            part = pending.pop(0)
+            if isinstance(part, _Recorded):
+                await queue.put(_Batch((), (), None, part.window, part.count))
+                continue
+            verdict, total = await self._read_part(part, queue, tally)
+            if verdict == "split":
+                tally.splits += 1
+                after: list[Window | _Recorded] = [*split_window(part)]
+                if self._on_grid(part):
+                    after.append(_Recorded(part, total))
+                pending[0:0] = after
+            elif verdict == "incomplete":
+                tally.incomplete = part
+                return False
+        return True
+
+    def _on_grid(self, window: Window) -> bool:
+        return on_grid(window, self._step, self._start)
+
+    async def _read_part(
+        self, window: Window, queue: RowQueue[_Batch], tally: _Cycle
+    ) -> tuple[str, int]:
+        page_size = self._source.page_size
+        reread_later = window.end > tally.reread_from
+        for attempt in range(1 + self._max_rereads):
+            first = await self._source.fetch_page(window, 1)
+            tally.pages += 1
+            if too_deep(first.total, page_size, self._account.max_page_depth, window):
+                return "split", first.total
+            pages = await self._read_pages(window, first)
+            tally.pages += len(pages) - 1
+            received = rows_received([(p.size, p.keys) for p in pages])
+            verdict = check_complete([p.total for p in pages], received, reread_later=reread_later)
+            records = [r for p in pages for r in p.records]
+            rejects = [r for p in pages for r in p.rejects]
+            if verdict.closes:
+                # A provisional close records what was received: if the vendor later counts
+                # more, the audit reads the window again.
+                grid = self._on_grid(window)
+                count = verdict.expected if verdict.exact else verdict.received
+                batch = _Batch(records, rejects, window.end, window if grid else None, count)
+                await queue.put(batch)
+                if not verdict.exact:
+                    self._log.info(
+                        "sync.window_provisional",
+                        window=str(window),
+                        expected=verdict.expected,
+                        received=verdict.received,
+                    )
+                return "complete", count
+            # Rows of a short read are real rows: keep them, but do not close the window.
+            await queue.put(_Batch(records, rejects, None))
+            tally.rereads += 1
+            self._log.warning(
+                "sync.window_drift",
+                window=str(window),
+                expected=verdict.expected,
+                received=verdict.received,
+                reason=verdict.reason,
+                attempt=attempt + 1,
+            )
+        self._log.warning(
+            "sync.window_incomplete",
+            window=str(window),
+            rereads=self._max_rereads,
+            action="the watermark stays before this window; it is read again next cycle",
+        )
+        return "incomplete", 0
+
+    async def _read_pages(self, window: Window, first: Page) -> list[Page]:
+        """Page 1 and the pages its count calls for; while rows keep appearing (the count grows
+        and the last page came back full), the pages they pushed the tail onto, too."""
+        page_size = self._source.page_size
+        pages = [first]
+        # A window that can no longer be split (one second) is read to max_page_depth pages at
+        # most: a vendor's absurd count (a million calls in a second) must not turn into
+        # thousands of requests; the window then stays short, and is read again next cycle.
+        depth = self._account.max_page_depth
+        if pages_for(first.total, page_size) > depth:
+            self._log.warning(
+                "sync.count_implausible", window=str(window), count=first.total, pages=depth,
+                action="the vendor's count cannot be read in max_page_depth pages; reading "
+                "that many and retrying the window next cycle",
+            )  # fmt: skip
+        for _ in range(1 + self._max_rereads):
+            wanted = min(pages_for(max(p.total for p in pages), page_size), depth)
+            if len(pages) >= wanted or (len(pages) > 1 and pages[-1].size < page_size):
+                break
+            pages += await self._fetch_pages(window, range(len(pages) + 1, wanted + 1))
+        return pages
+
+    async def _fetch_pages(self, window: Window, numbers: range) -> list[Page]:
+        if not numbers:
+            return []
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(number: int) -> Page:
+            async with gate:
+                return await self._source.fetch_page(window, number)
+
+        return await gather_or_first_error([one(n) for n in numbers])
+
+
+async def gather_or_first_error(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """Run all; on the first failure cancel the rest and raise that failure (not a group)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

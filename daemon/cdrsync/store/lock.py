@@ -1,0 +1,135 @@
+"""Stream ownership across cdrsync instances: session advisory locks on one connection.
+
+Several instances may share one database; a stream runs only in the instance holding its lock.
+The locks live on a dedicated connection (never a pooled one: the pool resets sessions with
+``pg_advisory_unlock_all()`` on release), so they vanish with it when the process dies, the
+network drops or PostgreSQL restarts, and another instance can take the streams over. When the
+connection is lost ``held`` empties at once, and the next ``try_acquire`` reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from cdrsync.store.queries import QUERIES, server_settings, translate
+
+
+class StreamLocks:
+    """The stream locks this process holds, on one dedicated PostgreSQL session."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "cdrsync",
+        connect_timeout: float = 10.0,
+        probe_timeout: float = 2.0,
+    ) -> None:
+        """Nothing is opened until ``open()`` or the first ``try_acquire()``."""
+        self._dsn = dsn
+        self._schema = schema
+        self._connect_timeout = connect_timeout
+        self._probe_timeout = probe_timeout
+        self._conn: Any = None
+        self._held: set[str] = set()
+        # asyncpg runs one operation at a time per connection; streams ask concurrently.
+        self._mutex = asyncio.Lock()
+
+    @property
+    def held(self) -> frozenset[str]:
+        """Streams whose lock this process holds now (empty once the session is lost)."""
+        if self._conn is not None and self._conn.is_closed():
+            self._held.clear()
+        return frozenset(self._held)
+
+    async def open(self) -> None:
+        """Connect the lock session (``try_acquire`` also connects on demand)."""
+        async with self._mutex:
+            with translate("open the stream lock session", self._dsn):
+                await self._ensure()
+
+    async def try_acquire(self, stream: str) -> bool:
+        """Take ``stream``'s lock if no other session holds it; True if this process has it."""
+        async with self._mutex:
+            if stream in self._held and self._conn is not None and not self._conn.is_closed():
+                return True
+            with translate(f"take the lock of stream {stream}", self._dsn):
+                try:
+                    await self._ensure()
+                    got = bool(
+                        await self._conn.fetchval(QUERIES["try_stream_lock"], self._schema, stream)
+                    )
+                except BaseException:
+                    await self._drop()
+                    raise
+            if got:
+                self._held.add(stream)
+            return got
+
+    async def release(self, stream: str) -> None:
+        """Give ``stream``'s lock back (nothing to do if the session is gone)."""
+        async with self._mutex:
+            if stream not in self._held:
+                return
+            self._held.discard(stream)
+            if self._conn is None or self._conn.is_closed():
+                return
+            with translate(f"release the lock of stream {stream}", self._dsn):
+                try:
+                    await self._conn.fetchval(QUERIES["stream_unlock"], self._schema, stream)
+                except BaseException:
+                    # A session we cannot talk to may still hold the lock: end it for sure.
+                    await self._drop()
+                    raise
+
+    async def alive(self) -> bool:
+        """Whether the lock session still answers; False means every lock is lost."""
+        async with self._mutex:
+            if self._conn is None or self._conn.is_closed():
+                self._held.clear()
+                return False
+            try:
+                await self._conn.fetchval("SELECT 1", timeout=self._probe_timeout)
+            except Exception:
+                # A session that does not answer in time may be half-dead: give its locks up.
+                # Anything at all (asyncpg's InternalClientError from a connection the server
+                # has just ended, mid-protocol) means the same: the locks are not ours.
+                await self._drop()
+                return False
+            return True
+
+    async def close(self) -> None:
+        """Release every lock by ending the session."""
+        async with self._mutex:
+            self._held.clear()
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.is_closed():
+                try:
+                    await asyncio.wait_for(conn.close(), self._probe_timeout)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                    conn.terminate()
+
+    async def _ensure(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        self._held.clear()
+        self._conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout,
+            server_settings=server_settings(self._schema),
+        )
+        self._conn.add_termination_listener(self._on_terminated)
+
+    def _on_terminated(self, conn: Any) -> None:
+        if conn is self._conn:
+            self._held.clear()
+
+    async def _drop(self) -> None:
+        """Forget the session and its locks; closing the socket makes the server free them."""
+        self._held.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()

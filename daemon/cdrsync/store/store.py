@@ -1,0 +1,308 @@
+"""PostgreSQL: migrations, the batch write of calls, stream state and rejects.
+
+With its sibling modules (``queries``, ``upsert``, ``lock``, ``queues``) the only place that
+imports asyncpg. Every driver failure is translated into ``StoreError`` (``queries.translate``),
+with a message naming the operation and what to do, and never the DSN's password. SQL lives in
+``sql/queries.sql`` (named queries) and ``sql/migrations/NNNN_name.sql``.
+
+``write_batch`` carries guarantees 1, 2 and 4 of the design: rows, rejects and the stream's
+watermark commit in one transaction; a key appears once; an unchanged re-read writes nothing;
+an older copy never replaces a newer one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from cdrsync.errors import StoreError
+from cdrsync.model import CallRecord, Reject, StreamState, Window, WriteResult
+from cdrsync.store.lock import StreamLocks
+from cdrsync.store.queries import (
+    ADVANCE_STATE_SQL,
+    CREATE_TEMP_SQL,
+    QUERIES,
+    TEMP_TABLE,
+    UPSERT_CALLS_SQL,
+    UPSERT_REJECTS_SQL,
+    describe_dsn,
+    quote_ident,
+    server_settings,
+    translate,
+    validate_schema,
+)
+from cdrsync.store.queues import Queues
+from cdrsync.store.upsert import collapse, upsert_in
+
+__all__ = [
+    "ADVANCE_STATE_SQL",
+    "CREATE_TEMP_SQL",
+    "QUERIES",
+    "TEMP_TABLE",
+    "UPSERT_CALLS_SQL",
+    "UPSERT_REJECTS_SQL",
+    "Migration",
+    "Store",
+    "StreamLocks",
+    "collapse",
+    "describe_dsn",
+    "migrations",
+    "quote_ident",
+    "server_settings",
+    "translate",
+    "upsert_in",
+    "validate_schema",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema migration file: ``NNNN_name.sql``."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with cdrsync, in version order."""
+    folder = importlib.resources.files("cdrsync.store") / "sql" / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), entry.name[:-4], entry.read_text("utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def _state(row: Mapping[str, Any]) -> StreamState:
+    cursor = row["cursor"]
+    return StreamState(
+        stream=row["stream"],
+        vendor=row["vendor"],
+        account=row["account"],
+        kind=row["kind"],
+        watermark=row["watermark"],
+        cursor=json.loads(cursor) if isinstance(cursor, str) else cursor,
+        last_success_at=row["last_success_at"],
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+        rows_inserted=int(row["rows_inserted"]),
+        rows_updated=int(row["rows_updated"]),
+        cycles=int(row["cycles"]),
+        updated_at=row["updated_at"],
+    )
+
+
+class Store:
+    """A connection pool to cdrsync's schema and every operation the daemon needs on it."""
+
+    def __init__(self, pool: Any, dsn: str, schema: str, connect_timeout: float) -> None:
+        """Use ``Store.connect``; this only keeps what it opened."""
+        self._pool = pool
+        self._dsn = dsn
+        self.schema = schema
+        self._connect_timeout = connect_timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        schema: str = "cdrsync",
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> Store:
+        """Open a pool whose connections use ``schema`` (which need not exist yet)."""
+        validate_schema(schema)
+        with translate("connect to PostgreSQL", dsn):
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                timeout=connect_timeout,
+                server_settings=server_settings(schema),
+            )
+        return cls(pool, dsn, schema, connect_timeout)
+
+    async def close(self) -> None:
+        """Close the pool, waiting for connections in use to be released."""
+        with translate("close the connection pool", self._dsn):
+            await self._pool.close()
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction; return their names.
+
+        A transaction-scoped advisory lock per schema makes concurrent runs (two instances
+        starting together) safe: the second waits, then finds the migration applied.
+        """
+        schema = quote_ident(self.schema)
+        applied = []
+        for migration in migrations():
+            with translate(f"apply schema migration {migration.name}", self._dsn):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(QUERIES["migration_lock"], self.schema)
+                    # Identifiers cannot be bind parameters; `schema` is validated and quoted.
+                    await conn.execute(
+                        f"CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema}"
+                    )
+                    await conn.execute(QUERIES["bootstrap_migrations"])
+                    if await conn.fetchval(QUERIES["migration_applied"], migration.version):
+                        continue
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        QUERIES["record_migration"], migration.version, migration.name
+                    )
+            applied.append(migration.name)
+        return applied
+
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless PostgreSQL answers a query."""
+        with translate("reach PostgreSQL", self._dsn):
+            await self._pool.fetchval("SELECT 1", timeout=self._connect_timeout)
+
+    async def ensure_stream(
+        self, stream: str, *, vendor: str, account: str, kind: str
+    ) -> StreamState:
+        """Create the stream's ``sync_state`` row if missing and return its state."""
+        with translate(f"register stream {stream}", self._dsn):
+            row = await self._pool.fetchrow(QUERIES["ensure_stream"], stream, vendor, account, kind)
+        return _state(row)
+
+    async def load_state(self, stream: str) -> StreamState | None:
+        """The stream's state, or None if it was never registered."""
+        with translate(f"read the state of stream {stream}", self._dsn):
+            row = await self._pool.fetchrow(QUERIES["load_state"], stream)
+        return None if row is None else _state(row)
+
+    async def states(self) -> list[StreamState]:
+        """Every stream's state, by stream name."""
+        with translate("read the stream states", self._dsn):
+            rows = await self._pool.fetch(QUERIES["all_states"])
+        return [_state(row) for row in rows]
+
+    async def write_batch(
+        self,
+        stream: str,
+        records: Sequence[CallRecord],
+        rejects: Sequence[Reject] = (),
+        *,
+        now: dt.datetime,
+        advance_to: dt.datetime | None = None,
+        cursor: Mapping[str, Any] | None = None,
+        windows: Sequence[tuple[Window, int]] = (),
+    ) -> WriteResult:
+        """Upsert ``records``, count ``rejects`` and advance the stream, in one transaction.
+
+        ``unchanged`` counts the records that wrote nothing, collapsed duplicates included.
+        The watermark moves to ``advance_to`` (never backwards) and the cursor is replaced
+        when either is given. ``windows`` records completely read windows with the vendor's
+        count, for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the
+        batch is committed.
+        """
+        cursor_json = None if cursor is None else json.dumps(dict(cursor), sort_keys=True)
+        set_cursor = cursor is not None or advance_to is not None
+        with translate(f"write {len(records)} calls of stream {stream}", self._dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                inserted, updated = await upsert_in(conn, records, rejects, now)
+                found = await conn.fetchval(
+                    ADVANCE_STATE_SQL, stream, inserted, updated, advance_to, cursor_json,
+                    set_cursor, now,
+                )  # fmt: skip
+                if found is None:
+                    raise _unknown_stream(stream)
+                if windows:
+                    # One row per window: a window read twice in a batch is recorded once.
+                    windows = list({(w.start, w.end): (w, n) for w, n in windows}.values())
+                    await conn.execute(
+                        QUERIES["record_windows"], stream,
+                        [w.start for w, _ in windows], [w.end for w, _ in windows],
+                        [count for _, count in windows], now,
+                    )  # fmt: skip
+        return WriteResult(
+            inserted=inserted,
+            updated=updated,
+            unchanged=len(records) - inserted - updated,
+            rejected=len(rejects),
+        )
+
+    async def record_cycle(
+        self, stream: str, *, now: dt.datetime, error: str | None = None
+    ) -> None:
+        """Count a finished cycle: a success at ``now``, or the cycle's ``error``."""
+        with translate(f"record a cycle of stream {stream}", self._dsn):
+            found = await self._pool.fetchval(QUERIES["record_cycle"], stream, now, error)
+        if found is None:
+            raise _unknown_stream(stream)
+
+    async def windows_due(
+        self,
+        stream: str,
+        *,
+        since: dt.datetime,
+        until: dt.datetime,
+        checked_before: dt.datetime,
+        limit: int,
+    ) -> list[tuple[Window, int]]:
+        """Recorded windows inside ``[since, until]`` whose count was last checked before
+        ``checked_before``, least recently checked first, with their recorded vendor count.
+        Windows that ended before ``since`` are forgotten."""
+        with translate(f"read the windows due for audit of stream {stream}", self._dsn):
+            async with self._pool.acquire() as conn:
+                await conn.execute(QUERIES["forget_windows"], stream, since)
+                rows = await conn.fetch(
+                    QUERIES["windows_due"], stream, since, until, checked_before, limit
+                )
+        return [(Window(r["window_start"], r["window_end"]), int(r["vendor_count"])) for r in rows]
+
+    async def window_checked(self, stream: str, window: Window, *, now: dt.datetime) -> None:
+        """The vendor still counts what was recorded for ``window``: checked at ``now``."""
+        with translate(f"record an audit of stream {stream}", self._dsn):
+            await self._pool.execute(
+                QUERIES["window_checked"], stream, window.start, window.end, now
+            )
+
+    async def rows_since(self, since: dt.datetime) -> dict[tuple[str, str], int]:
+        """``(vendor, account) -> calls first stored at or after ``since``."""
+        with translate("count the calls stored recently", self._dsn):
+            rows = await self._pool.fetch(QUERIES["rows_since"], since)
+        return {(r["vendor"], r["account"]): int(r["rows"]) for r in rows}
+
+    async def call_count(self, vendor: str | None = None, account: str | None = None) -> int:
+        """How many calls are stored (for one vendor and/or account when given)."""
+        with translate("count calls", self._dsn):
+            return int(await self._pool.fetchval(QUERIES["call_count"], vendor, account))
+
+    async def call_hashes(self, vendor: str, account: str) -> dict[str, bytes]:
+        """``call_key -> content_hash`` of every stored call of one account (for comparisons)."""
+        with translate(f"read the call hashes of {vendor} account {account}", self._dsn):
+            rows = await self._pool.fetch(QUERIES["call_hashes"], vendor, account)
+        return {row["call_key"]: bytes(row["content_hash"]) for row in rows}
+
+    async def reject_count(self, vendor: str | None = None, account: str | None = None) -> int:
+        """How many distinct rejected records are stored (for one vendor and/or account)."""
+        with translate("count rejects", self._dsn):
+            return int(await self._pool.fetchval(QUERIES["reject_count"], vendor, account))
+
+    @property
+    def queues(self) -> Queues:
+        """The lookup queue and the VCC Live outbox on this store's pool."""
+        return Queues(self._pool, self._dsn)
+
+    def lock_session(self) -> StreamLocks:
+        """A new, unopened holder of this process's stream locks (its own connection)."""
+        return StreamLocks(self._dsn, schema=self.schema, connect_timeout=self._connect_timeout)
+
+
+def _unknown_stream(stream: str) -> StoreError:
+    return StoreError(
+        f"stream {stream} has no row in sync_state, so its batch was not written; this is a "
+        "cdrsync bug (ensure_stream() must run first): please report it"
+    )

@@ -1,0 +1,77 @@
+"""The batch write of calls and rejects inside a caller's transaction: COPY, then one upsert.
+
+Carries guarantees 1 and 4 of the design: duplicate keys of a batch are collapsed before the
+statement runs (``collapse``), an unchanged re-read writes nothing and an older copy never
+replaces a newer one (both in ``upsert_calls``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from cdrsync.model import CALL_COLUMNS, SOURCES, CallRecord, Reject
+from cdrsync.store.queries import (
+    CREATE_TEMP_SQL,
+    TEMP_TABLE,
+    UPSERT_CALLS_SQL,
+    UPSERT_REJECTS_SQL,
+)
+
+_RANK = {source: rank for rank, source in enumerate(SOURCES)}
+
+
+def collapse(records: Sequence[CallRecord]) -> list[CallRecord]:
+    """One record per key: the highest-ranked source wins (list > lookup > push), then the
+    greatest ``fetched_at``, the later one on a tie (the rule of ``upsert_calls``)."""
+    best: dict[tuple[str, str, str], CallRecord] = {}
+    for record in records:
+        key = (record.vendor, record.account, record.call_key)
+        kept = best.get(key)
+        if kept is None or (_RANK.get(record.source, 0), record.fetched_at) >= (
+            _RANK.get(kept.source, 0),
+            kept.fetched_at,
+        ):
+            best[key] = record
+    return list(best.values())
+
+
+async def upsert_in(
+    conn: Any, records: Sequence[CallRecord], rejects: Sequence[Reject], now: dt.datetime
+) -> tuple[int, int]:
+    """Upsert ``records`` and count ``rejects`` on ``conn`` inside the caller's transaction;
+    returns (inserted, updated)."""
+    inserted = updated = 0
+    if records:
+        rows = [record.row() for record in collapse(records)]
+        await conn.execute(CREATE_TEMP_SQL)
+        await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=CALL_COLUMNS)
+        counts = await conn.fetchrow(UPSERT_CALLS_SQL, now)
+        inserted, updated = int(counts["inserted"]), int(counts["updated"])
+    if rejects:
+        await conn.execute(UPSERT_REJECTS_SQL, *_reject_arrays(rejects, now))
+    return inserted, updated
+
+
+def _reject_arrays(rejects: Sequence[Reject], now: dt.datetime) -> list[Any]:
+    """Columns of ``upsert_rejects``, one entry per distinct payload, with how often it came."""
+    merged: dict[tuple[str, str, bytes], tuple[Reject, int]] = {}
+    for reject in rejects:
+        digest = hashlib.sha256(reject.payload.encode("utf-8", "surrogatepass")).digest()
+        key = (reject.vendor, reject.account, digest)
+        seen = merged.get(key)
+        merged[key] = (reject, (seen[1] if seen else 0) + 1)
+    items = [(key[2], reject, count) for key, (reject, count) in merged.items()]
+    return [
+        [r.vendor for _, r, _ in items],
+        [r.account for _, r, _ in items],
+        [r.stream for _, r, _ in items],
+        [r.call_key for _, r, _ in items],
+        [r.reason for _, r, _ in items],
+        [r.payload for _, r, _ in items],
+        [digest for digest, _, _ in items],
+        now,
+        [count for _, _, count in items],
+    ]

@@ -1,0 +1,381 @@
+"""The Acefone window stream end to end: real simulator over HTTP, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+
+from cdrsync.app import daemon as app
+from cdrsync.engine.window import WindowStream
+from cdrsync.errors import StoreError
+from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
+from cdrsync.simulator.server import start_server
+from support import (
+    ACCOUNT,
+    acefone_settings,
+    differences,
+    running_daemon,
+    sql_value,
+    synced,
+    truth_hashes,
+)
+
+IN_STEP = {"missing": [], "extra": [], "stale": []}
+
+
+class FakeClock:
+    """Epoch seconds that move only when the test says so."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def utc(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.now, dt.UTC)
+
+
+def drifting(clock: FakeClock):
+    """A source wrapper that moves the simulator's clock by a minute right after the first page
+    of the newest window: the rows due in that minute appear while the window is being read."""
+    moved = []
+
+    class Drifting:
+        def __init__(self, inner):
+            self.inner, self.vendor, self.page_size = inner, inner.vendor, inner.page_size
+
+        async def count(self, window):
+            return await self.inner.count(window)
+
+        async def fetch_page(self, window, page):
+            result = await self.inner.fetch_page(window, page)
+            newest = window.end >= clock.utc() - dt.timedelta(seconds=1)
+            if page == 1 and newest and not moved:
+                moved.append(window)
+                clock.now += 60
+            return result
+
+    return Drifting
+
+
+@pytest.fixture
+async def sim_server() -> AsyncIterator[tuple[AcefoneSimulator, str]]:
+    """A busy simulator (backlog, live arrivals, late and changed records) on 127.0.0.1."""
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(
+            seed=11,
+            backlog=1500,
+            backlog_days=1.0,
+            live_per_minute=600.0,
+            visible_delay_s=(0.2, 1.0),
+            late_fraction=0.05,
+            late_delay_s=(1.0, 3.0),
+            change_fraction=0.1,
+            change_delay_s=(0.5, 3.0),
+        )
+    )
+    server = await start_server(sim)
+    try:
+        yield sim, server.base_url
+    finally:
+        await server.close()
+
+
+async def test_backlog_and_live_arrivals_end_exactly_equal(sim_server, dsn, store):
+    """After the backlog and live arrivals, calls equals the simulator: none missing, none extra,
+    none stale, no duplicates."""
+    sim, url = sim_server
+    async with running_daemon(acefone_settings(url, dsn)):
+        await asyncio.sleep(4)  # live calls keep arriving while the backlog is read
+        sim.stop_live()
+        diff = await synced(store, sim, timeout=30)
+    assert diff == IN_STEP
+    assert len(truth_hashes(sim)) > 1500
+    dupes = await sql_value(
+        dsn, "SELECT count(*) - count(DISTINCT (vendor, account, call_key)) FROM calls"
+    )
+    assert dupes == 0
+
+
+async def test_unchanged_reread_writes_nothing(sim_server, dsn, store):
+    """Once in step, further cycles over the lookback write no row (content hash unchanged)."""
+    sim, url = sim_server
+    sim.stop_live()
+    settings = acefone_settings(url, dsn, account={"settle": "0s"})
+    async with running_daemon(settings):
+        assert await synced(store, sim, timeout=30) == IN_STEP
+        await asyncio.sleep(max(0.0, sim.last_visible_time() - time.time()) + 0.5)
+        before = await sql_value(dsn, "SELECT max(updated_at) FROM calls")
+        state_before = await store.load_state(f"{ACCOUNT}/list")
+        await asyncio.sleep(1.5)  # several more cycles over the lookback hour
+        after = await sql_value(dsn, "SELECT max(updated_at) FROM calls")
+        state_after = await store.load_state(f"{ACCOUNT}/list")
+    assert state_after.cycles > state_before.cycles
+    assert after == before
+    assert (state_after.rows_inserted, state_after.rows_updated) == (
+        state_before.rows_inserted,
+        state_before.rows_updated,
+    )
+
+
+@dataclasses.dataclass
+class Clocked:
+    """A simulator on a fake clock, served on 127.0.0.1, and settings for an account on it."""
+
+    clock: FakeClock
+    sim: AcefoneSimulator
+    dsn: str
+    url: str
+
+    def settings(self, **account):
+        """Settings starting the day before, with ``account`` overrides (settle 0s default)."""
+        start = self.clock.utc().date() - dt.timedelta(days=1)
+        return acefone_settings(
+            self.url, self.dsn, start=start, account={"settle": "0s", **account}
+        )
+
+    async def cycle(self, settings, *, wrap=None) -> None:
+        """Cycles of the account's stream at the fake time, until it has caught up."""
+        stop = asyncio.Event()
+        async with app.runtime(settings, stop) as rt:
+            assert rt is not None
+            stream = app.build_stream(rt, settings.accounts[0], stop, clock=self.clock.utc)
+            if wrap is not None:
+                stream._source = wrap(self.clock)(stream._source)
+            assert await rt.locks.try_acquire(stream.name)
+            while await stream.cycle():  # a first cycle may stop at its window cap
+                pass
+
+
+@contextlib.asynccontextmanager
+async def clocked(dsn: str, **config) -> AsyncIterator[Clocked]:
+    """A backlog-only simulator (no live calls, no changes unless ``config`` says) on a fake
+    clock, served for the block."""
+    clock = FakeClock(time.time())
+    sim = AcefoneSimulator(
+        AcefoneSimConfig(**{"live_per_minute": 0, "change_fraction": 0.0, **config}), now=clock
+    )
+    server = await start_server(sim)
+    try:
+        yield Clocked(clock, sim, dsn, server.base_url)
+    finally:
+        await server.close()
+
+
+async def test_late_and_changed_records_arrive_within_one_poll(dsn, store):
+    """A record that appears late inside a synced window, or changes, is in calls after the
+    next cycle; the watermark never moves back."""
+    async with clocked(
+        dsn, seed=5, backlog=400, backlog_days=0.02, late_fraction=0.2,
+        late_delay_s=(60.0, 120.0), change_fraction=0.3, change_delay_s=(60.0, 120.0),
+    ) as c:  # fmt: skip
+        settings = c.settings(lookback="1h")
+        await c.cycle(settings)
+        first = await store.call_hashes("acefone", ACCOUNT)
+        mark1 = (await store.load_state(f"{ACCOUNT}/list")).watermark
+        assert differences(truth_hashes(c.sim), first) == IN_STEP
+        c.clock.now += 200  # late records become visible and changes happen
+        later = truth_hashes(c.sim)
+        assert len(later) > len(first)
+        assert any(first.get(k) not in (None, h) for k, h in later.items())
+        await c.cycle(settings)
+        second = await store.call_hashes("acefone", ACCOUNT)
+        mark2 = (await store.load_state(f"{ACCOUNT}/list")).watermark
+    assert differences(later, second) == IN_STEP
+    assert mark2 >= mark1
+
+
+DRIFTY = {"seed": 3, "backlog": 600, "backlog_days": 0.05, "late_fraction": 0.3,
+          "late_delay_s": (30.0, 40.0)}  # fmt: skip
+
+
+async def test_page_drift_is_detected_and_the_window_reread(dsn, store):
+    """Rows that appear between page reads shift Acefone's newest-first pages; the window is
+    read again and nothing is lost (without the check, a row would be missing)."""
+    async with clocked(dsn, **DRIFTY) as c:
+        settings = c.settings(lookback="0s", window="1d", max_page_depth=1000)
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings, wrap=drifting)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    assert any(e["event"] == "sync.window_drift" for e in logs)
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
+
+
+async def test_newest_window_drifting_closes_provisionally_and_is_caught_next_cycle(dsn, store):
+    """On a busy account rows keep appearing in the newest window while it is read; inside the
+    lookback it closes anyway (the watermark moves on) and the next cycle fetches what appeared."""
+    async with clocked(dsn, **DRIFTY) as c:
+        settings = c.settings(lookback="1h", window="1d", max_page_depth=1000)
+        planned_end = c.clock.utc().replace(microsecond=0)
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings, wrap=drifting)
+        first = (await store.load_state(f"{ACCOUNT}/list")).watermark
+        await c.cycle(settings, wrap=drifting)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    assert any(e["event"] == "sync.window_provisional" for e in logs)
+    assert not any(e["event"] == "sync.window_incomplete" for e in logs)
+    assert first == planned_end
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
+
+
+async def test_deep_window_is_split(dsn, store):
+    """A window holding more rows than max_page_depth pages reach is split, not paged deeply."""
+    async with clocked(dsn, seed=9, backlog=900, backlog_days=0.1, late_fraction=0.0) as c:
+        settings = c.settings(window="1d", max_page_depth=2, page_size=50)
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    done = [e for e in logs if e["event"] == "sync.cycle_done"]
+    assert done and done[0]["splits"] > 0
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
+
+
+@pytest.mark.parametrize("audit", [True, False])
+async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, audit):
+    """A call that becomes visible when its window is beyond the lookback (a long call: Acefone
+    selects by start time, lists after the end) is fetched by the window audit; with the audit
+    off it would be missing."""
+    async with clocked(
+        dsn, seed=21, backlog=300, backlog_days=0.05, late_fraction=0.2,
+        late_delay_s=(2000.0, 3000.0),
+    ) as c:  # fmt: skip
+        settings = c.settings(
+            lookback="10m", window="30m", audit_interval="1m",
+            audit_horizon="1d" if audit else "0s",
+        )  # fmt: skip
+        await c.cycle(settings)
+        assert differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT)) == (
+            IN_STEP
+        )
+        c.clock.now += 3600  # the late calls are listed now, in windows an hour old
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                await c.cycle(settings)
+                c.clock.now += 90
+        diff = differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT))
+    if audit:
+        assert diff == IN_STEP
+        assert any(e["event"] == "sync.window_recount" for e in logs)
+    else:
+        assert diff["missing"]
+
+
+@contextlib.asynccontextmanager
+async def owned_stream(c: Clocked, settings, **options) -> AsyncIterator[WindowStream]:
+    """The account's window stream at the fake time, owned by this process, for the block."""
+    stop = asyncio.Event()
+    async with app.runtime(settings, stop) as rt:
+        assert rt is not None
+        stream = app.build_stream(rt, settings.accounts[0], stop, clock=c.clock.utc, **options)
+        assert await rt.locks.try_acquire(stream.name)
+        yield stream
+
+
+async def test_a_failed_write_stops_the_reader_and_the_cycle_fails(dsn, monkeypatch):
+    """When the first batch cannot be stored, the cycle stops reading at once (the vendor's
+    request budget is not spent on rows that cannot be stored) and fails; the watermark stays."""
+    async with clocked(dsn, seed=7, backlog=600, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1h")
+        async with owned_stream(c, settings) as stream:
+
+            async def refuse(*args, **kwargs):
+                raise StoreError("disk full")
+
+            monkeypatch.setattr(stream._store, "write_batch", refuse)
+            with structlog.testing.capture_logs() as logs, pytest.raises(StoreError):
+                await asyncio.wait_for(stream.cycle(), 10)
+            state = await stream._store.load_state(stream.name)
+    [summary] = [e for e in logs if e["event"] == "sync.cycle_partial"]
+    assert summary["windows"] >= 24, "the test needs a cycle that plans many windows"
+    # The window whose write failed, and what was read ahead while it failed (3 here).
+    assert c.sim.stats.list_requests <= 6, (c.sim.stats.list_requests, summary["windows"])
+    assert state.watermark is None
+
+
+async def test_a_bug_in_the_writer_ends_the_cycle_instead_of_hanging_it(dsn):
+    """An exception that is no CdrsyncError in the writer (a progress hook raising) crashes the
+    cycle promptly; the reader does not wait for ever on a queue no one empties."""
+
+    def broken(progress):
+        raise RuntimeError("hook bug")
+
+    async with clocked(dsn, seed=7, backlog=600, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1h")
+        async with owned_stream(c, settings, on_progress=broken) as stream:
+            stream._write_rows = 10  # a queue far smaller than the backlog
+            with pytest.raises(RuntimeError, match="hook bug"):
+                await asyncio.wait_for(stream.cycle(), 10)
+
+
+class Inflated:
+    """The real source, its counts replaced by an absurd one (a vendor bug)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def fetch_page(self, window, page):
+        got = await self._inner.fetch_page(window, page)
+        return dataclasses.replace(got, total=10**12)
+
+
+async def test_an_absurd_vendor_count_costs_a_bounded_number_of_requests(dsn, store):
+    """A count of a trillion calls in a one-second window (which cannot be split further) is
+    read to max_page_depth pages and no further, and the window is not closed on it; the
+    count's size does not break the bookkeeping either."""
+    async with clocked(dsn, seed=5, backlog=50, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1s", max_page_depth=3)
+        async with owned_stream(c, settings) as stream:
+            stream._source = Inflated(stream._source)
+            with structlog.testing.capture_logs() as logs:
+                await asyncio.wait_for(stream.cycle(), 30)
+            state = await stream._store.load_state(stream.name)
+    planned = 48  # windows a cycle reads at most
+    assert c.sim.stats.list_requests <= planned * 3 * 4  # pages x (1 read + 3 re-reads)
+    assert any(e["event"] == "sync.count_implausible" for e in logs)
+    assert state.watermark is None
+
+
+class KillsTheLockSession:
+    """The real source; after its first page, the stream's lock session is ended on the
+    server (as an admin or a failover would), and the lock is lost."""
+
+    def __init__(self, inner, locks, dsn):
+        self._inner, self._locks, self._dsn = inner, locks, dsn
+        self.pages = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def fetch_page(self, window, page):
+        got = await self._inner.fetch_page(window, page)
+        self.pages += 1
+        if self.pages == 1:
+            pid = self._locks._conn.get_server_pid()
+            await sql_value(self._dsn, "SELECT pg_terminate_backend($1)", pid)
+        return got
+
+
+async def test_a_cycle_stops_reading_once_its_lock_session_is_gone(dsn, store):
+    """A long catch-up cycle whose lock session ends on the server stops after the window in
+    hand (another instance may own the stream now) instead of reading every planned window."""
+    async with clocked(dsn, seed=9, backlog=300, backlog_days=1.0, late_fraction=0.0) as c:
+        settings = c.settings(window="1h")
+        async with owned_stream(c, settings) as stream:
+            stream._source = KillsTheLockSession(stream._source, stream._locks, dsn)
+            with structlog.testing.capture_logs() as logs:
+                await asyncio.wait_for(stream.cycle(), 30)
+            state = await stream._store.load_state(stream.name)
+    assert any(e["event"] == "stream.lock_lost" for e in logs)
+    assert stream._source.pages <= 2, stream._source.pages  # not the 24+ windows planned
+    assert state.watermark is not None  # the window read before still committed

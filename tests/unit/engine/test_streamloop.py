@@ -1,0 +1,176 @@
+"""The loop every stream shares: backoff, failure reports, ownership (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+import structlog
+
+from cdrsync.config import AccountSettings, parse
+from cdrsync.engine.loop import Backoff, StreamLoop, poll_backoff, queue_backoff
+from cdrsync.errors import AuthError, CdrsyncError, PermanentError, StoreError, TransientError
+
+POLL = 60.0
+
+
+def account() -> AccountSettings:
+    """An account polled every minute (the default)."""
+    acc = {"name": "acme", "vendor": "acefone", "base_url": "http://127.0.0.1:1",
+           "token": "t", "start": "2026-11-01"}  # fmt: skip
+    return parse(
+        {"daemon": {"state_dir": "/tmp", "http_listen": ""}, "accounts": [acc]},
+        source="<test>",
+        environ={},
+    ).accounts[0]
+
+
+class Locks:
+    """A lock session whose ``try_acquire`` answers from a script (and stops the loop at its
+    end), or always grants the lock when there is none."""
+
+    def __init__(self, answers: list[bool] | None, stop: asyncio.Event) -> None:
+        self.answers = answers
+        self.stop = stop
+        self.held: frozenset[str] = frozenset()
+
+    async def alive(self) -> bool:
+        return True
+
+    async def try_acquire(self, stream: str) -> bool:
+        got = self.answers.pop(0) if self.answers is not None else True
+        if self.answers == []:
+            self.stop.set()
+        self.held = frozenset({stream}) if got else frozenset()
+        return got
+
+
+class Store:
+    """Records ``record_cycle`` calls; raises StoreError when told the database is down."""
+
+    def __init__(self, *, down: bool = False) -> None:
+        self.down = down
+        self.errors: list[str | None] = []
+
+    async def record_cycle(self, name: str, *, now: dt.datetime, error: str | None = None) -> None:
+        if self.down:
+            raise StoreError("PostgreSQL is down")
+        self.errors.append(error)
+
+
+class Scripted(StreamLoop):
+    """A stream whose cycles return or raise from a script, and whose rests are only noted."""
+
+    def __init__(
+        self, outcomes: list[bool | CdrsyncError], *, store: Store | None = None,
+        owned: list[bool] | None = None, backoff: Backoff = poll_backoff,
+    ) -> None:  # fmt: skip
+        stop = asyncio.Event()
+        self.locks = Locks(owned, stop)
+        self.store = store or Store()
+        super().__init__(
+            name="acme:list", account=account(), store=self.store, locks=self.locks,
+            stop=stop, clock=lambda: dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
+            logger=structlog.get_logger(__name__), failed_event="test.cycle_failed",
+            backoff=backoff,
+        )  # fmt: skip
+        self.outcomes = outcomes
+        self.rests: list[tuple[float, int]] = []
+
+    async def cycle(self) -> bool:
+        outcome = self.outcomes.pop(0)
+        if not self.outcomes:
+            self._stop.set()
+        if isinstance(outcome, CdrsyncError):
+            raise outcome
+        return outcome
+
+    async def _rest(self, delay: float, failures: int) -> None:
+        self.rests.append((delay, failures))
+
+
+@pytest.mark.parametrize(
+    ("backoff", "exc", "failures", "poll", "expected"),
+    [
+        (poll_backoff, TransientError(), 1, POLL, 1.0),
+        (poll_backoff, TransientError(), 3, POLL, 4.0),
+        (poll_backoff, TransientError(), 3, 2.0, 2.0),  # never longer than a poll
+        (poll_backoff, TransientError(), 12, 3600.0, 60.0),
+        (poll_backoff, AuthError(), 1, POLL, POLL),  # never shorter than a poll
+        (poll_backoff, PermanentError(), 8, POLL, 128.0),
+        (poll_backoff, PermanentError(), 12, POLL, 600.0),
+        (queue_backoff, TransientError(), 1, POLL, 1.0),
+        (queue_backoff, StoreError(), 7, 5.0, 60.0),  # the poll does not bound it
+        (queue_backoff, AuthError(), 1, 300.0, 1.0),
+        (queue_backoff, PermanentError(), 12, 5.0, 600.0),
+    ],
+)
+def test_backoff(
+    backoff: Backoff, exc: CdrsyncError, failures: int, poll: float, expected: float
+) -> None:
+    """Polling streams back off within a poll (past it when refused); queue streams from 1 s."""
+    assert backoff(exc, failures, poll) == expected
+
+
+async def test_failures_are_logged_counted_and_recorded() -> None:
+    """Each failed cycle logs its event with the running count and wait, and is recorded."""
+    stream = Scripted([TransientError("timeout"), TransientError("timeout"), True, False])
+    with structlog.testing.capture_logs() as logs:
+        await stream.run()
+
+    failed = [e for e in logs if e["event"] == "test.cycle_failed"]
+    assert [(e["failures"], e["retry_in_s"], e["error_type"]) for e in failed] == [
+        (1, 1.0, "TransientError"),
+        (2, 2.0, "TransientError"),
+    ]
+    assert stream.store.errors == ["timeout", "timeout"]
+    # No rest after a cycle that left more to do; a poll after the quiet one.
+    assert stream.rests == [(1.0, 1), (2.0, 2), (POLL, 0)]
+
+
+async def test_store_down_while_reporting_does_not_end_the_loop() -> None:
+    """A failure the store is too down to record is still logged, and the loop goes on."""
+    stream = Scripted([StoreError("down"), False], store=Store(down=True), backoff=queue_backoff)
+    with structlog.testing.capture_logs() as logs:
+        await stream.run()
+
+    assert [e["event"] for e in logs if e["event"] == "test.cycle_failed"] == ["test.cycle_failed"]
+    assert stream.rests == [(1.0, 1), (POLL, 0)]
+
+
+async def test_ownership_changes_are_logged_once_each() -> None:
+    """Only a change of owner is logged; a stream owned elsewhere waits a poll, cycling nothing."""
+    stream = Scripted([False, False], owned=[False, False, True, True])
+    with structlog.testing.capture_logs() as logs:
+        await stream.run()
+
+    assert [e["event"] for e in logs] == ["stream.owned_elsewhere", "stream.owned"]
+    assert stream.outcomes == []
+    assert stream.rests == [(POLL, 0)] * 4
+
+
+async def test_a_finished_stream_stops_without_resting() -> None:
+    """A bounded stream that finishes ends its loop at once, with no wait after the last cycle."""
+    stream = Scripted([False, False])
+
+    async def finish() -> bool:
+        stream.finished = True
+        return False
+
+    stream.cycle = finish
+    await stream.run()
+    assert stream.rests == []
+
+
+@pytest.mark.parametrize("wakeable", [True, False])
+async def test_sleep_ends_on_stop_and_on_a_push_only_when_wakeable(wakeable: bool) -> None:
+    """A push cuts a wakeable sleep short and leaves the wake set; the stop event cuts any."""
+    stream = Scripted([False])
+    stream._wake.set()
+    sleep = asyncio.ensure_future(StreamLoop._sleep(stream, 30.0, wakeable=wakeable))
+    await asyncio.wait({sleep}, timeout=0.05)
+    assert sleep.done() is wakeable
+    stream._stop.set()
+    await asyncio.wait_for(sleep, 1.0)
+    assert stream._wake.is_set()

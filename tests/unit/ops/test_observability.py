@@ -1,0 +1,128 @@
+"""Secret scrubbing of log events, log rendering, and the systemd notify protocol."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+
+import pytest
+import structlog
+
+from cdrsync.ops.observability import (
+    SecretScrubber,
+    StatusBoard,
+    configure_logging,
+    sd_notify,
+    watchdog_interval,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("GET https://customer.servetel.in/file/rec?callId=1&token=6a49cfa0f9", "6a49cfa0f9"),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "eyJhbGciOiJIUzI1NiJ9"),
+        ('{"Apikey": "KK1234567890", "x": 1}', "KK1234567890"),
+        ("postgresql://cdrsync:hunter22@db/cdrsync", "hunter22"),
+        ("apiKey=abcdef123&userName=acme", "abcdef123"),
+        ("password=s3cr3t-pass", "s3cr3t-pass"),
+    ],
+)  # fmt: skip
+def test_secret_looking_values_are_masked(text, leak):
+    """Token query values, bearer tokens, api keys and URL passwords are masked in any text."""
+    scrubbed = SecretScrubber().scrub(text)
+    assert leak not in scrubbed
+    assert "***" in scrubbed
+
+
+def test_configured_secrets_are_masked_everywhere_in_an_event():
+    """A configured secret is masked in nested fields and exception text, not just messages."""
+    scrub = SecretScrubber(["plain-token-XYZ"])
+    event = scrub(
+        None,
+        "info",
+        {
+            "event": "x",
+            "nested": {"list": ["a plain-token-XYZ b"]},
+            "error": ValueError("bad plain-token-XYZ"),
+            "n": 3,
+        },
+    )
+    assert "plain-token-XYZ" not in json.dumps(event)
+    assert event["n"] == 3
+
+
+def test_short_secrets_do_not_mask_ordinary_words():
+    """A one- to three-character 'secret' is not used for masking (it would mask words)."""
+    assert SecretScrubber(["a"]).scrub("a call") == "a call"
+
+
+@pytest.fixture
+def restore_logging():
+    """configure_logging changes process-wide state; put the defaults back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_json_lines_off_a_terminal_with_secrets_scrubbed():
+    """Off a terminal each event is one JSON line, secrets (and tracebacks) scrubbed."""
+    out = io.StringIO()
+    configure_logging(level="info", fmt="auto", secrets=["tok-SECRET-42"], stream=out)
+    log = structlog.get_logger("t")
+
+    def fail() -> None:
+        raise RuntimeError("failed with tok-SECRET-42")
+
+    try:
+        fail()
+    except RuntimeError:
+        log.exception("thing.failed", account="acme-in", url="https://x/?token=abc123def")
+    import logging
+
+    logging.getLogger("aiohttp.client").warning("stdlib says tok-SECRET-42")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in lines] == ["thing.failed", "stdlib says ***"]
+    assert lines[0]["account"] == "acme-in"
+    assert "tok-SECRET-42" not in out.getvalue()
+    assert "abc123def" not in out.getvalue()
+
+
+def test_sd_notify_sends_datagrams_to_notify_socket(tmp_path):
+    """READY=1 reaches a real NOTIFY_SOCKET datagram socket; without one nothing is sent."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        assert sd_notify("READY=1", "STATUS=ok", environ={"NOTIFY_SOCKET": path})
+        assert server.recv(100) == b"READY=1\nSTATUS=ok"
+    assert not sd_notify("READY=1", environ={})
+
+
+@pytest.mark.parametrize(
+    ("environ", "interval"),
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "junk"}, None),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),  # meant for another process
+    ],
+)
+def test_watchdog_interval_table(environ, interval):
+    """Pings go at half of WatchdogSec, only when systemd asked this very process for them."""
+    assert watchdog_interval(environ) == interval
+
+
+def test_status_line_summarizes_streams():
+    """STATUS= names the stream count, failures, the worst lag and the rows written."""
+    board = StatusBoard()
+    board.update("a/list", ok=True, lag_s=12.0, rows=100)
+    line = board.update("b/list", ok=False, lag_s=63.4, rows=5)
+    assert line == "2 streams, 1 failing; max lag 63s (b/list); 105 rows written"
