@@ -18,7 +18,7 @@ from cdrsync.simulator.ozonetel import OzonetelSimConfig, OzonetelSimulator, Sim
 from cdrsync.simulator.ozonetel_calls import callback_record
 from cdrsync.simulator.ozonetel_server import run_pushes, start_ozonetel_server
 from cdrsync.simulator.server import RunningServer
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.ozonetel import IST, forget_tokens, scrub
 from process_support import fetch

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from cdrsync.model import CallRecord, WriteResult
-from cdrsync.store import Store
+from cdrsync.store.store import Store
 from cdrsync.vendors import ozonetel, vcclive
 from cdrsync.vendors.ozonetel_parse import normalize_bulk
 from cdrsync.vendors.vcclive_parse import normalize as normalize_cdr

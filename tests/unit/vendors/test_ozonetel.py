@@ -777,3 +777,35 @@ def test_a_record_nested_too_deeply_is_rejected_without_its_api_key(depth):
     assert [r.call_key for r in page.records] == ["1"]
     assert [r.call_key for r in page.rejects] == ["2"]
     assert "KK7secret" not in page.rejects[0].payload
+
+
+LEG_A = {**CALLBACK, "StartTime": "2021-02-09 10:33:53"}  # the first leg (monitorUCID its own)
+LEG_B = {**CALLBACK, "StartTime": "2021-02-09 10:36:10"}  # a later leg: the same monitorUCID
+
+
+@pytest.mark.parametrize(
+    ("answer", "pushed_start", "kept"),
+    [
+        ([LEG_A], "2021-02-09 10:33:53", ["10:33:53"]),
+        ([LEG_B], "2021-02-09 10:33:53", ["10:36:10"]),  # one record: the leg asked for
+        ([LEG_A, LEG_B], "2021-02-09 10:33:53", ["10:33:53"]),
+        ([LEG_A, LEG_B], "2021-02-09 10:36:10", ["10:36:10"]),
+        ([LEG_A, LEG_B], "2021-02-09 11:00:00", []),  # neither is the pushed leg
+        ([LEG_A, {**LEG_B, "UCID": "85710000012346"}], "2021-02-09 10:33:53",
+         ["10:33:53", "10:36:10"]),  # a leg naming its own UCID is kept under it
+    ],
+)  # fmt: skip
+def test_a_callbacks_answer_of_several_legs_keeps_the_asked_ones_only(answer, pushed_start, kept):
+    """Records without UCID all take the asked UCID: only the one that started with the pushed
+    leg is its copy, so another leg's record never lands on the asked leg's row."""
+    from cdrsync.vendors.ozonetel_lookup import asked_leg
+
+    records = [
+        normalize_callback(
+            r, account="oz", zone=IST, fetched_at=FETCHED, source="lookup", asked="85710000012345"
+        )
+        for r in answer
+    ]
+    start = dt.datetime.fromisoformat(pushed_start).replace(tzinfo=IST).astimezone(dt.UTC)
+    chosen = asked_leg(records, "85710000012345", start)
+    assert [r.started_at.astimezone(IST).strftime("%H:%M:%S") for r in chosen] == kept
