@@ -157,3 +157,29 @@ async def test_a_newer_push_updates_its_kept_record_an_older_one_never_does(stor
     row = await stored(store, "ozonetel")
     assert (row["description"], row["source"]) == ("Interested", "list")
     assert orjson.loads(row["raw_other"])["push"]["Disposition"] == "Interested"
+
+
+@pytest.mark.parametrize(
+    "order", [("push", "lookup", "list"), ("list", "lookup", "push"), ("lookup", "push", "list")]
+)
+async def test_three_sources_keep_the_webhooks_agent_name_and_every_record(
+    store: Store, order: tuple[str, str, str]
+) -> None:
+    """VCC Live pushed, looked up and listed in any order: the webhook's agent name, the list's
+    columns, the list's record in raw and the two others in raw_other."""
+    stream = "vcclive:cc:any"
+    await store.ensure_stream(stream, vendor="vcclive", account="cc", kind="window")
+    listed, pushed = vcc_copies(T0)
+    looked_up = normalize_cdr(
+        {**VCC_CDR, "afterwork": 4}, account="cc", zone=BUD, fetched_at=T0, source="lookup"
+    )
+    copies = {"list": listed, "lookup": looked_up, "push": pushed}
+    for minute, source in enumerate(order):
+        at = T0 + dt.timedelta(minutes=minute)
+        await store.write_batch(stream, [copies[source]._replace(fetched_at=at)], now=at)
+    row = await stored(store, "vcclive")
+    assert (row["source"], row["agent_name"], row["agent_number"]) == ("list", "anna", "6")
+    assert row["description"] == "Callback requested"
+    assert orjson.loads(row["raw"]) == orjson.loads(listed.raw)
+    other = orjson.loads(row["raw_other"])
+    assert other == {"push": orjson.loads(pushed.raw), "lookup": orjson.loads(looked_up.raw)}
