@@ -22,7 +22,10 @@ daemon's tests know what they face):
 - invented fail messages: "fromDate and toDate should be of same date", "toDate should not be
   before fromDate", "fromDate should not be a future date", "pageNo and pageSize should be
   positive numbers";
-- bulk dates before today minus ``retention_days`` (IST) are an empty success.
+- bulk dates before today minus ``retention_days`` (IST) are an empty success;
+- a leg's ``monitorUCID`` is its own UCID; with ``transfer_legs`` a transferred call's legs
+  share the first leg's, the later legs' pushes add their own ``UCID`` and the first leg's push
+  has none; CallBacks is asked by the leg's UCID either way.
 """
 
 from __future__ import annotations
