@@ -17,6 +17,7 @@ from aiohttp import web
 from cdrsync.simulator.acefone import AcefoneSimulator, QueryError
 
 _SIM_KEY = web.AppKey("acefone_sim", AcefoneSimulator)
+_TENANTS_KEY = web.AppKey("acefone_tenants", dict)
 _JSON = "application/json"
 _HTML_503 = (
     "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
@@ -82,9 +83,21 @@ async def _refresh(request: web.Request) -> web.Response:
     return _token_body(token, sim)
 
 
+def _sim_of(request: web.Request) -> AcefoneSimulator:
+    """The account a list request reads: told apart by its token when the app serves several
+    (``build_app(..., tenants=...)``); an unknown token goes to ``sim``, which answers 401."""
+    tenants = request.app.get(_TENANTS_KEY)
+    if tenants:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        found = tenants.get(token.strip()) if scheme.lower() == "bearer" else None
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return request.app[_SIM_KEY]
+
+
 async def _records(request: web.Request) -> web.Response:
     """GET /v1/call/records: auth, rate limit, faults, then one page as seen right now."""
-    sim = request.app[_SIM_KEY]
+    sim = _sim_of(request)
     admission = sim.admit_list_request(request.headers.get("Authorization"))
     if admission.status == 200:
         response = await _serve_records(request, sim, admission.slow_s, admission.truncate)
@@ -173,10 +186,16 @@ async def _sim_faults(request: web.Request) -> web.Response:
     return _json(asdict(faults))
 
 
-def build_app(sim: AcefoneSimulator) -> web.Application:
-    """Return the aiohttp application serving ``sim``."""
+def build_app(
+    sim: AcefoneSimulator, *, tenants: dict[str, AcefoneSimulator] | None = None
+) -> web.Application:
+    """Return the aiohttp application serving ``sim``; with ``tenants`` (static token to
+    account), the list endpoint serves each token's own account (the accounts benchmark runs
+    a thousand accounts behind one port: a ``base_url`` is scheme and host only). The control
+    and token routes serve ``sim``."""
     app = web.Application(middlewares=[_gateway_403])
     app[_SIM_KEY] = sim
+    app[_TENANTS_KEY] = dict(tenants or {})
     app.router.add_post("/v1/auth/login", _login)
     app.router.add_post("/v1/auth/refresh", _refresh)
     app.router.add_get("/v1/call/records", _records)
