@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slow lint typecheck bench clean
+.PHONY: demo test test-fast test-slow lint typecheck bench bench-accounts clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cdrsync needs Python 3.11 or newer")'
@@ -36,6 +36,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/backfill.py
+
+## one `cdrsync run` with 10, 100 and 1 000 Acefone accounts (about 10 minutes; stops by itself)
+bench-accounts: $(STAMP)
+	$(BIN)/python bench/accounts.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

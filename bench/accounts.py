@@ -101,9 +101,10 @@ class Simulators:
 
     def requests(self) -> int:
         """List requests answered so far, over every account."""
-        total = 0
+        total, url = 0, "http://127.0.0.1:"
         for port in self.ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_bench/stats") as reply:  # noqa: S310
+            stats = f"{url}{port}/_bench/stats"
+            with urllib.request.urlopen(stats, timeout=10) as reply:  # noqa: S310 - http only
                 total += int(json.loads(reply.read())["list_requests"])
         return total
 
@@ -113,7 +114,9 @@ class Simulators:
             stop_process(proc)
 
 
-def write_config(path: Path, *, dsn: str, urls: dict[str, str], start: dt.date, state: Path) -> None:
+def write_config(
+    path: Path, *, dsn: str, urls: dict[str, str], start: dt.date, state: Path
+) -> None:
     """The daemon's TOML: every account on the defaults, a 60 s poll, a static token."""
     q = json.dumps
     parts = [
@@ -123,7 +126,8 @@ def write_config(path: Path, *, dsn: str, urls: dict[str, str], start: dt.date, 
     for index, (name, url) in enumerate(urls.items(), start=1):
         parts.append(
             f'\n[[accounts]]\nname = {q(name)}\nvendor = "acefone"\nbase_url = {q(url)}\n'
-            f'token = {q(token(index))}\nstart = {start.isoformat()}\npoll_interval = "{POLL_S:.0f}s"\n'
+            f"token = {q(token(index))}\nstart = {start.isoformat()}\n"
+            f'poll_interval = "{POLL_S:.0f}s"\n'
         )
     path.write_text("".join(parts), "utf-8")
 
@@ -145,9 +149,12 @@ class _Watch:
     steady: tuple[float, float, int] | None = None  # (monotonic, cpu s, requests) at its start
 
 
-async def watch(proc: psutil.Process, dsn: str, sims: Simulators, n: int, steady_s: float) -> tuple[_Watch, float, float]:  # fmt: skip
+async def watch(
+    proc: psutil.Process, dsn: str, sims: Simulators, n: int, steady_s: float
+) -> tuple[_Watch, float, float]:
     """Sample every 0.5 s until the steady window is over: the watch, steady CPU share, rps."""
     began, w = time.monotonic(), _Watch()
+    database = dsn.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
     conn = await asyncpg.connect(dsn)
     try:
         while True:
@@ -156,7 +163,6 @@ async def watch(proc: psutil.Process, dsn: str, sims: Simulators, n: int, steady
             now, memory = time.monotonic(), _memory_mb(proc.pid)
             if memory is not None:
                 w.peak_mb = max(w.peak_mb, memory[1])
-            database = dsn.rsplit("/", 1)[1].split("?")[0]
             w.connections = max(w.connections, int(await conn.fetchval(CONNECTIONS_SQL, database)))
             if w.first_s is None and int(await conn.fetchval(FIRST_DONE_SQL)) >= n:
                 w.first_s = now - began
@@ -251,8 +257,11 @@ def verdicts(results: list[Result]) -> list[tuple[str, bool]]:
             # CPU per row is a cost per unit of work: linear in total means flat per row.
             allowed = SLACK * (1.0 if name == "CPU per row" else growth)
             ratio = b / a if a else math.inf
-            out.append((f"{name} grows x{ratio:.1f} from {small.accounts} to {big.accounts} "
-                        f"accounts (linear or better: <= x{allowed:.1f})", ratio <= allowed))  # fmt: skip
+            text = (
+                f"{name} grows x{ratio:.1f} from {small.accounts} to {big.accounts} accounts "
+                f"(linear or better: <= x{allowed:.1f})"
+            )
+            out.append((text, ratio <= allowed))
     return out
 
 
@@ -261,8 +270,8 @@ def report(results: list[Result], elapsed: float) -> None:
     print(f"\n{HEADER}")
     for r in results:
         print(_row(r))
-    if results[-1].accounts < 1000:
-        print(f"(the targets are set for 1,000 accounts; the largest run here had {results[-1].accounts})")
+    if (largest := results[-1].accounts) < 1000:
+        print(f"(the targets are set for 1,000 accounts; the largest run here had {largest})")
     for text, ok in verdicts(results):
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(f"total elapsed: {elapsed:.0f} s")
@@ -276,7 +285,7 @@ def main() -> int:
     """Run the benchmark; 0 when it ran (targets are reported, not enforced), 1 on failure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--steady", type=float, default=120.0, help="seconds measured at steady state")
+    parser.add_argument("--steady", type=float, default=120.0, help="steady-state seconds")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminate)
     began = time.perf_counter()
