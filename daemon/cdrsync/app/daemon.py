@@ -164,8 +164,10 @@ async def run(
         grace = settings.daemon.shutdown_grace.total_seconds()
         sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace)
         stack.push_async_callback(sup.stop_all)
-        for account in enabled(settings).values():
-            await sup.start(account)
+        accounts = enabled(settings)
+        for account in accounts.values():
+            # Spread over the first half poll: a thousand accounts must not stampede at once.
+            await sup.start(account, starting=len(accounts))
         receiver = Receiver(sup.accounts, rt.store, wake=sup.wake, observe=rt.metrics.on_push)
         await _health_server(rt, stack, receiver)
         sd_notify("READY=1", f"STATUS=syncing {len(sup.stream_names)} streams")

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from cdrsync.app.streams import bounded_stream, build_account
+from cdrsync.engine.loop import StreamLoop
+from cdrsync.engine.spread import first_due
 from cdrsync.errors import StoreError
 
 if TYPE_CHECKING:
@@ -97,14 +99,20 @@ class Supervisor:
         for stream in running.wake if running else ():
             stream.wake()
 
-    async def start(self, account: AccountSettings) -> None:
-        """Build and start every stream of ``account``."""
+    async def start(self, account: AccountSettings, *, starting: int = 1) -> None:
+        """Build and start every stream of ``account``; ``starting`` accounts start together,
+        so first cycles are spread (``engine.spread``)."""
         stop = asyncio.Event()
         built = await build_account(
             self._rt, account, stop, clock=self._clock, on_cycle=self._on_cycle
         )
         running = _Running(account, stop, wake=list(built.wake), limiters=built.limiters)
+        poll = account.poll_interval.total_seconds()
         for stream in built.streams:
+            if isinstance(stream, StreamLoop):
+                stream.first_due = first_due(
+                    stream.name, now=self._clock(), starting=starting, poll=poll
+                )
             self._spawn(running, stream.run(), stream.name)
         self._running[account.name] = running
         self.accounts[account.name] = account
@@ -202,8 +210,9 @@ class Supervisor:
             await self.stop(name)
         for name in changes.restarted:
             await self.stop(name, forget=False)
-        for name in (*changes.restarted, *changes.added):
-            await self.start(wanted[name])
+        starting = (*changes.restarted, *changes.added)
+        for name in starting:
+            await self.start(wanted[name], starting=len(starting))
         return changes
 
     async def watch_backfills(self, stop: asyncio.Event, every: float = 2.0) -> None:

@@ -89,6 +89,9 @@ class StreamLoop(abc.ABC):
         self._owned_logged: bool | None = None
         self.finished = False
         """True once a bounded stream has read all it was asked to (never for the others)."""
+        self.first_due: dt.datetime | None = None
+        """When the first cycle may run (``engine.spread``: many accounts starting together
+        are spread out); None runs it at once."""
 
     @abc.abstractmethod
     async def cycle(self) -> bool:
@@ -99,6 +102,10 @@ class StreamLoop(abc.ABC):
     async def run(self) -> None:
         """Cycle until the stop event is set (or the stream is finished)."""
         failures = 0
+        wait = 0.0 if self.first_due is None else (self.first_due - self._clock()).total_seconds()
+        if wait > 0:
+            # A push may cut this short: its lookup is as urgent at start-up as later.
+            await self._sleep(wait, wakeable=True)
         while not self._stop.is_set() and not self.finished:
             self._turn_starts()
             delay, failures = await self._turn(failures)

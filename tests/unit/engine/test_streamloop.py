@@ -174,3 +174,33 @@ async def test_sleep_ends_on_stop_and_on_a_push_only_when_wakeable(wakeable: boo
     stream._stop.set()
     await asyncio.wait_for(sleep, 1.0)
     assert stream._wake.is_set()
+
+
+async def test_no_cycle_before_the_first_due_time_and_stop_ends_the_wait() -> None:
+    """A stream due an hour from now cycles nothing while it waits; the stop event ends it."""
+    stream = Scripted([False])
+    stream.first_due = stream._clock() + dt.timedelta(hours=1)
+    run = asyncio.ensure_future(stream.run())
+    await asyncio.sleep(0)  # let it start waiting
+    assert not run.done()
+    assert stream.outcomes == [False]  # no cycle yet
+    stream._stop.set()
+    await asyncio.wait_for(run, 10.0)
+    assert stream.outcomes == [False]
+
+
+async def test_a_push_cuts_the_first_wait_short() -> None:
+    """A push during the start-up wait runs the first cycle at once (a lookup is urgent)."""
+    stream = Scripted([False])
+    stream.first_due = stream._clock() + dt.timedelta(hours=1)
+    stream._wake.set()
+    await asyncio.wait_for(stream.run(), 10.0)
+    assert stream.outcomes == []
+
+
+async def test_a_first_due_time_already_past_cycles_at_once() -> None:
+    """A due time behind the clock (a slow start-up) runs the first cycle without waiting."""
+    stream = Scripted([False])
+    stream.first_due = stream._clock() - dt.timedelta(seconds=5)
+    await asyncio.wait_for(stream.run(), 10.0)
+    assert stream.outcomes == []
