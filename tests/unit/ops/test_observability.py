@@ -53,6 +53,31 @@ def test_configured_secrets_are_masked_everywhere_in_an_event():
     assert event["n"] == 3
 
 
+@pytest.mark.parametrize(
+    ("secrets", "text", "expected"),
+    [
+        (["bench-a0001"], "token bench-a0001 refused", "token *** refused"),
+        (["bench-a0001"], "bench-a0001", "***"),  # the whole text
+        (["bench-a0001"], "xbench-a0001x", "x***x"),  # inside a word
+        (["bench-a0001"], "bench-a000", "bench-a000"),  # a prefix is not the secret
+        (["abcd", "abcdef"], "abcdef abcd", "*** ***"),  # longest first: masked whole
+        (["cdef1", "abcdef"], "abcdef12", "***12"),  # overlapping: the longer one first
+        (["pass-1", "pass-2"], "pass-2 then pass-1", "*** then ***"),  # a shared prefix
+        ([], "nothing here", "nothing here"),
+    ],
+)  # fmt: skip
+def test_configured_secrets_are_masked_wherever_they_occur(secrets, text, expected):
+    """Every configured secret is masked wherever it occurs, the longer of two first."""
+    assert SecretScrubber(secrets).scrub(text) == expected
+
+
+def test_one_secret_among_a_thousand_is_masked():
+    """With a thousand accounts' tokens configured, each one is still found and masked."""
+    scrub = SecretScrubber([f"bench-a{i:04d}" for i in range(1, 1001)])
+    for i in (1, 500, 1000):
+        assert scrub.scrub(f"refused: bench-a{i:04d}.") == "refused: ***."
+
+
 def test_short_secrets_do_not_mask_ordinary_words():
     """A one- to three-character 'secret' is not used for masking (it would mask words)."""
     assert SecretScrubber(["a"]).scrub("a call") == "a call"
@@ -126,3 +151,50 @@ def test_status_line_summarizes_streams():
     board.update("a/list", ok=True, lag_s=12.0, rows=100)
     line = board.update("b/list", ok=False, lag_s=63.4, rows=5)
     assert line == "2 streams, 1 failing; max lag 63s (b/list); 105 rows written"
+
+
+@pytest.mark.parametrize(
+    ("updates", "expected"),
+    [
+        # The worst stream catches up: the next worst is shown.
+        ([("a", True, 90.0), ("b", True, 30.0), ("a", True, 5.0)],
+         "2 streams, 0 failing; max lag 30s (b); 0 rows written"),
+        # Its lag becomes unknown: the other stream's is shown.
+        ([("a", True, 90.0), ("b", True, 30.0), ("a", False, None)],
+         "2 streams, 1 failing; max lag 30s (b); 0 rows written"),
+        # No stream has a lag any more.
+        ([("a", True, 90.0), ("a", True, None)], "1 streams, 0 failing; 0 rows written"),
+        # A failing stream recovers.
+        ([("a", False, 10.0), ("a", True, 10.0)],
+         "1 streams, 0 failing; max lag 10s (a); 0 rows written"),
+        # Equal lags: the later name wins, as before.
+        ([("b", True, 7.0), ("a", True, 7.0)],
+         "2 streams, 0 failing; max lag 7s (b); 0 rows written"),
+    ],
+)  # fmt: skip
+def test_status_line_follows_lags_that_shrink(updates, expected):
+    """The worst lag shown is always the worst of the streams' latest cycles."""
+    board = StatusBoard()
+    line = ""
+    for stream, ok, lag in updates:
+        line = board.update(stream, ok=ok, lag_s=lag, rows=0)
+    assert line == expected
+
+
+def test_status_line_equals_a_full_recount_over_many_streams():
+    """Over a thousand streams' cycles the summary always equals a recount from scratch."""
+    board = StatusBoard()
+    latest: dict[str, tuple[bool, float | None]] = {}
+    for step in range(5000):
+        stream = f"a{(step * 7919) % 1000:04d}/list"
+        lag = None if step % 13 == 0 else float((step * 104729) % 977)
+        ok = step % 17 != 0
+        latest[stream] = (ok, lag)
+        line = board.update(stream, ok=ok, lag_s=lag, rows=1)
+        lags = [(v, k) for k, (_, v) in latest.items() if v is not None]
+        failing = sum(1 for o, _ in latest.values() if not o)
+        text = f"{len(latest)} streams, {failing} failing"
+        if lags:
+            worst, name = max(lags)
+            text += f"; max lag {worst:.0f}s ({name})"
+        assert line == f"{text}; {step + 1} rows written"
