@@ -239,11 +239,13 @@ class WindowStream(StreamLoop):
                 interval=self._account.audit_interval,
             )
         error = await self._pipeline(windows, tally, audit)
-        state = await self._store.load_state(self.name) or state
+        if error is None:
+            # One statement counts the cycle and reads where the writer left the watermark.
+            state = await self._store.record_cycle(self.name, now=self._clock())
+        else:
+            state = await self._store.load_state(self.name) or state
         if self._until is not None and state.watermark is not None:
             self.finished = state.watermark >= self._until
-        if error is None:
-            await self._store.record_cycle(self.name, now=self._clock())
         lag = (now - state.watermark).total_seconds() if state.watermark else None
         self._log.info(
             "sync.cycle_done" if error is None else "sync.cycle_partial",

@@ -101,6 +101,17 @@ def _state(row: Mapping[str, Any]) -> StreamState:
     )
 
 
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset on release: nothing beyond the rollback asyncpg always does.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
+    every release: a round trip per acquire, a quarter of the daemon's statements with a
+    thousand accounts. cdrsync keeps no session state on pooled connections (stream locks live
+    on the lock session, grant locks are transaction locks, no LISTEN, SET or open cursor); the
+    temporary batch table is meant to outlive the release (``create_temp_calls``).
+    """
+
+
 class Store:
     """A connection pool to cdrsync's schema and every operation the daemon needs on it."""
 
@@ -129,6 +140,7 @@ class Store:
                 max_size=pool_size,
                 timeout=connect_timeout,
                 server_settings=server_settings(schema),
+                reset=_keep_session,
             )
         return cls(pool, dsn, schema, connect_timeout)
 
@@ -235,12 +247,14 @@ class Store:
 
     async def record_cycle(
         self, stream: str, *, now: dt.datetime, error: str | None = None
-    ) -> None:
-        """Count a finished cycle: a success at ``now``, or the cycle's ``error``."""
+    ) -> StreamState:
+        """Count a finished cycle: a success at ``now``, or the cycle's ``error``; the stream's
+        state after it (saves a cycle reading it again)."""
         with translate(f"record a cycle of stream {stream}", self._dsn):
-            found = await self._pool.fetchval(QUERIES["record_cycle"], stream, now, error)
-        if found is None:
+            row = await self._pool.fetchrow(QUERIES["record_cycle"], stream, now, error)
+        if row is None:
             raise _unknown_stream(stream)
+        return _state(row)
 
     async def windows_due(
         self,

@@ -217,8 +217,10 @@ async def test_unregistered_stream_is_refused(
 
 
 async def test_record_cycle_and_states(store: Store, stream: str) -> None:
-    """Cycles count up; a success sets last_success_at, an error sets last_error."""
-    await store.record_cycle(stream, now=T0)
+    """Cycles count up; a success sets last_success_at, an error sets last_error; each count
+    answers the stream's state after it."""
+    counted = await store.record_cycle(stream, now=T0)
+    assert (counted.stream, counted.cycles, counted.last_success_at) == (STREAM, 1, T0)
     later = T0 + dt.timedelta(minutes=1)
     await store.record_cycle(stream, now=later, error="TransientError: 503 from vendor")
     await store.ensure_stream("vcclive:x:cdrs", vendor="vcclive", account="x", kind="window")

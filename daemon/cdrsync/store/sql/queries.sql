@@ -179,7 +179,7 @@ UPDATE sync_state SET
     last_error_at = CASE WHEN $3::text IS NULL THEN last_error_at ELSE $2::timestamptz END,
     updated_at = $2::timestamptz
 WHERE stream = $1::text
-RETURNING stream;
+RETURNING *;
 
 -- name: call_count
 SELECT count(*)
