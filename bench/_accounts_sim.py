@@ -2,12 +2,11 @@
 
 Run as a script with ``--first`` and ``--count``, it builds that many simulated Acefone
 accounts (``a0001``, ``a0002``...), each its own ``AcefoneSimulator`` (its own seed, backlog and
-live arrivals), on one port: every account's ``base_url`` is
-``http://127.0.0.1:<port>`` and its token ``bench-<account>`` tells it apart (a ``base_url`` is
-scheme and host only). ``GET /_bench/stats`` sums the list requests and rows
-served over every account. It prints ``listening <port>`` once it accepts connections and serves
-until SIGTERM/SIGINT or until its parent dies, like ``bench/_child.py``.
-"""
+live arrivals), on one port: every account's ``base_url`` is ``http://127.0.0.1:<port>``, and
+its token ``bench-<account>`` tells it apart (a ``base_url`` is scheme and host only).
+``GET /_bench/stats`` sums the list requests and rows served over every account, and counts
+the accepted ones per second of the epoch. It prints ``listening <port>`` once it accepts
+connections and serves until SIGTERM/SIGINT or until its parent dies, like ``bench/_child.py``."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections import Counter
 
 import orjson
 from aiohttp import web
@@ -58,10 +58,12 @@ def sim_config(index: int) -> AcefoneSimConfig:
 
 async def _stats(request: web.Request) -> web.Response:
     sims = request.app[_SIMS]
+    per_second = Counter(int(t) for s in sims for t in s.stats.request_times)
     body = {
         "list_requests": sum(s.stats.list_requests for s in sims),
         "rows_served": sum(s.stats.rows_served for s in sims),
         "accounts": len(sims),
+        "per_second": {str(second): n for second, n in per_second.items()},
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

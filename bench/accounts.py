@@ -6,7 +6,8 @@ PostgreSQL, simulator processes serving N Acefone accounts on 127.0.0.1 (``bench
 account on the default 60 s poll. The run resumes: each stream's watermark is seeded 15 minutes
 before start (a daemon restarted after a short stop), so the first cycle reads the lookback and
 what was missed, as after a deploy. Prints per N: peak RSS, steady-state CPU, PostgreSQL
-connections, requests per second, time until every stream finished its first cycle, rows per
+connections, requests per second (steady state, and the most in one second of the first poll
+interval: the start-up stampede), time until every stream finished its first cycle, rows per
 CPU-second; then a PASS/FAIL verdict per target at the largest N.
 
     python bench/accounts.py [--accounts 10 100 1000] [--steady 120]
@@ -30,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import asyncpg
 import psutil
@@ -61,10 +63,17 @@ class Result:
     peak_mb: float
     steady_cpu: float  # share of one core
     connections: int  # peak client connections of cdrsync's database
+    startup_peak: int  # most list requests in one second of the first poll interval
     requests_per_s: float  # list requests the simulators answered, steady state
     first_cycle_s: float | None  # None: not every stream finished one in time
     rows: int
     cpu_s: float
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Steady-state CPU per list request: a cost that does not depend on how many windows
+        the hour grid puts in a cycle (two in the first half hour of every IST hour)."""
+        return 1000 * self.steady_cpu / self.requests_per_s if self.requests_per_s else 0.0
 
     @property
     def rows_per_cpu_s(self) -> float:
@@ -99,14 +108,25 @@ class Simulators:
                 urls[account_name(index)] = f"http://127.0.0.1:{port}"
         return urls
 
+    def _stats(self) -> list[dict[str, Any]]:
+        out = []
+        for port in self.ports:
+            stats = f"http://127.0.0.1:{port}/_bench/stats"
+            with urllib.request.urlopen(stats, timeout=10) as reply:
+                out.append(json.loads(reply.read()))
+        return out
+
     def requests(self) -> int:
         """List requests answered so far, over every account."""
-        total, url = 0, "http://127.0.0.1:"
-        for port in self.ports:
-            stats = f"{url}{port}/_bench/stats"
-            with urllib.request.urlopen(stats, timeout=10) as reply:  # noqa: S310 - http only
-                total += int(json.loads(reply.read())["list_requests"])
-        return total
+        return sum(int(s["list_requests"]) for s in self._stats())
+
+    def peak_per_second(self, since: float, until: float) -> int:
+        """The most list requests accepted in one second of the epoch in ``[since, until)``."""
+        seconds: dict[int, int] = {}
+        for stats in self._stats():
+            for second, n in stats["per_second"].items():
+                seconds[int(second)] = seconds.get(int(second), 0) + int(n)
+        return max((n for s, n in seconds.items() if since <= s < until), default=0)
 
     def stop(self) -> None:
         """Stop every process."""
@@ -201,8 +221,10 @@ def measure(pg: Postgres, work: Path, n: int, steady_s: float) -> Result:
         child = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
         try:
             proc = psutil.Process(child.pid)
+            began = time.time()
             w, cpu, rps = asyncio.run(watch(proc, dsn, sims, n, steady_s))
             total_cpu = _cpu(proc)
+            peak = sims.peak_per_second(began, began + POLL_S)
         except RuntimeError as exc:
             tail = "\n".join((work / f"run-{n}.log").read_text().splitlines()[-15:])
             raise RuntimeError(f"{exc}:\n{tail}") from None
@@ -213,13 +235,14 @@ def measure(pg: Postgres, work: Path, n: int, steady_s: float) -> Result:
     finally:
         sims.stop()
     asyncio.run(pg.admin(f'DROP DATABASE "{database}"'))
-    result = Result(n, w.peak_mb, cpu, w.connections, rps, w.first_s, rows, total_cpu)
+    result = Result(n, w.peak_mb, cpu, w.connections, peak, rps, w.first_s, rows, total_cpu)
     print(_row(result), flush=True)
     return result
 
 
 HEADER = (
     f"{'accounts':>8} {'peak RSS':>9} {'CPU steady':>10} {'PG conns':>8} {'req/s':>7} "
+    f"{'start peak':>10} {'CPU/req':>8} "
     f"{'1st cycle':>9} {'rows':>7} {'rows/CPU-s':>10}"
 )
 
@@ -228,7 +251,9 @@ def _row(r: Result) -> str:
     first = f"{r.first_cycle_s:.0f} s" if r.first_cycle_s is not None else "never"
     return (
         f"{r.accounts:>8} {r.peak_mb:>6.0f} MB {100 * r.steady_cpu:>9.1f}% {r.connections:>8} "
-        f"{r.requests_per_s:>7.1f} {first:>9} {r.rows:>7} {r.rows_per_cpu_s:>10.0f}"
+        f"{r.requests_per_s:>7.1f} {r.startup_peak:>7} /s {r.cpu_ms_per_request:>5.1f} ms "
+        f"{first:>9} {r.rows:>7} "
+        f"{r.rows_per_cpu_s:>10.0f}"
     )
 
 

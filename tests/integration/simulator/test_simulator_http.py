@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
-from cdrsync.simulator.server import RunningServer, start_server
+from cdrsync.simulator.server import RunningServer, build_app, serve_app, start_server
 
 IST = ZoneInfo("Asia/Kolkata")
 T0 = 1_714_657_800.0  # 2024-05-02 19:20:00 IST
@@ -257,3 +257,33 @@ async def test_control_routes_expose_truth_stats_and_settings(make):
     async with h.http.post("/_sim/stop_live", json={}) as resp:
         assert (await resp.json())["last_visible_time"] < h.clock.t + 1000
     assert h.sim.last_visible_time() < float("inf")
+
+
+async def test_several_accounts_behind_one_port_are_told_apart_by_token() -> None:
+    """With tenants, each token lists its own account's records; an unknown token gets 401."""
+    clock = Clock(T0 + 3600)
+    sims = {
+        f"token-{seed}": AcefoneSimulator(
+            AcefoneSimConfig(seed=seed, backlog=5 * seed, backlog_days=0.02, live_per_minute=0,
+                             token=f"token-{seed}"),
+            now=clock, t0=T0,
+        )
+        for seed in (1, 2)
+    }  # fmt: skip
+    server = await serve_app(build_app(sims["token-1"], tenants=sims))
+    query = {"from_date": ist(T0 - 86400), "to_date": ist(T0 + 86400), "page": "1", "limit": "100"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            totals = {}
+            for token in (*sims, "token-3"):
+                async with http.get(
+                    f"{server.base_url}/v1/call/records", params=query,
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as resp:  # fmt: skip
+                    totals[token] = (resp.status, (await resp.json()).get("count"))
+    finally:
+        await server.close()
+    assert totals["token-1"] == (200, len(sims["token-1"].truth()))
+    assert totals["token-2"] == (200, len(sims["token-2"].truth()))
+    assert totals["token-1"] != totals["token-2"]
+    assert totals["token-3"][0] == 401
