@@ -151,18 +151,21 @@ def _seal(root: Path) -> None:
 
 def _verify(final: Path, listing: list[tuple[str, int, bool]]) -> None:
     for directory, dirs, files in os.walk(final):
-        for name in (directory, *(Path(directory) / n for n in (*dirs, *files))):
-            info = Path(name).lstat()
-            if stat.S_ISLNK(info.st_mode):
-                reason = "a symbolic link, which cdrsync's copy never has"
-            else:
-                reason = unsafe_reason(info.st_mode, info.st_uid, ancestor=False)
+        for path in (Path(directory), *(Path(directory) / n for n in (*dirs, *files))):
+            reason = _entry_unsafe(path)
             if reason is not None:
-                raise StoreError(_refusal(final, f"{name}: {reason}", remove=True))
+                raise StoreError(_refusal(final, f"{path}: {reason}", remove=True))
     if _listing(final) != listing:
         raise StoreError(
             _refusal(final, "its files differ from the installed wheel's", remove=True)
         )
+
+
+def _entry_unsafe(path: Path) -> str | None:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return "a symbolic link, which cdrsync's copy never has"
+    return unsafe_reason(info.st_mode, info.st_uid, ancestor=False)
 
 
 def _refusal(path: Path, reason: str, *, remove: bool = False) -> str:
