@@ -199,7 +199,11 @@ async def _cdr(request: web.Request) -> web.Response:
     sim, m = request.app[_SIM_KEY], request.match_info
     cdr = sim.lookup_cdr(_int(m["year"], "year"), _int(m["month"], "month"), m["uuid"])
     if cdr is None:
-        sim.stats.cdr_404 += 1
+        sim.stats.cdr_404 += 1  # "not yet", whichever way not_yet says it
+        if sim.config.not_yet == "empty":
+            return _envelope([])
+        if sim.config.not_yet == "error200":
+            return _envelope(None, [{"code": 404, "message": "CDR not found"}])
         return _error(404, "CDR not found")
     return _envelope(cdr)
 
