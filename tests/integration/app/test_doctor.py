@@ -1,0 +1,243 @@
+"""`cdrsync doctor` against the simulators, in each reading of the vendors' docs they serve."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdrsync.app.doctor import diagnose
+from cdrsync.app.runtime import runtime
+from cdrsync.config import Settings, parse
+from cdrsync.ops.diagnosis import FAIL, OK, UNKNOWN, AccountReport
+from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
+from cdrsync.simulator.ozonetel import OzonetelSimConfig, OzonetelSimulator
+from cdrsync.simulator.ozonetel_server import start_ozonetel_server
+from cdrsync.simulator.server import RunningServer, start_server
+from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
+from cdrsync.simulator.vcclive_server import start_vcclive_server
+from cdrsync.vendors.ozonetel import forget_tokens
+from process_support import to_toml
+
+OZ_USER, OZ_KEY = "sim-user", "oz-Key-7Hq2-9c4e1b8d0a6f"
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[list[RunningServer]]:
+    """Simulator servers a test starts; closed at its end."""
+    servers: list[RunningServer] = []
+    forget_tokens()
+    yield servers
+    for server in servers:
+        await server.close()
+    forget_tokens()
+
+
+def settings_for(dsn: str, account: dict[str, Any], *, http_listen: str = "") -> Settings:
+    """Validated settings of one account on the test database."""
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).date().isoformat()
+    return parse(
+        {
+            "database": {"dsn": dsn, "schema": "cdrsync"},
+            "daemon": {"state_dir": "/tmp", "http_listen": http_listen},
+            "accounts": [{"name": "acct", "start": start, **account}],
+        },
+        source="<test>",
+        environ={},
+    )
+
+
+async def doctor(settings: Settings) -> AccountReport:
+    """Doctor's report for the one account, in process (as `cdrsync doctor` builds it)."""
+    async with runtime(settings, asyncio.Event(), own_database=False) as rt:
+        assert rt is not None
+        return await diagnose(rt, settings.accounts[0], now=dt.datetime.now(dt.UTC))
+
+
+def check(report: AccountReport, name: str) -> tuple[str, str]:
+    """(verdict, observed) of the named check."""
+    (found,) = [c for c in report.checks if c.name == name]
+    return found.verdict, found.observed
+
+
+async def acefone(served: list[RunningServer], **sim: Any) -> tuple[AcefoneSimulator, str]:
+    """An Acefone simulator with about 80 calls an hour over the last day, served on HTTP."""
+    simulator = AcefoneSimulator(AcefoneSimConfig(backlog=2000, backlog_days=1.0, **sim))
+    server = await start_server(simulator)
+    served.append(server)
+    return simulator, server.base_url
+
+
+def acefone_account(base_url: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "vendor": "acefone", "base_url": base_url, "token": AcefoneSimConfig().token,
+        "page_size": 50, "rate_limits": {"list": "100000/min"}, **changes,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("count_mode", "limit_cap", "count_seen", "cap_seen"),
+    [
+        ("total", None, "the window's total", "50 rows served when 50 were asked"),
+        ("page", None, "per page", "50 rows served when 50 were asked"),
+        ("total", 20, "the window's total", "capped: 20 rows a page"),
+        ("page", 20, "per page", "capped: 20 rows a page"),
+    ],
+)
+async def test_acefone_doctor_reports_the_count_reading_and_the_real_page_cap(
+    dsn: str, served: list[RunningServer], count_mode, limit_cap, count_seen, cap_seen
+) -> None:
+    """Doctor names which reading of `count` the vendor serves and its real page cap, with at
+    most three list requests."""
+    sim, url = await acefone(served, count_mode=count_mode, limit_cap=limit_cap)
+    report = await doctor(settings_for(dsn, acefone_account(url)))
+
+    assert check(report, "auth")[0] == OK
+    assert check(report, "list")[0] == OK
+    verdict, observed = check(report, "count")
+    assert verdict == OK
+    assert count_seen in observed
+    assert cap_seen in check(report, "page cap")[1]
+    assert check(report, "time zone")[0] == OK
+    assert check(report, "fields")[0] == OK
+    assert not report.failing
+    assert sim.stats.list_requests <= 3
+
+
+async def test_acefone_doctor_fails_a_time_zone_west_of_the_vendors(
+    dsn: str, served: list[RunningServer]
+) -> None:
+    """IST times read as UTC put the newest calls hours in the future: ✗, the sync will not work."""
+    _, url = await acefone(served)
+    report = await doctor(settings_for(dsn, acefone_account(url, timezone="UTC")))
+    verdict, observed = check(report, "time zone")
+    assert verdict == FAIL
+    assert "in the future" in observed
+    assert report.failing
+
+
+async def test_acefone_doctor_fails_a_refused_token(dsn: str, served: list[RunningServer]) -> None:
+    """A token the vendor refuses is ✗ auth after one request, and nothing else is probed."""
+    sim, url = await acefone(served)
+    report = await doctor(settings_for(dsn, acefone_account(url, token="not-the-token")))
+    assert check(report, "auth")[0] == FAIL
+    assert [c.name for c in report.checks] == ["auth"]
+    assert report.failing
+    assert sim.stats.list_requests == 1
+
+
+async def ozonetel(served: list[RunningServer], **sim: Any) -> tuple[OzonetelSimulator, str]:
+    config = OzonetelSimConfig(
+        seed=5, backlog=400, backlog_days=1.0, live_per_minute=0.0, legs_fraction=0.5,
+        username=OZ_USER, api_key=OZ_KEY, bulk_rate_limit=100, bulk_rate_period_s=1.0, **sim,
+    )  # fmt: skip
+    simulator = OzonetelSimulator(config)
+    server = await start_ozonetel_server(simulator)
+    served.append(server)
+    return simulator, server.base_url
+
+
+def ozonetel_account(base_url: str) -> dict[str, Any]:
+    return {
+        "vendor": "ozonetel", "base_url": base_url, "username": OZ_USER, "api_key": OZ_KEY,
+        "webhook_secret": "hook-secret", "page_size": 50,
+        "rate_limits": {"bulk": "100/s", "lookup": "1000/min", "token": "10/h"},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", ["details", "no_data", "string_total"])
+async def test_ozonetel_doctor_names_the_empty_window_answer(
+    dsn: str, served: list[RunningServer], shape: str
+) -> None:
+    """Doctor names the shape of a quiet window's answer, in two bulk requests."""
+    sim, url = await ozonetel(served, empty_shape=shape)
+    report = await doctor(settings_for(dsn, ozonetel_account(url), http_listen="127.0.0.1:9"))
+    assert check(report, "auth") == (OK, "accepted in apikey mode")
+    assert f"answered as {shape!r}" in check(report, "empty window")[1]
+    assert len(sim.stats.bulk_times) <= 2
+    assert len(sim.stats.lookup_times) <= 1
+
+
+@pytest.mark.parametrize(("transfer_legs", "differ"), [(False, False), (True, True)])
+async def test_ozonetel_doctor_reports_whether_monitorucid_differs_from_ucid(
+    dsn: str, served: list[RunningServer], transfer_legs: bool, differ: bool
+) -> None:
+    """Doctor looks up a transferred call's later leg in CallBacks and reports whether its
+    monitorUCID is its own UCID or the call's shared one; and which URL to push to."""
+    _, url = await ozonetel(served, transfer_legs=transfer_legs)
+    report = await doctor(settings_for(dsn, ozonetel_account(url), http_listen="127.0.0.1:9"))
+    verdict, observed = check(report, "leg ids")
+    assert verdict == OK
+    assert "bulk: UCID in 50 of 50" in observed
+    assert ("monitorUCID differs from UCID" in observed) == differ, observed
+    assert check(report, "push")[0] == UNKNOWN
+    assert "/hooks/acct?token=<webhook_secret>" in check(report, "push")[1]
+
+
+@pytest.mark.parametrize("not_yet", ["404", "empty", "error200"])
+async def test_vcclive_doctor_names_the_not_yet_answer(
+    dsn: str, served: list[RunningServer], not_yet: str
+) -> None:
+    """Doctor asks for an unknown uuid and names how VCC Live answers "not processed yet"."""
+    sim = VccSimulator(VccSimConfig(backlog=200, backlog_days=1.0, not_yet=not_yet))
+    server = await start_vcclive_server(sim)
+    served.append(server)
+    account = {
+        "vendor": "vcclive", "base_url": server.base_url, "username": "sim-cc",
+        "api_key": "sim-vcc-token", "webhook_secret": "hook-secret", "page_size": 50,
+        "rate_limits": {"list": "1000/min", "lookup": "1000/min", "records": "1000/min"},
+    }  # fmt: skip
+    report = await doctor(settings_for(dsn, account, http_listen="127.0.0.1:9"))
+    assert check(report, "auth")[0] == OK
+    assert f"answered {not_yet!r}" in check(report, "not yet")[1]
+    assert sum(sim.stats.requests.values()) <= 2
+
+
+async def test_doctor_command_prints_a_table_or_json_and_exits_by_the_verdict(
+    dsn: str, served: list[RunningServer], tmp_path: Path
+) -> None:
+    """`cdrsync doctor` exits 0 with a ✓ table when the sync will work, 1 with a ✗ when it
+    will not, and --json gives scripts the same verdicts."""
+    _, url = await acefone(served)
+    good, bad = dict(acefone_account(url), name="good"), dict(acefone_account(url), name="bad")
+    bad["token"] = "not-the-token"
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).date().isoformat()
+    config = tmp_path / "cdrsync.toml"
+    config.write_text(
+        to_toml(
+            {
+                "database": {"dsn": dsn, "schema": "cdrsync"},
+                "daemon": {"state_dir": str(tmp_path), "http_listen": ""},
+                "accounts": [{**good, "start": start}, {**bad, "start": start}],
+            }
+        ),
+        encoding="utf-8",
+    )
+
+    async def run(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cdrsync", "doctor", "--config", str(config), *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+        assert proc.returncode is not None, err.decode()
+        return proc.returncode, out.decode()
+
+    code, table = await run("--account", "good")
+    assert code == 0, table
+    assert "✓ count" in table
+    assert "the sync will work" in table
+    code, table = await run()
+    assert code == 1
+    assert "✗ auth" in table
+    code, text = await run("--json")
+    doc = json.loads(text)
+    assert code == 1
+    assert doc["ok"] is False
+    assert {a["account"]: a["failing"] for a in doc["accounts"]} == {"good": False, "bad": True}
