@@ -212,6 +212,8 @@ async def _vcclive(
         error = str(exc)
     status = recorder.last.status if recorder.last is not None else None
     checks.append(judge.judge_not_yet(status, recorder.last_json(), outcome, error))
+    starts = [r.started_at for r in first.records if r.started_at is not None]
+    checks.append(judge.judge_partition(today, starts, account.zone))
     return checks + _record_checks(first, account, now)
 
 

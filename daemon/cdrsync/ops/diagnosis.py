@@ -144,6 +144,29 @@ def judge_fields(records: Sequence[CallRecord]) -> Check:
     )
 
 
+def judge_partition(day: dt.date, starts: Sequence[dt.datetime], zone: dt.tzinfo) -> Check:
+    """VCC Live: whether the calls listed under ``day`` start on that day in the configured
+    ``zone`` (the day partition's zone is undocumented; the sync asks day by day in it)."""
+    if not starts:
+        return Check(
+            "day partition", UNKNOWN, f"no call listed under {day} yet",
+            "run doctor again later in the day",
+        )  # fmt: skip
+    other = sum(1 for start in starts if start.astimezone(zone).date() != day)
+    if other:
+        return Check(
+            "day partition",
+            FAIL,
+            f"{other} of {len(starts)} calls listed under {day} start on another day in "
+            f"{zone}: the vendor's days are cut in another zone, and calls near midnight "
+            "would be asked for on the wrong day",
+            "set the account's timezone to the zone of VCC Live's day partitions",
+        )
+    return Check(
+        "day partition", OK, f"all {len(starts)} calls listed under {day} start that day in {zone}"
+    )
+
+
 def judge_leg_ids(
     bulk: Iterable[Mapping[str, Any]], asked: str | None, answered: Sequence[Mapping[str, Any]]
 ) -> Check:

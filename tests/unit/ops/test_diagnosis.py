@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -20,6 +21,7 @@ from cdrsync.ops.diagnosis import (
     judge_leg_ids,
     judge_not_yet,
     judge_page_cap,
+    judge_partition,
     judge_zone,
     not_yet_answer,
     push_hint,
@@ -190,3 +192,23 @@ def test_render_table_and_json() -> None:
     assert doc["ok"] is False
     assert [a["failing"] for a in doc["accounts"]] == [False, True]
     assert doc["accounts"][1]["checks"][0]["change"] == "fix the token"
+
+
+BUDAPEST = ZoneInfo("Europe/Budapest")
+
+
+@pytest.mark.parametrize(
+    ("starts", "verdict", "seen"),
+    [
+        (["2026-12-03T00:10:00+01:00", "2026-12-03T23:50:00+01:00"], OK, "all 2 calls"),
+        (["2026-12-02T23:30:00+00:00", "2026-12-03T12:00:00+00:00"], OK, "all 2 calls"),
+        (["2026-12-03T23:30:00+00:00", "2026-12-03T12:00:00+00:00"], FAIL, "1 of 2 calls"),
+        ([], UNKNOWN, "no call listed"),
+    ],
+)
+def test_day_partition(starts: list[str], verdict: str, seen: str) -> None:
+    """Calls listed under a day must start on that day in the configured zone."""
+    parsed = [dt.datetime.fromisoformat(s) for s in starts]
+    check = judge_partition(dt.date(2026, 12, 3), parsed, BUDAPEST)
+    assert check.verdict == verdict
+    assert seen in check.observed
