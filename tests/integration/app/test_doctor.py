@@ -24,6 +24,7 @@ from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
 from cdrsync.simulator.vcclive_server import start_vcclive_server
 from cdrsync.vendors.ozonetel import forget_tokens
 from process_support import to_toml
+from support import eventually, running_daemon
 
 OZ_USER, OZ_KEY = "sim-user", "oz-Key-7Hq2-9c4e1b8d0a6f"
 
@@ -133,22 +134,47 @@ async def test_acefone_doctor_fails_a_refused_token(dsn: str, served: list[Runni
 
 
 async def ozonetel(served: list[RunningServer], **sim: Any) -> tuple[OzonetelSimulator, str]:
-    config = OzonetelSimConfig(
-        seed=5, backlog=400, backlog_days=1.0, live_per_minute=0.0, legs_fraction=0.5,
-        username=OZ_USER, api_key=OZ_KEY, bulk_rate_limit=100, bulk_rate_period_s=1.0, **sim,
-    )  # fmt: skip
+    options: dict[str, Any] = {
+        "seed": 5, "backlog": 400, "backlog_days": 1.0, "live_per_minute": 0.0,
+        "legs_fraction": 0.5, "username": OZ_USER, "api_key": OZ_KEY,
+        "bulk_rate_limit": 100, "bulk_rate_period_s": 1.0, **sim,
+    }  # fmt: skip
+    config = OzonetelSimConfig(**options)
     simulator = OzonetelSimulator(config)
     server = await start_ozonetel_server(simulator)
     served.append(server)
     return simulator, server.base_url
 
 
-def ozonetel_account(base_url: str) -> dict[str, Any]:
+def ozonetel_account(base_url: str, bulk: str = "100/s") -> dict[str, Any]:
     return {
         "vendor": "ozonetel", "base_url": base_url, "username": OZ_USER, "api_key": OZ_KEY,
         "webhook_secret": "hook-secret", "page_size": 50,
-        "rate_limits": {"bulk": "100/s", "lookup": "1000/min", "token": "10/h"},
+        "rate_limits": {"bulk": bulk, "lookup": "1000/min", "token": "10/h"},
     }  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+async def test_doctor_beside_a_running_daemon_stays_within_the_shared_budget(
+    dsn: str, served: list[RunningServer]
+) -> None:
+    """With the daemon spending an Ozonetel bulk budget of 4 per 8 s, doctor takes its two
+    requests from the same budget (rate_grants): the vendor never answers 429."""
+    sim, url = await ozonetel(served, bulk_rate_limit=4, bulk_rate_period_s=8.0)
+    account = {
+        **ozonetel_account(url, bulk="4/8s"), "poll_interval": "300ms", "settle": "1s",
+        "window": "1h", "history_window": "1d", "lookback": "1h",
+    }  # fmt: skip
+    settings = settings_for(dsn, account, http_listen="127.0.0.1:9")
+    async with running_daemon(settings):
+
+        async def spending() -> bool:
+            return len(sim.stats.bulk_times) >= 4
+
+        assert await eventually(spending, timeout=60)  # the daemon has spent a whole window
+        report = await doctor(settings)
+    assert check(report, "list")[0] == OK
+    assert sim.stats.rate_limited.get("bulk", 0) == 0
 
 
 @pytest.mark.parametrize("shape", ["details", "no_data", "string_total"])
