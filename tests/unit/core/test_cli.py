@@ -33,3 +33,20 @@ def test_errors_are_reported_without_their_secrets(
     err = capsys.readouterr().err
     assert said in err
     assert "s3cr3t-tok3n" not in err and "hunter2-pw" not in err
+
+
+def test_doctor_names_the_accounts_when_asked_for_an_unknown_one(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`doctor --account` with a name not in the file exits 78 listing the names it has."""
+    config = tmp_path / "cdrsync.toml"
+    config.write_text(
+        '[daemon]\nstate_dir = "/tmp"\nhttp_listen = ""\n\n[[accounts]]\nname = "acme-in"\n'
+        'vendor = "acefone"\nbase_url = "http://127.0.0.1:9"\ntoken = "t0ken"\n'
+        'start = "2026-11-01"\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["doctor", "--config", str(config), "--account", "nope"]) == cli.EX_CONFIG
+    err = capsys.readouterr().err
+    assert "no account named 'nope'" in err
+    assert "it has: acme-in" in err
