@@ -11,6 +11,7 @@ writes no call. At most: Acefone 3 list requests (plus a login with email/passwo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -137,9 +138,11 @@ async def _ozonetel(
     midnight = dt.datetime.combine(now.astimezone(zone).date(), dt.time(), zone)
     # Ozonetel wants both bounds on one local day: today, to its end.
     window = Window(midnight.astimezone(dt.UTC), (midnight + PROBE_SPAN).astimezone(dt.UTC))
-    mode = f" in {account.option('auth')} mode"
-    first, checks = await _first_page(source.fetch_page(window, 1), mode)
+    mode = account.option("auth")
+    first, checks = await _first_page(source.fetch_page(window, 1), f" in {mode} mode")
     if first is None:
+        if checks[0].verdict == judge.FAIL and mode in OTHER_MODE:
+            checks[0] = await _other_mode(account, recorder, limiters, window, checks[0])
         return checks
     checks.append(await _leg_ids(account, recorder, limiters, first, now))
     # A day before the oldest the bulk API serves has no calls whatever the account's traffic.
@@ -151,6 +154,38 @@ async def _ozonetel(
         error = str(exc)
     checks.append(judge.judge_empty_answer(recorder.last_json(), error))
     return checks + _record_checks(first, account, now)
+
+
+OTHER_MODE = {"apikey": "token", "token": "apikey"}
+
+
+async def _other_mode(
+    account: AccountSettings,
+    recorder: _Recorder,
+    limiters: Limiters,
+    window: Window,
+    refused: Check,
+) -> Check:
+    """Ozonetel refused the configured auth mode: one request in the other mode says whether
+    the account's "API Authentication" is that one (BASIC_AUTH is apikey, TOKEN is token)."""
+    from cdrsync.vendors.ozonetel import OzonetelSource
+
+    mode = account.option("auth")
+    other = OTHER_MODE[mode]
+    flipped = dataclasses.replace(account, options={**account.options, "auth": other})
+    source = OzonetelSource(flipped, _as_transport(recorder), limiters, f"{account.name}/doctor")
+    try:
+        await source.fetch_page(window, 1)
+    except CdrsyncError:
+        return dataclasses.replace(
+            refused, observed=f"refused in {mode} mode and in {other} mode: {refused.observed}"
+        )
+    return Check(
+        "auth",
+        judge.FAIL,
+        f"refused in {mode} mode, accepted in {other} mode",
+        f'set auth = "{other}" for this account',
+    )
 
 
 async def _leg_ids(

@@ -146,12 +146,26 @@ async def ozonetel(served: list[RunningServer], **sim: Any) -> tuple[OzonetelSim
     return simulator, server.base_url
 
 
-def ozonetel_account(base_url: str, bulk: str = "100/s") -> dict[str, Any]:
+def ozonetel_account(base_url: str, bulk: str = "100/s", **changes: Any) -> dict[str, Any]:
     return {
         "vendor": "ozonetel", "base_url": base_url, "username": OZ_USER, "api_key": OZ_KEY,
         "webhook_secret": "hook-secret", "page_size": 50,
-        "rate_limits": {"bulk": bulk, "lookup": "1000/min", "token": "10/h"},
+        "rate_limits": {"bulk": bulk, "lookup": "1000/min", "token": "10/h"}, **changes,
     }  # fmt: skip
+
+
+async def test_ozonetel_doctor_finds_the_auth_mode_the_account_uses(
+    dsn: str, served: list[RunningServer]
+) -> None:
+    """An account that is TOKEN on Ozonetel's side, configured as apikey: ✗ auth, naming the
+    mode that works and the setting to change."""
+    _, url = await ozonetel(served, auth="token")
+    report = await doctor(settings_for(dsn, ozonetel_account(url, auth="apikey")))
+    verdict, observed = check(report, "auth")
+    assert verdict == FAIL
+    assert observed == "refused in apikey mode, accepted in token mode"
+    assert report.checks[0].change == 'set auth = "token" for this account'
+    assert report.failing
 
 
 @pytest.mark.timeout(180)
