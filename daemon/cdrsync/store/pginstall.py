@@ -116,8 +116,16 @@ def _make_cache_dir(cache: Path) -> None:
     for directory in (resolved, *resolved.parents):
         info = directory.stat()
         reason = unsafe_reason(info.st_mode, info.st_uid, ancestor=directory != resolved)
+        if reason is None and directory != resolved and not info.st_mode & 0o001:
+            # The server's user passes through as "other"; opening a private directory (a home)
+            # is what this copy exists to avoid, so it is named rather than changed.
+            reason = f"the server's user cannot pass through it (mode {info.st_mode & 0o777:04o})"
         if reason is not None:
             raise StoreError(_refusal(cache, f"{directory}: {reason}"))
+    # Made under a strict umask (077), the cache itself would shut the server's user out.
+    mode = resolved.stat().st_mode
+    if mode & 0o055 != 0o055:
+        resolved.chmod(stat.S_IMODE(mode) | 0o055)
 
 
 def _build(site: Path, cache: Path, final: Path) -> None:

@@ -82,6 +82,29 @@ def test_an_unsafe_cache_directory_is_refused(cache: Path, spoil, expected: str)
     assert list(cache.iterdir()) == []
 
 
+def test_a_cache_inside_a_private_directory_is_refused(cache: Path) -> None:
+    """A cache directory below a 0700 directory is refused (the server's user could not reach
+    it), and the private directory is left closed."""
+    cache.chmod(0o700)
+    inner = cache / "pg"
+    with pytest.raises(StoreError, match="cannot pass through") as caught:
+        pginstall.ensure_copy(pginstall.wheel_site(), inner)
+    assert str(cache) in str(caught.value)
+    assert cache.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_cache_made_under_a_strict_umask_is_opened_to_the_servers_user(cache: Path) -> None:
+    """A cache directory created 0700 (umask 077) is made 0755, so the server's user gets in."""
+    inner = cache / "pg"
+    old = os.umask(0o077)
+    try:
+        copy = pginstall.ensure_copy(pginstall.wheel_site(), inner)
+    finally:
+        os.umask(old)
+    assert inner.stat().st_mode & 0o777 == 0o755
+    assert copy.stat().st_mode & 0o777 == 0o755
+
+
 @pytest.mark.parametrize(
     ("spoil", "expected"),
     [
