@@ -45,6 +45,7 @@ class _Recorder:
     def __init__(self, inner: Transport) -> None:
         self._inner = inner
         self.last: Response | None = None
+        self.last_headers: dict[str, str] = {}
 
     async def request(self, method: str, url: str, *, parse: Callable[..., Any], **kw: Any) -> Any:
         def keep(response: Response) -> Any:
@@ -52,6 +53,7 @@ class _Recorder:
             return parse(response)
 
         self.last = None
+        self.last_headers = dict(kw.get("headers") or {})
         return await self._inner.request(method, url, parse=keep, **kw)
 
     def last_json(self) -> Any:
@@ -112,19 +114,18 @@ async def _acefone(
 
     source = AcefoneSource(account, _as_transport(recorder), limiters, f"{account.name}/doctor")
     window = Window(now - PROBE_SPAN, now + PROBE_SPAN)
-    first, checks = await _first_page(source.fetch_page(window, 1), "")
+    size = account.page_size
+    first, checks = await _first_page(source.probe_page(window, 1, size), "")
     if first is None:
         return checks
-    count_of_one = await source.count(window) if first.size >= 2 else None
+    count_of_one = (await source.probe_page(window, 1, 1)).total if first.size >= 2 else None
     checks.append(judge.judge_count(first.size, count_of_one))
     per_page = count_of_one == 1
     second = None
-    if per_page and first.size < source.page_size:
-        second = (await source.fetch_page(window, 2)).size
+    if per_page and first.size < size:
+        second = (await source.probe_page(window, 2, size)).size
     total = None if per_page or count_of_one is None else count_of_one
-    checks.append(
-        judge.judge_page_cap(source.page_size, first.size, total=total, second_page_rows=second)
-    )
+    checks.append(judge.judge_page_cap(size, first.size, total=total, second_page_rows=second))
     return checks + _record_checks(first, account, now)
 
 
@@ -139,11 +140,15 @@ async def _ozonetel(
     # Ozonetel wants both bounds on one local day: today, to its end.
     window = Window(midnight.astimezone(dt.UTC), (midnight + PROBE_SPAN).astimezone(dt.UTC))
     mode = account.option("auth")
-    first, checks = await _first_page(source.fetch_page(window, 1), f" in {mode} mode")
+    first, checks = await _first_page(source.fetch_page(window, 1), "")
     if first is None:
         if checks[0].verdict == judge.FAIL and mode in OTHER_MODE:
             checks[0] = await _other_mode(account, recorder, limiters, window, checks[0])
         return checks
+    # The mode that worked shows in what went out: a bearer token, or the apiKey alone.
+    used = "token" if "Authorization" in recorder.last_headers else "apikey"
+    configured = "" if used == mode else f' (auth = "{mode}")'
+    checks[0] = Check("auth", judge.OK, f"accepted in {used} mode{configured}")
     checks.append(await _leg_ids(account, recorder, limiters, first, now))
     # A day before the oldest the bulk API serves has no calls whatever the account's traffic.
     gone = earliest_available(now, zone, account.option("retention")) - dt.timedelta(hours=12)
