@@ -81,7 +81,7 @@ async def diagnose(rt: Runtime, account: AccountSettings, *, now: dt.datetime) -
     return AccountReport(account.name, account.vendor, tuple(checks))
 
 
-async def _first_page(fetch: Awaitable[Page], mode: str) -> tuple[Page | None, list[Check]]:
+async def _first_page(fetch: Awaitable[Page]) -> tuple[Page | None, list[Check]]:
     """The list probe: auth and list checks, and the page when it answered."""
     try:
         page = await fetch
@@ -93,7 +93,7 @@ async def _first_page(fetch: Awaitable[Page], mode: str) -> tuple[Page | None, l
             judge.judge_request("list", str(exc), ""),
         ]
     return page, [
-        Check("auth", judge.OK, f"accepted{mode}"),
+        Check("auth", judge.OK, "accepted"),
         judge.judge_request("list", None, f"answered: {page.size} call(s) on the first page"),
     ]
 
@@ -115,7 +115,7 @@ async def _acefone(
     source = AcefoneSource(account, _as_transport(recorder), limiters, f"{account.name}/doctor")
     window = Window(now - PROBE_SPAN, now + PROBE_SPAN)
     size = account.page_size
-    first, checks = await _first_page(source.probe_page(window, 1, size), "")
+    first, checks = await _first_page(source.probe_page(window, 1, size))
     if first is None:
         return checks
     count_of_one = (await source.probe_page(window, 1, 1)).total if first.size >= 2 else None
@@ -140,7 +140,7 @@ async def _ozonetel(
     # Ozonetel wants both bounds on one local day: today, to its end.
     window = Window(midnight.astimezone(dt.UTC), (midnight + PROBE_SPAN).astimezone(dt.UTC))
     mode = account.option("auth")
-    first, checks = await _first_page(source.fetch_page(window, 1), "")
+    first, checks = await _first_page(source.fetch_page(window, 1))
     if first is None:
         if checks[0].verdict == judge.FAIL and mode in OTHER_MODE:
             checks[0] = await _other_mode(account, recorder, limiters, window, checks[0])
@@ -235,7 +235,7 @@ async def _vcclive(
     stream = f"{account.name}/doctor"
     days = VccDaySource(account, _as_transport(recorder), limiters, stream)
     today = now.astimezone(account.zone).date()
-    first, checks = await _first_page(days.fetch_day(today, 0, days.page_size), "")
+    first, checks = await _first_page(days.fetch_day(today, 0, days.page_size))
     if first is None:
         return checks
     lookups = VccLookups(account, _as_transport(recorder), limiters, stream)
