@@ -154,7 +154,9 @@ START_SERVER = textwrap.dedent(
 def _clone(into: Path) -> None:
     """``git clone`` of this checkout, as a user would (a copy of daemon/ without git)."""
     if shutil.which("git") and (REPO / ".git").exists():
-        subprocess.run(["git", "clone", "--quiet", str(REPO), str(into)], check=True, timeout=120)
+        # safe.directory: CI's checkout may belong to another user than root, who clones it.
+        command = ["git", "-c", "safe.directory=*", "clone", "--quiet", str(REPO), str(into)]
+        subprocess.run(command, check=True, timeout=120)
     else:
         shutil.copytree(REPO / "daemon", into / "daemon")
 
