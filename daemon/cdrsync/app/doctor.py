@@ -36,6 +36,9 @@ PROBE_SPAN = dt.timedelta(days=1)
 future (Acefone: a day; Ozonetel, VCC Live: the rest of the local day): read in a zone west of
 the vendor's, the newest calls then start "in the future", which is how a wrong zone shows."""
 
+RECENT_SPAN = dt.timedelta(hours=1)
+"""Ozonetel's list probe starts this long before now (its pages run oldest first)."""
+
 Limiters = Mapping[str, "SlidingWindowLimiter"]
 
 
@@ -137,8 +140,10 @@ async def _ozonetel(
     source = OzonetelSource(account, _as_transport(recorder), limiters, f"{account.name}/doctor")
     zone = account.zone
     midnight = dt.datetime.combine(now.astimezone(zone).date(), dt.time(), zone)
-    # Ozonetel wants both bounds on one local day: today, to its end.
-    window = Window(midnight.astimezone(dt.UTC), (midnight + PROBE_SPAN).astimezone(dt.UTC))
+    # Ozonetel wants both bounds on one local day: the last hour of today, to its end. Its
+    # pages run oldest first, so a whole day's first page would show no recent call.
+    start = max(midnight.astimezone(dt.UTC), now - RECENT_SPAN)
+    window = Window(start, (midnight + PROBE_SPAN).astimezone(dt.UTC))
     mode = account.option("auth")
     first, checks = await _first_page(source.fetch_page(window, 1))
     if first is None:

@@ -135,7 +135,7 @@ async def test_acefone_doctor_fails_a_refused_token(dsn: str, served: list[Runni
 
 async def ozonetel(served: list[RunningServer], **sim: Any) -> tuple[OzonetelSimulator, str]:
     options: dict[str, Any] = {
-        "seed": 5, "backlog": 400, "backlog_days": 1.0, "live_per_minute": 0.0,
+        "seed": 5, "backlog": 2000, "backlog_days": 1.0, "live_per_minute": 0.0,
         "legs_fraction": 0.5, "username": OZ_USER, "api_key": OZ_KEY,
         "bulk_rate_limit": 100, "bulk_rate_period_s": 1.0, **sim,
     }  # fmt: skip
@@ -152,6 +152,18 @@ def ozonetel_account(base_url: str, bulk: str = "100/s", **changes: Any) -> dict
         "webhook_secret": "hook-secret", "page_size": 50,
         "rate_limits": {"bulk": bulk, "lookup": "1000/min", "token": "10/h"}, **changes,
     }  # fmt: skip
+
+
+async def test_ozonetel_doctor_fails_a_time_zone_west_of_the_vendors(
+    dsn: str, served: list[RunningServer]
+) -> None:
+    """Ozonetel's IST times read as UTC: the newest call starts hours in the future, ✗."""
+    _, url = await ozonetel(served)
+    account = ozonetel_account(url, timezone="UTC", page_size=500)
+    report = await doctor(settings_for(dsn, account))
+    verdict, observed = check(report, "time zone")
+    assert verdict == FAIL, observed
+    assert report.failing
 
 
 @pytest.mark.parametrize("mode", ["apikey", "token"])
