@@ -15,7 +15,10 @@ from typing import Any
 import orjson
 import pytest
 import structlog
-from test_vcclive_daemon import ACCOUNT, vcc_settings
+from test_vcclive_daemon import (  # type: ignore[import-not-found]  # pytest puts its folder on sys.path
+    ACCOUNT,
+    vcc_settings,
+)
 
 from cdrsync.app.streams import limiters_for
 from cdrsync.config import AccountSettings
@@ -287,7 +290,7 @@ async def test_the_probe_reads_a_few_records_a_cycle_and_keeps_its_place(
 
 
 def failing_once(call: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    failed = []
+    failed: list[object] = []
 
     async def wrapper(*args: Any, **kwargs: Any) -> None:
         if not failed:
