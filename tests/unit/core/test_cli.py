@@ -87,6 +87,8 @@ def test_config_is_required_unless_the_environment_names_it(
     assert "usage: cdrsync status [-h] [--config PATH]" in text
     assert "(default: $CDRSYNC_CONFIG, now /etc/cdrsync/cdrsync.toml)" in text
     assert cli.parser().parse_args(["status"]).config == "/etc/cdrsync/cdrsync.toml"
+    named = cli.parser(environ={"CDRSYNC_CONFIG": "/srv/c.toml"}).parse_args(["status"])
+    assert named.config == "/srv/c.toml"
 
 
 def test_a_bad_date_names_the_expected_form(capsys: pytest.CaptureFixture[str]):
