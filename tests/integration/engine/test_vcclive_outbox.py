@@ -15,10 +15,6 @@ from typing import Any
 import orjson
 import pytest
 import structlog
-from test_vcclive_daemon import (  # type: ignore[import-not-found]  # pytest puts its folder on sys.path
-    ACCOUNT,
-    vcc_settings,
-)
 
 from cdrsync.app.streams import limiters_for
 from cdrsync.config import AccountSettings
@@ -30,6 +26,7 @@ from cdrsync.simulator.vcclive_server import start_vcclive_server
 from cdrsync.store.queues import Queues
 from cdrsync.store.store import Store
 from cdrsync.vendors.vcclive import VccOutbox, parse_add_result
+from vcclive_support import ACCOUNT, vcc_settings
 
 PROJECT = 3
 NAME = f"{ACCOUNT}/outbox"
