@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -244,7 +244,7 @@ async def test_ozonetel_doctor_reports_whether_monitorucid_differs_from_ucid(
 
 @pytest.mark.parametrize("not_yet", ["404", "empty", "error200"])
 async def test_vcclive_doctor_names_the_not_yet_answer(
-    dsn: str, served: list[RunningServer], not_yet: str
+    dsn: str, served: list[RunningServer], not_yet: Literal["404", "empty", "error200"]
 ) -> None:
     """Doctor asks for an unknown uuid and names how VCC Live answers "not processed yet"."""
     sim = VccSimulator(VccSimConfig(backlog=200, backlog_days=1.0, not_yet=not_yet))
