@@ -530,6 +530,24 @@ def test_empty_success_past_the_horizon():
 
 
 @pytest.mark.parametrize(
+    "doc",
+    [
+        {"status": "success", "message": "No Data Found"},
+        {"status": "success", "message": "No Data Found with the given dates"},
+        {"status": "success", "message": "no data found", "details": None},
+        {"status": "success", "message": "", "totalCount": "0"},
+        {"status": "success", "message": "", "totalCount": " 0 "},
+        {"status": "success", "totalCount": 0},
+    ],
+)
+def test_every_shape_of_an_empty_window_is_an_empty_page(doc):
+    """Ozonetel's quiet-window answers ("No Data Found" without details, a string totalCount,
+    no details at all) are each an empty page, not an answer asked again for ever."""
+    page = read_page(orjson.dumps(doc))
+    assert (page.total, page.size, page.records, page.rejects) == (0, 0, (), ())
+
+
+@pytest.mark.parametrize(
     ("body", "error"),
     [
         (b'{"status": "success", "details": [', BadPageError),
