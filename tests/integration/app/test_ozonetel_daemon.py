@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from cdrsync.app import daemon as app
 from cdrsync.config import Settings, parse
@@ -225,6 +226,22 @@ async def test_every_shape_of_an_empty_window_ends_equal_to_the_vendor(
     assert caught_up, await fetch(dsn, "SELECT stream, watermark, last_error FROM sync_state")
     assert diff == {"missing": [], "extra": [], "stale": []}
     assert len(sim.truth()) >= 25  # calls, some of several legs (one UCID each)
+
+
+@pytest.mark.parametrize("mode", ["apikey", "token"])
+async def test_an_account_of_either_auth_mode_syncs_with_the_default_auth(
+    dsn: str, store: Store, served: list[RunningServer], mode: str
+) -> None:
+    """Whether the account's "API Authentication" is BASIC_AUTH or TOKEN, the default auth
+    ("auto") finds it: calls ends equal to the simulator and the mode is logged."""
+    sim = OzonetelSimulator(sim_config(seed=6, backlog=60, live_per_minute=0.0, auth=mode))
+    url = await serve(served, sim)
+    with capture_logs() as logs:
+        async with running_daemon(oz_settings(url, dsn)) as daemon:
+            diff = await converged(store, sim, timeout=30)
+            assert not daemon.done()
+    assert diff == {"missing": [], "extra": [], "stale": []}
+    assert [e["mode"] for e in logs if e["event"] == "ozonetel.auth_mode"] == [mode]
 
 
 # ---------------------------------------------------------------------------- b. bulk budget

@@ -692,7 +692,7 @@ def test_vendor_options_have_safe_defaults() -> None:
     """Unset vendor options take the documented defaults (the vendor's own advice where known)."""
     oz = config.parse(vendor_account("ozonetel"), source="<t>", environ={}).accounts[0]
     assert (oz.option("auth"), oz.option("retention"), oz.page_size) == (
-        "apikey", dt.timedelta(days=15), 500,
+        "auto", dt.timedelta(days=15), 500,
     )  # fmt: skip
     assert str(oz.rate_limits["bulk"]) == "2/min"
     assert oz.endpoints["lookup"] == "/CAServices/CDR/callbacks.php"

@@ -477,7 +477,7 @@ def test_a_lookup_that_sends_nothing_follows_the_new_decision_uncounted(
 )
 def test_generate_token_retries_transient_failures_but_never_its_rate_limit(error, retried):
     """generateToken's 10 an hour: a rate limit is never retried, a 503 or a cut body is."""
-    from cdrsync.vendors.ozonetel import _retry_token
+    from cdrsync.vendors.ozonetel_client import _retry_token
 
     assert _retry_token(error) is retried
 
