@@ -7,9 +7,15 @@ request paths, the lookup schedule (pure) and the thin clients. Vendor behaviour
   docs' examples put both in the URL; cdrsync sends them in the ``Authorization`` header only,
   so they can never reach a log line that names a URL;
 - ``GET /v2/cdrs/Y/M/D`` pages by ``start``/``num`` over one local day (the finest window);
-- a call's CDR is processed after the call ends: ``GET /v2/cdr/Y/M/{uuid}`` answers 404 until
-  then. VCC advises asking 5 minutes after the webhook and then every 5 minutes, 20 times in
-  all (``lookup_schedule``); a 404 before the last attempt is normal, not an error;
+- a call's CDR is processed after the call ends: ``GET /v2/cdr/Y/M/{uuid}`` answers "not yet"
+  until then. VCC advises asking 5 minutes after the webhook and then every 5 minutes, 20 times
+  in all (``lookup_schedule``); "not yet" before the last attempt is normal, not an error. How
+  it is said is undocumented: a 404, an empty ``response`` and a 200 whose ``errors`` say so
+  all mean "not yet" (never given up on the first answer);
+- the path's month is the month of the call's local start, which the Call Disposition webhook
+  carries as ``call_start_time`` (its ``timestamp`` is the disposition's time). Without it a
+  webhook on the first day of a month may be for a call of the month before: both are asked
+  (``lookup_months``);
 - ``POST /v2/projects/{p}/records`` is not idempotent: it is sent exactly once per call
   (``RetryPolicy(attempts=1)``) and the outbox decides what an unknown outcome means.
 """
@@ -42,6 +48,7 @@ from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.vcclive_parse import (
     DIRECTIONS,
     VENDOR,
+    Refused,
     _error_text,
     agent_of,
     as_text,
@@ -203,6 +210,38 @@ def _push_call(
     )
 
 
+MONTH_EDGE = dt.timedelta(days=1)
+"""A webhook without the call's start this soon after a month began may be for a call of the
+month before (a call is disposed after it ends, usually minutes later)."""
+
+
+def lookup_months(
+    doc: Mapping[str, Any], zone: dt.tzinfo, received_at: dt.datetime
+) -> dict[str, Any]:
+    """The ``vcclive.cdr`` lookup's context: ``year`` and ``month`` of the call's local start,
+    and ``months`` ([[year, month], ...], in the order to ask) when that start is unknown.
+
+    ``call_start_time`` is the call's start. Without it the month is the event's (its
+    ``timestamp``, else when it arrived), and near the start of a month the month before is
+    asked too: a call begun at 23:58 on the 31st is disposed on the 1st."""
+    with contextlib.suppress(*RECORD_ERRORS):
+        stamp = read_stamp(doc.get("call_start_time"), "call_start_time")
+        if stamp is not None:
+            local = to_utc(stamp, "call_start_time", zone).astimezone(zone)
+            return {"year": local.year, "month": local.month}
+    event = received_at
+    with contextlib.suppress(*RECORD_ERRORS):
+        stamp = read_stamp(doc.get("timestamp"), "timestamp")
+        if stamp is not None:
+            event = to_utc(stamp, "timestamp", zone)
+    local = event.astimezone(zone)
+    months = [[local.year, local.month]]
+    earlier = (local - MONTH_EDGE).date()
+    if (earlier.year, earlier.month) != (local.year, local.month):
+        months.append([earlier.year, earlier.month])
+    return {"year": local.year, "month": local.month, "months": months}
+
+
 def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) -> PushResult:
     """A Call Disposition webhook: a provisional call now, and lookups for its CDR and events.
 
@@ -220,13 +259,11 @@ def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) 
     except RECORD_ERRORS as exc:
         payload = jsontext.reject_text(doc)
         rejects = (Reject(VENDOR, account.name, "push", key, str(exc), payload, received_at),)
-    _, local = _push_start(doc, account.zone)
-    month = local or received_at.astimezone(account.zone)
     lookups = [
         LookupRequest(
             kind="vcclive.cdr",
             call_key=key,
-            context={"year": month.year, "month": month.month},
+            context=lookup_months(doc, account.zone, received_at),
             not_before=received_at + account.option("lookup_delay"),
         )
     ]
@@ -441,13 +478,24 @@ class VccLookups(_Client):
             max_attempts=option("lookup_attempts"),
         )
 
-    def _month(self, item: LookupItem) -> tuple[int, int]:
-        """(year, month) of the call's local start, from the context the push queued."""
+    def _months(self, item: LookupItem) -> list[tuple[int, int]]:
+        """The (year, month) paths to ask, from the context the push queued (``lookup_months``)."""
+        listed = item.context.get("months")
+        if isinstance(listed, list):
+            months = [
+                (y, m)
+                for entry in listed
+                if isinstance(entry, list) and len(entry) == 2
+                for y, m in [entry]
+                if isinstance(y, int) and isinstance(m, int) and 1 <= m <= 12
+            ]
+            if months:
+                return months
         year, month = item.context.get("year"), item.context.get("month")
         if isinstance(year, int) and isinstance(month, int) and 1 <= month <= 12:
-            return year, month
+            return [(year, month)]
         local = item.created_at.astimezone(self._zone)
-        return local.year, local.month
+        return [(local.year, local.month)]
 
     async def _cdr(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
         attempts = self._account.option("lookup_attempts")
@@ -456,11 +504,14 @@ class VccLookups(_Client):
             return LookupOutcome("gave_up", counted=False, note=f"no CDR after {attempts} attempts")
         if due > now:
             return LookupOutcome("retry", next_attempt_at=due, counted=False)
-        found = await self._get_cdr(*self._month(item), item.call_key)
-        if isinstance(found, Reject):  # a malformed CDR: kept in rejects, the lookup is over
-            return LookupOutcome("done", rejects=(found,))
-        if found is not None:
-            return LookupOutcome("done", records=(found,))
+        answers: list[str] = []
+        for year, month in self._months(item):
+            found = await self._get_cdr(year, month, item.call_key)
+            if isinstance(found, Reject):  # a malformed CDR: kept in rejects, the lookup is over
+                return LookupOutcome("done", rejects=(found,))
+            if isinstance(found, CallRecord):
+                return LookupOutcome("done", records=(found,))
+            answers.append(found)
         following = self._schedule(
             item, item.attempts + 1, now + self._account.option("lookup_interval")
         )
@@ -468,27 +519,36 @@ class VccLookups(_Client):
             return LookupOutcome("gave_up", note=f"no CDR after {attempts} attempts")
         # Expected for the first attempts: VCC processes (costs) a call before serving it.
         log.debug("vcclive.cdr_not_yet", account=self._account.name, attempt=item.attempts + 1)
-        return LookupOutcome("retry", next_attempt_at=following, note="CDR not processed yet (404)")
+        note = f"CDR not processed yet ({'; '.join(dict.fromkeys(answers))})"
+        return LookupOutcome("retry", next_attempt_at=following, note=note)
 
-    async def _get_cdr(self, year: int, month: int, uuid: str) -> CallRecord | Reject | None:
+    async def _get_cdr(self, year: int, month: int, uuid: str) -> CallRecord | Reject | str:
+        """The CDR, a Reject (malformed), or how VCC said "not yet"."""
         fetched_at = dt.datetime.now(dt.UTC)
 
-        def parse(response: Response) -> CallRecord | Reject | None:
+        def parse(response: Response) -> CallRecord | Reject | str:
             if response.status == 404:
-                return None  # not processed yet: VCC costs a call before it serves its CDR
+                return "404"  # not processed yet: VCC costs a call before it serves its CDR
             try:
-                return parse_cdr(
+                found = parse_cdr(
                     response.body,
                     account=self._account.name,
                     stream=self._stream,
                     zone=self._zone,
                     fetched_at=fetched_at,
                 )
+            except Refused as exc:
+                # The docs do not say how "not processed yet" is answered: a 200 whose errors
+                # say "not found" is read as that too. Any refusal of one uuid is retried on
+                # the schedule (bounded: 20 attempts) rather than given up on its first answer.
+                return f'vendor says "{exc.said}"'
+
             except RECORD_ERRORS as exc:
                 payload = response.body.decode("utf-8", errors="replace")
                 return Reject(
                     VENDOR, self._account.name, self._stream, uuid, str(exc), payload, fetched_at
                 )
+            return "empty answer" if found is None else found
 
         path = cdr_path(year, month, uuid)
         return await self._send(
