@@ -311,6 +311,7 @@ class AcefoneSource:
         count is per page (known, or a one-record page counting one, which either reading
         allows) the window's rows are counted by reading its pages."""
         probe = await self._renewing(window, 1, 1)
+        self._learn_count(1, 1, probe)
         if probe.total > probe.size or probe.size == 0 or not self._per_page_possible():
             return probe.total
         pages: list[Page] = []
