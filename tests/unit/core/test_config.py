@@ -719,3 +719,11 @@ def test_reload_plan(running: dict[str, int], wanted: dict[str, int], expected: 
 
     changes = plan_changes(running, wanted)  # type: ignore[arg-type]
     assert (changes.added, changes.removed, changes.restarted) == expected
+
+
+def test_check_config_shows_the_ozonetel_auth_mode() -> None:
+    """check-config's rendering says which auth an Ozonetel account uses ("auto" unless set)."""
+    auto = config.parse(vendor_account("ozonetel"), source="<t>", environ={})
+    fixed = config.parse(vendor_account("ozonetel", auth="TOKEN"), source="<t>", environ={})
+    assert 'auth = "auto"' in config.render(auto)
+    assert 'auth = "token"' in config.render(fixed)
