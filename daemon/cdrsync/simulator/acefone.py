@@ -18,6 +18,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -151,7 +152,7 @@ class AcefoneSimulator:
         for pos in tb.visible_positions(t):
             yield rid(tb.serials[pos], tb.vis[pos]), self._payload(pos, t)
 
-    def truth(self, at: float | None = None) -> dict[str, dict[str, object]]:
+    def truth(self, at: float | None = None) -> dict[str, dict[str, Any]]:
         """Every record visible at ``at`` (default now), id -> payload in its current version."""
         return {rid: orjson.loads(text) for rid, text in self.iter_truth_json(at)}
 

@@ -313,7 +313,7 @@ class VccDaySource(_Client):
 class VccLookups(_Client):
     """The ``vcclive.cdr`` (CDR by uuid) and ``vcclive.record`` (record events) lookups."""
 
-    kinds = ("vcclive.cdr", "vcclive.record")
+    kinds: tuple[str, ...] = ("vcclive.cdr", "vcclive.record")
 
     def limiter_group(self, kind: str) -> str:
         """``lookup`` for a CDR by uuid, ``records`` for a record's details."""

@@ -273,7 +273,7 @@ async def test_bulk_budget_is_never_exceeded_by_live_backlog_and_audit_together(
             counts.append(time.time())
         return handle(endpoint, api_key, auth, body, query)
 
-    sim.handle_bulk = observed  # type: ignore[method-assign]
+    sim.handle_bulk = observed  # type: ignore[method-assign,assignment]
     url = await serve(served, sim)
     # Without a lookback the live stream re-reads only the current hour, so the audit has the
     # hour before it to re-count; in the first hour of an IST day there is no such window yet.

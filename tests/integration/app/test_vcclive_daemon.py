@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import io
 import math
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +16,6 @@ import orjson
 import pytest
 
 from cdrsync.app import daemon as app
-from cdrsync.config import Settings, parse
 from cdrsync.engine.lookup import LookupStream
 from cdrsync.engine.outbox import OutboxStream
 from cdrsync.http.transport import Transport
@@ -29,41 +27,7 @@ from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.vcclive import VccLookups, VccOutbox
 from support import differences, eventually, running_daemon, sql_value
-
-ACCOUNT = "acme-eu"
-SECRET = "hook-secret-123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def vcc_settings(base_url: str, dsn: str, port: int, **account: Any) -> Settings:
-    """A VCC Live account on the simulator, with fast polling and pushes enabled."""
-    acc: dict[str, Any] = {
-        "name": ACCOUNT, "vendor": "vcclive", "base_url": base_url, "username": "sim-cc",
-        "api_key": "sim-vcc-token", "webhook_secret": SECRET,
-        "start": (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).date().isoformat(),
-        "poll_interval": "300ms", "settle": "1s", "page_size": 50,
-        "lookup_delay": "0s", "lookup_interval": "1s", "outbox_interval": "300ms",
-        "rate_limits": {"list": "100000/min", "lookup": "100000/min", "records": "100000/min"},
-        **account,
-    }  # fmt: skip
-    return parse(
-        {
-            "database": {"dsn": dsn, "schema": "cdrsync"},
-            "daemon": {
-                "state_dir": "/tmp",
-                "http_listen": f"127.0.0.1:{port}" if port else "",
-                "shutdown_grace": "5s",
-            },
-            "accounts": [acc],
-        },
-        source="<test>",
-        environ={},
-    )
+from vcclive_support import ACCOUNT, SECRET, free_port, vcc_settings
 
 
 def truth_hashes(sim: VccSimulator) -> dict[str, bytes]:

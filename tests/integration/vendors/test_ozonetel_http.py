@@ -46,7 +46,7 @@ NOON = dt.datetime(2026, 11, 20, 12, 0, tzinfo=IST)
 
 def ist(*args: int) -> dt.datetime:
     """An IST wall-clock time as a UTC instant."""
-    return dt.datetime(*args, tzinfo=IST).astimezone(dt.UTC)
+    return dt.datetime(*args, tzinfo=IST).astimezone(dt.UTC)  # type: ignore[misc,arg-type]  # (year, month, day, ...)
 
 
 class Clock:
@@ -148,7 +148,7 @@ async def test_pages_of_a_window_add_up_to_the_truth(served: Served, transport: 
     total = await source.count(MORNING)
     expected = in_window(sim, MORNING)
     assert total == len(expected) > source.page_size
-    records = []
+    records: list[Any] = []
     for page in range(1, total // source.page_size + 2):
         fetched = await source.fetch_page(MORNING, page)
         assert fetched.total == total and not fetched.rejects

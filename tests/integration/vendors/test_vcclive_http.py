@@ -316,7 +316,7 @@ async def test_webhooks_reach_the_receiver(vcc: Vcc) -> None:
     ],
 )
 async def test_every_not_yet_answer_keeps_the_schedule_going(
-    vcc: Vcc, not_yet: str, note: str
+    vcc: Vcc, not_yet: Any, note: str
 ) -> None:
     """A 404, an empty response and a 200 with a not-found error each mean "not yet": the
     lookup is retried 5 minutes later and given up only after the 20th attempt."""

@@ -713,7 +713,9 @@ def test_vendor_options_have_safe_defaults() -> None:
         ({}, {}, ((), (), ())),
     ],
 )
-def test_reload_plan(running: dict[str, int], wanted: dict[str, int], expected: tuple) -> None:
+def test_reload_plan(
+    running: dict[str, int], wanted: dict[str, int], expected: tuple[object, ...]
+) -> None:
     """A reload starts added accounts, stops removed ones and restarts changed ones."""
     from cdrsync.app.supervisor import plan_changes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -47,14 +48,16 @@ def end_of(payload: dict[str, object]) -> float:
     return dt.datetime.fromisoformat(str(payload["end_stamp"])).replace(tzinfo=IST).timestamp()
 
 
-def page(sim: AcefoneSimulator, first: str, last: str, page_no: int = 1, limit: int = 100) -> dict:
+def page(
+    sim: AcefoneSimulator, first: str, last: str, page_no: int = 1, limit: int = 100
+) -> dict[str, Any]:
     """One decoded page of the list endpoint."""
     return json.loads(sim.list_page(first, last, str(page_no), str(limit)))
 
 
-def all_pages(sim: AcefoneSimulator, first: str, last: str) -> list[dict]:
+def all_pages(sim: AcefoneSimulator, first: str, last: str) -> list[dict[str, Any]]:
     """Every row of a window, paging until a short page."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for n in range(1, 10_000):
         body = page(sim, first, last, n)
         rows += body["results"]
@@ -219,7 +222,7 @@ def test_window_bounds_are_inclusive_ist_start_times():
     utc = [
         dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") for t in (T0 - 3600, T0)
     ]
-    assert page(sim, *utc)["count"] == 0
+    assert page(sim, utc[0], utc[1])["count"] == 0
 
 
 def test_pages_are_newest_first_then_id_descending():

@@ -326,7 +326,8 @@ def test_day_page_without_rows_or_count_is_bad(body: bytes) -> None:
 
 def test_empty_day_as_php_empty_array() -> None:
     """An empty response ([] from PHP, or null) is an empty day, not an error."""
-    for response in ([], None):
+    responses: tuple[list[object] | None, ...] = ([], None)
+    for response in responses:
         page = parse_day_page(
             envelope(response), account="cc-hu", stream="s", zone=BUD, fetched_at=FETCHED
         )
@@ -634,7 +635,10 @@ def test_push_with_nul_still_queues_the_lookup() -> None:
 
 def test_add_records_body_is_an_array() -> None:
     """Many records go in one JSON array, in order."""
-    payloads = [{"form": {"name": "Peter"}}, {"form": {"name": "Rachel"}, "phone_field": "phone4"}]
+    payloads: list[dict[str, Any]] = [
+        {"form": {"name": "Peter"}},
+        {"form": {"name": "Rachel"}, "phone_field": "phone4"},
+    ]
     assert orjson.loads(add_records_body(payloads)) == payloads
 
 
