@@ -160,7 +160,41 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         help="ozonetel/vcclive: POST pushes (webhooks) there, e.g. "
         "http://127.0.0.1:9108/hooks/ACCOUNT?token=SECRET",
     )
+    sim.add_argument(
+        "--reading",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="serve another reading of the vendor's docs (repeatable): acefone count_mode=page, "
+        "limit_cap=N; ozonetel empty_shape=no_data|string_total, auth=token; vcclive "
+        "not_yet=empty|error200, webhook_start_time=false; none by default",
+    )
     return top
+
+
+READINGS: dict[str, dict[str, Callable[[str], Any]]] = {
+    "acefone": {"count_mode": str, "limit_cap": int},
+    "ozonetel": {"empty_shape": str, "auth": str},
+    "vcclive": {"not_yet": str, "webhook_start_time": lambda v: v.lower() in ("true", "1", "yes")},
+}
+"""The simulator switches ``simulate --reading`` sets, per vendor, with their value types."""
+
+
+def reading_options(vendor: str, readings: Sequence[str]) -> dict[str, Any]:
+    """``--reading NAME=VALUE`` flags as simulator config keywords; ConfigError names a bad one."""
+    known = READINGS.get(vendor, {})
+    options: dict[str, Any] = {}
+    for reading in readings:
+        name, sep, value = reading.partition("=")
+        if not sep or name not in known:
+            choices = ", ".join(known) or "none"
+            raise ConfigError(f"--reading {reading!r}: {vendor} takes NAME=VALUE with NAME one "
+                              f"of {choices}")  # fmt: skip
+        try:
+            options[name] = known[name](value)
+        except ValueError:
+            raise ConfigError(f"--reading {reading!r}: {value!r} is not a valid {name}") from None
+    return options
 
 
 def _load(path: str | None) -> Any:
@@ -373,6 +407,7 @@ def _simulator_task(
     args: argparse.Namespace,
 ) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
     """``serve(stop)`` for the chosen vendor's simulator, built from the command line."""
+    readings = reading_options(args.vendor, args.reading)
     if args.vendor == "ozonetel":
         from cdrsync.simulator.ozonetel import OzonetelSimConfig, OzonetelSimulator
         from cdrsync.simulator.ozonetel_server import serve_ozonetel_forever
@@ -380,7 +415,7 @@ def _simulator_task(
         oz = OzonetelSimulator(
             OzonetelSimConfig(
                 seed=args.seed, backlog=args.records, live_per_minute=args.live_per_minute,
-                bulk_rate_limit=args.rate_limit or 2, push_url=args.push_url,
+                bulk_rate_limit=args.rate_limit or 2, push_url=args.push_url, **readings,
             )
         )  # fmt: skip
         return lambda stop: serve_ozonetel_forever(oz, args.host, args.port, stop)
@@ -393,6 +428,7 @@ def _simulator_task(
             VccSimConfig(
                 seed=args.seed, backlog=args.records, live_per_minute=args.live_per_minute,
                 rate_list=limit, rate_lookup=limit, rate_records=limit, webhook_url=args.push_url,
+                **readings,
             )
         )  # fmt: skip
         return lambda stop: serve_vcclive_forever(vcc, args.host, args.port, stop)
@@ -405,6 +441,7 @@ def _simulator_task(
             backlog=args.records,
             live_per_minute=args.live_per_minute,
             rate_limit=args.rate_limit,
+            **readings,
         )
     )
     return lambda stop: serve_forever(ace, args.host, args.port, stop)
@@ -415,7 +452,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print("cdrsync: --push-url is for --vendor ozonetel or vcclive", file=sys.stderr)
         return EX_USAGE
     _configure()
-    serve = _simulator_task(args)
+    try:
+        serve = _simulator_task(args)
+    except ValueError as exc:  # a simulator setting out of range, e.g. --reading count_mode=x
+        print(f"cdrsync: simulate: {exc}", file=sys.stderr)
+        return EX_USAGE
 
     async def main(stop: asyncio.Event) -> int:
         await serve(stop)

@@ -77,6 +77,9 @@ class VccSimConfig:
     not_yet: Literal["404", "empty", "error200"] = "404"
     """How ``GET /v2/cdr/Y/M/{uuid}`` answers a CDR it has not (yet) got: HTTP 404, a 200 with
     an empty ``response``, or a 200 whose ``errors`` say it was not found."""
+    webhook_start_time: bool = True
+    """Whether the Call Disposition webhook carries ``call_start_time`` (its ``timestamp`` is
+    the disposition's time, not the call's)."""
 
     def __post_init__(self) -> None:
         for name in ("late_reorder", "fault_5xx", "webhook_fraction", "add_fault"):

@@ -328,7 +328,7 @@ def disposition_payload(sim: VccSimulator, call: Call) -> dict[str, Any]:
     disposed = dt.datetime.fromtimestamp(call.dispose_at, sim.zone).replace(microsecond=0)
     source, destination = (call.customer, call.line) if call.inbound else (call.line, call.customer)
     name = AGENTS[(call.userid - 1) % len(AGENTS)]
-    return {
+    payload = {
         "uuid": call.uuid, "direction": "in" if call.inbound else "out",
         "source": source, "destination": destination,
         "call_start_time": sim.local(call.start), "create_time": disposed.strftime(FMT),
@@ -342,6 +342,9 @@ def disposition_payload(sim: VccSimulator, call: Call) -> dict[str, Any]:
         "first_outbound_call_attempt": None, "sum_attempted_calls": 1, "teamids": [1],
         "client_data": {"contacts": {"1": {"phone": call.customer}}},
     }  # fmt: skip
+    if not sim.config.webhook_start_time:
+        del payload["call_start_time"]
+    return payload
 
 
 def due_webhooks(sim: VccSimulator, at: float | None = None) -> list[tuple[str, dict[str, Any]]]:

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from cdrsync import cli
-from cdrsync.errors import CdrsyncError
+from cdrsync.errors import CdrsyncError, ConfigError
 
 
 def crashing(exc: BaseException):
@@ -115,3 +115,39 @@ def test_doctor_names_the_accounts_when_asked_for_an_unknown_one(
     err = capsys.readouterr().err
     assert "no account named 'nope'" in err
     assert "it has: acme-in" in err
+
+
+@pytest.mark.parametrize(
+    ("vendor", "readings", "options"),
+    [
+        ("acefone", [], {}),
+        ("acefone", ["count_mode=page", "limit_cap=20"], {"count_mode": "page", "limit_cap": 20}),
+        ("ozonetel", ["empty_shape=no_data", "auth=token"],
+         {"empty_shape": "no_data", "auth": "token"}),
+        ("vcclive", ["not_yet=error200", "webhook_start_time=false"],
+         {"not_yet": "error200", "webhook_start_time": False}),
+    ],
+)  # fmt: skip
+def test_simulate_reading_flags_become_simulator_switches(vendor, readings, options):
+    """`simulate --reading NAME=VALUE` sets the simulator's switch of that name."""
+    assert cli.reading_options(vendor, readings) == options
+
+
+@pytest.mark.parametrize(
+    ("vendor", "reading", "problem"),
+    [
+        ("acefone", "count_mode", "NAME=VALUE with NAME one of count_mode, limit_cap"),
+        ("acefone", "not_yet=empty", "NAME one of count_mode, limit_cap"),
+        ("acefone", "limit_cap=many", "'many' is not a valid limit_cap"),
+    ],
+)
+def test_simulate_reading_flags_name_a_bad_one(vendor, reading, problem):
+    """A misspelt or mistyped --reading is refused, naming what it takes."""
+    with pytest.raises(ConfigError, match=problem):
+        cli.reading_options(vendor, [reading])
+
+
+def test_simulate_refuses_a_reading_value_the_simulator_does_not_know(capsys):
+    """An unknown value of a known switch exits with a usage error, not a traceback."""
+    assert cli.main(["simulate", "--vendor", "acefone", "--reading", "count_mode=pages"]) == 2
+    assert "count_mode must be 'total' or 'page'" in capsys.readouterr().err

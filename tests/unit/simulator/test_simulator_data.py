@@ -334,3 +334,28 @@ def test_construction_of_a_large_backlog_is_compact():
     assert len(table) == 200_000
     assert size / len(table) < 64
     assert list(table.starts) == sorted(table.starts)
+
+
+@pytest.mark.parametrize(
+    ("count_mode", "limit_cap", "sizes"),
+    [
+        ("total", None, [100, 100, 100]),
+        ("page", None, [100, 100, 100]),
+        ("total", 20, [20, 20, 20]),
+        ("page", 20, [20, 20, 20]),
+    ],
+)
+def test_count_mode_and_limit_cap_serve_the_other_readings(count_mode, limit_cap, sizes):
+    """count_mode="page" counts the page's rows; limit_cap serves fewer rows than asked while
+    echoing the asked limit; pages still tile the window without gap or overlap."""
+    sim = make(Clock(T0 + 3600), backlog=500, count_mode=count_mode, limit_cap=limit_cap)
+    window = ist(T0 - 86400), ist(T0)
+    bodies = [page(sim, *window, n, 100) for n in (1, 2, 3)]
+    plain = make(Clock(T0 + 3600), backlog=500)
+    listed = [r["id"] for n in (1, 2, 3) for r in page(plain, *window, n, 100)["results"]]
+    assert [b["size"] for b in bodies] == sizes
+    assert {b["limit"] for b in bodies} == {100}
+    counts = [b["count"] for b in bodies]
+    assert counts == (sizes if count_mode == "page" else [page(plain, *window)["count"]] * 3)
+    # The capped pages are the first rows of the plain listing, in order: no gap, no overlap.
+    assert [r["id"] for b in bodies for r in b["results"]] == listed[: sum(sizes)]

@@ -490,7 +490,7 @@ def test_a_lookup_that_sends_nothing_follows_the_new_decision_uncounted(
 )
 def test_generate_token_retries_transient_failures_but_never_its_rate_limit(error, retried):
     """generateToken's 10 an hour: a rate limit is never retried, a 503 or a cut body is."""
-    from cdrsync.vendors.ozonetel import _retry_token
+    from cdrsync.vendors.ozonetel_client import _retry_token
 
     assert _retry_token(error) is retried
 
@@ -540,6 +540,24 @@ def test_empty_success_past_the_horizon():
     """An old day comes back as success with no details: an empty page, not an error."""
     body = orjson.dumps({"status": "success", "message": "", "details": None, "totalCount": 0})
     assert read_page(body).total == 0
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"status": "success", "message": "No Data Found"},
+        {"status": "success", "message": "No Data Found with the given dates"},
+        {"status": "success", "message": "no data found", "details": None},
+        {"status": "success", "message": "", "totalCount": "0"},
+        {"status": "success", "message": "", "totalCount": " 0 "},
+        {"status": "success", "totalCount": 0},
+    ],
+)
+def test_every_shape_of_an_empty_window_is_an_empty_page(doc):
+    """Ozonetel's quiet-window answers ("No Data Found" without details, a string totalCount,
+    no details at all) are each an empty page, not an answer asked again for ever."""
+    page = read_page(orjson.dumps(doc))
+    assert (page.total, page.size, page.records, page.rejects) == (0, 0, (), ())
 
 
 @pytest.mark.parametrize(
