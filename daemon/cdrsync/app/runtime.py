@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -107,9 +108,11 @@ async def runtime(
     *,
     own_database: bool = True,
     patience: float | None = None,
+    balanced: bool = False,
 ) -> AsyncIterator[Runtime | None]:
     """Open the database, the HTTP client and the lock session; None if stopped while waiting
-    (or after ``patience`` seconds without a database)."""
+    (or after ``patience`` seconds without a database). ``balanced`` (the daemon): the lock
+    session shares the streams out with the other daemons on the database."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await database_dsn(settings, stack, own_database=own_database)
         store = await connect_store(settings, dsn, stop, patience=patience)
@@ -117,9 +120,16 @@ async def runtime(
             yield None
             return
         stack.push_async_callback(store.close)
-        locks = store.lock_session()
-        stack.push_async_callback(locks.close)
         metrics = Metrics()
+        locks = store.lock_session()
+        if balanced:
+            from cdrsync.app.members import BalancedLocks, this_instance
+
+            locks = BalancedLocks(
+                dsn, me=this_instance(dt.datetime.now(dt.UTC)),
+                timeout=settings.daemon.instance_timeout, metrics=metrics, schema=store.schema,
+            )  # fmt: skip
+        stack.push_async_callback(locks.close)
         transport = await stack.enter_async_context(
             Transport.open(user_agent=f"cdrsync/{__version__}", observer=metrics)
         )
