@@ -160,8 +160,9 @@ class StreamLoop(abc.ABC):
         over here, after the last cycle committed, never in the middle of one."""
         if not self._locks.keeps(self.name):
             if self.name in self._locks.held:
-                await self._locks.release(self.name)
+                # Logged first: no cycle of this stream runs here after this line.
                 self._log.info("stream.handed_over")
+                await self._locks.release(self.name)
             owned = False
         elif not await self._locks.alive() or self.name not in self._locks.held:
             owned = await self._locks.try_acquire(self.name)
