@@ -8,13 +8,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import json
 import signal
+import socket
 import time
 import zoneinfo
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
@@ -54,6 +57,12 @@ class Sampler:
             self.samples += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def per_pid(holders: dict[str, int]) -> dict[int, int]:
@@ -157,14 +166,38 @@ async def test_instances_share_rebalance_on_join_and_take_over_the_killed_and_th
 
         # A fourth joins while the others are still reading their backlog.
         sampling = asyncio.create_task(sampler.run(stop_sampling))
-        fourth = await kids.daemon(config, label="d3")
+        port = free_port()
+        own = write_config(
+            tmp_path / "fourth.toml", dsn, accounts, instance_timeout=f"{TIMEOUT_S}s",
+            http_listen=f"127.0.0.1:{port}",
+        )  # fmt: skip
+        fourth = await kids.daemon(own, label="d3")
         pids.add(fourth.pid)
         assert await eventually(lambda: balanced(pids, 6, 8), timeout=60, interval=0.3), (
             f"{per_pid(await sampler.holders())}\n{kids.tails()}"
         )
+        # The fourth's /metrics shows each live instance's streams as their heartbeats say.
+        async with aiohttp.ClientSession() as http:
+
+            async def exported() -> bool:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    text = await response.text()
+                held = per_pid(await sampler.holders())
+                return "cdrsync_instances_live 4.0" in text and all(
+                    f'pid="{pid}",state="held"}} {float(n)}' in text for pid, n in held.items()
+                )
+
+            assert await eventually(exported, timeout=30, interval=0.5), kids.tails()
         stop_sampling.set()
         await sampling
         four = [*three, fourth]
+        code, out, err = await kids.command("status", "--json", "--config", str(config))
+        assert code in (0, 1), err  # 1: streams still catching up are "lagging"
+        report = json.loads(out)
+        assert {i["pid"] for i in report["instances"]} == pids, err
+        holders = await sampler.holders()
+        owners = {s["stream"]: (s["owner"] or {}).get("pid") for s in report["streams"]}
+        assert {s: owners[s] for s in STREAMS} == {s: holders.get(s) for s in STREAMS}
         assert sum(len(c.named("stream.handed_over")) for c in three) >= 6, kids.tails()
         for stream in sorted(STREAMS):
             spans = []
