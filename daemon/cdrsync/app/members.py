@@ -119,6 +119,7 @@ class BalancedLocks(StreamLocks):
         rows, now = await self.on_session(
             "send this instance's heartbeat (table instances)",
             lambda conn: members.beat(conn, self.me, offered, held),
+            limit=self._timeout.total_seconds() / 2,
         )
         everyone = [to_member(row) for row in rows]
         for member in stale(everyone, now, self._timeout):
@@ -148,6 +149,7 @@ class BalancedLocks(StreamLocks):
             deleted, ended = await self.on_session(
                 f"end the lock session of stale instance {member.id}",
                 lambda conn: members.reap(conn, member.id, self._timeout),
+                limit=self._timeout.total_seconds() / 2,
             )
         except StoreError as exc:
             if member.id not in self._refused:  # once per instance, not at every beat

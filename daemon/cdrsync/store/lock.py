@@ -120,15 +120,18 @@ class StreamLocks:
                 return False
             return True
 
-    async def on_session(self, what: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def on_session(
+        self, what: str, work: Callable[[Any], Awaitable[T]], *, limit: float | None = None
+    ) -> T:
         """Run ``work(connection)`` on the lock session (connected if need be); ``what`` names
         it in the error. An error the server answers leaves the session as it is; any other
-        failure drops it, and every lock with it."""
+        failure, or no answer within ``limit`` seconds (a network cut: the streams' probes wait
+        for this session too), drops it, and every lock with it."""
         async with self._mutex:
             with translate(what, self._dsn):
                 try:
                     await self._ensure()
-                    return await work(self._conn)
+                    return await asyncio.wait_for(work(self._conn), limit)
                 except asyncpg.PostgresError:
                     raise
                 except BaseException:

@@ -439,7 +439,9 @@ ON CONFLICT (id) DO UPDATE SET
 -- session is still connected (a killed process's session ends with its socket).
 SELECT i.id, i.host, i.pid, i.started, i.streams, i.owned, i.heartbeat, now() AS now,
        EXISTS (SELECT 1 FROM pg_stat_activity a
-               WHERE a.pid = i.lock_pid AND a.backend_start = i.lock_started) AS connected
+               WHERE a.pid = i.lock_pid
+                 -- NULL: another role's session, details hidden without pg_read_all_stats.
+                 AND (a.backend_start IS NULL OR a.backend_start = i.lock_started)) AS connected
 FROM instances i
 ORDER BY i.id;
 
