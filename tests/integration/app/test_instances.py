@@ -131,8 +131,9 @@ async def test_instances_share_rebalance_on_join_and_take_over_the_killed_and_th
     dsn: str, tmp_path: Path, simulator: tuple[AcefoneSimulator, RunningServer]
 ) -> None:
     """Three daemons and 30 accounts hold 10 ± 1 streams each; a fourth gets its share with no
-    stream owned twice; a killed daemon's and a frozen daemon's streams are taken within 30 s;
-    every account ends equal to the simulator, without duplicates."""
+    stream owned twice; a killed daemon's and a frozen daemon's streams are taken within 30 s,
+    a stopped one's without waiting for the timeout; every account ends equal to the simulator,
+    without duplicates."""
     sim, server = simulator
     start = (dt.datetime.now(IST) - dt.timedelta(days=3)).date()
     accounts = [
@@ -242,6 +243,19 @@ async def test_instances_share_rebalance_on_join_and_take_over_the_killed_and_th
         )
         reaped = [c for c in four if c.named("instance.reaped")]
         assert reaped, kids.tails()
+
+        # A clean stop (SIGTERM): its row goes with it, so nobody waits for the timeout.
+        holders = await sampler.holders()
+        leaver = next(c for c in four if c.pid in pids and c is not hung)
+        left = {s for s, pid in holders.items() if pid == leaver.pid}
+        assert await leaver.terminate(15) == 0, leaver.tail()
+        pids.discard(leaver.pid)
+        rows = await fetch(dsn, "SELECT pid FROM instances")
+        assert leaver.pid not in {r["pid"] for r in rows}
+        assert await eventually(lambda: taken(left, pids), timeout=30, interval=0.2), kids.tails()
+        assert await eventually(lambda: balanced(pids, 15, 15), timeout=30, interval=0.3), (
+            f"{per_pid(await sampler.holders())}\n{kids.tails()}"
+        )
 
         async def converged() -> bool:
             rows = await fetch(dsn, "SELECT account, count(*) AS n FROM calls GROUP BY account")
