@@ -443,11 +443,13 @@ async def test_status_after_a_run_and_migrate_on_an_empty_database(
         ecode, eout, eerr = await kids.command("status", "--config", str(empty_cfg), "--json")
         mcode, mout, merr = await kids.command("migrate", "--config", str(empty_cfg))
     assert diff == IN_STEP
-    assert (ecode, json.loads(eout)) == (0, {"streams": []}), eout + eerr
+    assert (ecode, json.loads(eout)) == (0, {"streams": [], "instances": []}), eout + eerr
     assert code == 0, out + err
     header, *rows = out.splitlines()
-    assert header.split()[:4] == ["STREAM", "VENDOR", "HEALTH", "WATERMARK"], out
-    assert any(row.split()[:3] == [STREAM, "acefone", "ok"] for row in rows), out
+    assert header.split()[:5] == ["STREAM", "VENDOR", "OWNER", "HEALTH", "WATERMARK"], out
+    # Stopped, the daemon holds nothing and has left: no owner, no live instance listed.
+    assert any(row.split()[:4] == [STREAM, "acefone", "-", "ok"] for row in rows), out
+    assert "live instance" not in out, out
     assert jcode == 0, jout + jerr
     streams = {s["stream"]: s for s in json.loads(jout)["streams"]}
     mark = await watermark(dsn)
