@@ -77,6 +77,7 @@ class BalancedLocks(StreamLocks):
         self._assignment: dict[str, str] = {}
         self._moved = asyncio.Event()
         self._dirty = asyncio.Event()
+        self._settled = asyncio.Event()
         self._refused: set[str] = set()
         self.live: list[Member] = []
         """The live instances at the last heartbeat."""
@@ -88,8 +89,11 @@ class BalancedLocks(StreamLocks):
 
     def offer(self, streams: Iterable[str]) -> None:
         """This instance runs ``streams`` (published at the next heartbeat, which comes now)."""
-        self._offered.update(streams)
-        self._dirty.set()
+        new = set(streams) - self._offered
+        if new:
+            self._offered.update(new)
+            self._settled.clear()
+            self._dirty.set()
 
     def withdraw(self, streams: Iterable[str]) -> None:
         """This instance no longer runs ``streams`` (an account removed by a reload)."""
@@ -102,6 +106,14 @@ class BalancedLocks(StreamLocks):
         if stream not in self._offered:
             return True
         return self._assignment.get(stream) == self.me.id
+
+    async def settle(self) -> None:
+        """Wait (up to the instance timeout) for a heartbeat that has published every stream
+        offered so far: until then the balance does not know them, and a stream would take
+        itself for another instance's."""
+        if not self._settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), self._timeout.total_seconds())
 
     def changes(self) -> asyncio.Event:
         """Set at the next heartbeat that changes the balance."""
@@ -116,6 +128,7 @@ class BalancedLocks(StreamLocks):
     async def beat(self) -> None:
         """Refresh this instance's row, reap stale instances, recompute the balance."""
         offered, held = sorted(self._offered), len(self.held)
+        published = set(offered)
         rows, now = await self.on_session(
             "send this instance's heartbeat (table instances)",
             lambda conn: members.beat(conn, self.me, offered, held),
@@ -136,6 +149,8 @@ class BalancedLocks(StreamLocks):
             self._assignment = assignment
             moved, self._moved = self._moved, asyncio.Event()
             moved.set()
+        if published >= self._offered:
+            self._settled.set()
         if self._metrics is not None:
             counts = shares(assignment)
             self._metrics.set_instances(

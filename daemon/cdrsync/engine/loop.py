@@ -53,6 +53,9 @@ class Owner(Protocol):
         """Set when ``keeps`` changes for some stream (a daemon joined, left or died)."""
         ...
 
+    async def settle(self) -> None:
+        """Return once ``keeps`` can be trusted (the balance knows this process's streams)."""
+
 
 def poll_backoff(exc: CdrsyncError, failures: int, poll: float) -> float:
     """The wait of a stream that polls a list (window and day streams): a transient error never
@@ -158,6 +161,7 @@ class StreamLoop(abc.ABC):
 
         Called between cycles only: a stream the balance gives to another instance is handed
         over here, after the last cycle committed, never in the middle of one."""
+        await self._locks.settle()
         if not self._locks.keeps(self.name):
             if self.name in self._locks.held:
                 # Logged first: no cycle of this stream runs here after this line.

@@ -60,6 +60,9 @@ class StreamLocks:
         """Whether this process should run ``stream`` (hold it, or take it when free)."""
         return True
 
+    async def settle(self) -> None:
+        """Return once ``keeps`` can be trusted (at once, here)."""
+
     def changes(self) -> asyncio.Event:
         """Set when which streams this process should run changes (never, here)."""
         return self._never

@@ -165,6 +165,13 @@ async def test_instances_share_rebalance_on_join_and_take_over_the_killed_and_th
             f"{per_pid(await sampler.holders())}\n{kids.tails()}"
         )
 
+        # No stream took itself for another instance's before the balance knew the streams.
+        for child in three:
+            names = [e["event"] for e in child.events()]
+            assert "instances.balanced" in names, child.tail()
+            first = names.index("instances.balanced")
+            assert "stream.owned_elsewhere" not in names[:first], child.tail()
+
         # A fourth joins while the others are still reading their backlog.
         sampling = asyncio.create_task(sampler.run(stop_sampling))
         port = free_port()

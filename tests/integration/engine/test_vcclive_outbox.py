@@ -368,6 +368,9 @@ class HalfDeadLocks:
     def changes(self) -> asyncio.Event:
         return asyncio.Event()
 
+    async def settle(self) -> None:
+        return None
+
     async def release(self, stream: str) -> None:
         self._held = self._held - {stream}
 

@@ -46,6 +46,9 @@ class Locks:
     def changes(self) -> asyncio.Event:
         return asyncio.Event()
 
+    async def settle(self) -> None:
+        return None
+
     async def release(self, stream: str) -> None:
         self.held = self.held - {stream}
 

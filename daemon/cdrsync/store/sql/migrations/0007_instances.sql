@@ -1,4 +1,4 @@
--- cdrsync schema, version 6: the running daemons (instances) and their heartbeats, so that
+-- cdrsync schema, version 7: the running daemons (instances) and their heartbeats, so that
 -- several instances on one database share the streams out instead of one taking them all.
 
 CREATE TABLE instances (
