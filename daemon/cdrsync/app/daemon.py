@@ -167,7 +167,7 @@ async def run(
         if isinstance(rt.locks, BalancedLocks):
             # Registered first, so it runs last: the heartbeat goes on while streams drain,
             # then the row is deleted once their locks are given back.
-            await _join(rt.locks, stack)
+            sup.watch(await _join(rt.locks, stack))
         stack.push_async_callback(sup.stop_all)
         for account in enabled(settings).values():
             await sup.start(account)
@@ -188,20 +188,21 @@ async def run(
             log.info("daemon.stopped")
 
 
-async def _join(locks: BalancedLocks, stack: contextlib.AsyncExitStack) -> None:
-    """Beat in the background from now on; on the way out stop beating and leave."""
+async def _join(locks: BalancedLocks, stack: contextlib.AsyncExitStack) -> asyncio.Task[None]:
+    """Beat in the background from now on (the task); on the way out stop beating and leave."""
     quit_beating = asyncio.Event()
     beating = asyncio.create_task(locks.run(quit_beating), name="heartbeat")
 
     async def leave() -> None:
         quit_beating.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+        # A crashed heartbeat already stopped the daemon (Supervisor.watch): leave anyway.
+        await asyncio.gather(beating, return_exceptions=True)
         await locks.leave()
         log.info("instance.left", instance=locks.me.id)
 
     stack.push_async_callback(leave)
     log.info("instance.joined", instance=locks.me.id)
+    return beating
 
 
 async def _serve(

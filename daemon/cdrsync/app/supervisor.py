@@ -159,6 +159,11 @@ class Supervisor:
             running.backfills.discard(stream.name)
             return
 
+    def watch(self, task: asyncio.Task[None]) -> None:
+        """A task the daemon cannot do without (the heartbeat): its crash stops the daemon
+        loudly, like a stream's."""
+        task.add_done_callback(self._died)
+
     def _died(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
