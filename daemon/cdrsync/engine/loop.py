@@ -105,6 +105,7 @@ class StreamLoop(abc.ABC):
         self._wake = asyncio.Event()
         self._log = logger.bind(vendor=account.vendor, account=account.name, stream=name)
         self._owned_logged: bool | None = None
+        self._balance: asyncio.Event | None = None
         self.finished = False
         """True once a bounded stream has read all it was asked to (never for the others)."""
 
@@ -128,6 +129,8 @@ class StreamLoop(abc.ABC):
         consecutive failures so far. A CdrsyncError is logged and recorded, not raised; any
         other exception is a bug and ends the loop."""
         delay = self._poll_delay()
+        # Taken before deciding: a rebalance while this turn runs then ends the sleep after it.
+        self._balance = self._locks.changes()
         try:
             if await self._own():
                 more = await self.cycle()
@@ -204,7 +207,7 @@ class StreamLoop(abc.ABC):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
         while True:
-            moved = self._locks.changes()
+            moved, self._balance = self._balance or self._locks.changes(), None
             waits = {
                 asyncio.ensure_future(self._stop.wait()),
                 asyncio.ensure_future(moved.wait()),

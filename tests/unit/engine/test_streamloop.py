@@ -283,8 +283,9 @@ async def test_sleep_ends_when_the_balance_moves_this_stream(
     stream = balanced_stream([False], None)
     stream.locks.held = frozenset({"acme:list"}) if held else frozenset()
     stream.locks.kept = held
+    stream._balance = stream.locks.changes()  # as the turn before the sleep takes it
     sleep = asyncio.ensure_future(StreamLoop._sleep(stream, 3600.0, wakeable=False))
-    stream.locks.rebalance(kept_after)
+    stream.locks.rebalance(kept_after)  # may come before the sleep even starts
     await asyncio.wait({sleep}, timeout=0.05 if not wakes else 10.0)
     assert sleep.done() is wakes
     stream._stop.set()
