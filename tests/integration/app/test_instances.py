@@ -210,9 +210,9 @@ async def test_instances_share_rebalance_on_join_and_take_over_the_killed_and_th
         for stream in sorted(STREAMS):
             spans = []
             for child in four:
-                own = held_intervals(child, stream)
-                assert not cycles_outside(child, stream, own), (child.label, stream)
-                spans += [(child.label, a, b) for a, b in own]
+                mine = held_intervals(child, stream)
+                assert not cycles_outside(child, stream, mine), (child.label, stream)
+                spans += [(child.label, a, b) for a, b in mine]
             assert not overlaps(spans), (stream, spans)
 
         # kill -9 the one holding the most: the others take its streams within 30 s.

@@ -220,29 +220,32 @@ class Balanced(Locks):
         self.stop.set()
 
 
-def balanced_stream(outcomes: list[bool | CdrsyncError], owned: list[bool] | None) -> Scripted:
+def balanced_stream(
+    outcomes: list[bool | CdrsyncError], owned: list[bool] | None
+) -> tuple[Scripted, Balanced]:
     stream = Scripted(outcomes)
-    stream.locks = stream._locks = Balanced(owned, stream._stop)
-    return stream
+    locks = Balanced(owned, stream._stop)
+    stream.locks = stream._locks = locks
+    return stream, locks
 
 
 async def test_a_stream_given_to_another_instance_is_released_between_cycles() -> None:
     """When the balance gives a held stream away, the next turn releases its lock (after the
     cycle that committed) and runs no cycle of it any more."""
-    stream = balanced_stream([False, False], None)
-    cycles = []
+    stream, locks = balanced_stream([False, False], None)
+    cycles: list[frozenset[str]] = []
 
     async def cycle() -> bool:
-        cycles.append(stream.locks.held)
-        stream.locks.kept = False  # another instance joined during this cycle
+        cycles.append(locks.held)
+        locks.kept = False  # another instance joined during this cycle
         return False
 
-    stream.cycle = cycle
+    stream.cycle = cycle  # type: ignore[method-assign]
     with structlog.testing.capture_logs() as logs:
         await stream.run()
 
     assert cycles == [frozenset({"acme:list"})]
-    assert stream.locks.released == ["acme:list"]
+    assert locks.released == ["acme:list"]
     assert [e["event"] for e in logs] == [
         "stream.owned", "stream.handed_over", "stream.owned_elsewhere",
     ]  # fmt: skip
@@ -251,7 +254,7 @@ async def test_a_stream_given_to_another_instance_is_released_between_cycles() -
 
 async def test_a_stream_ours_by_the_balance_but_still_held_elsewhere_asks_again_each_beat() -> None:
     """Until the old owner lets go, the new one retries every heartbeat, not every poll."""
-    stream = balanced_stream([False], [False, False, True])
+    stream, _ = balanced_stream([False], [False, False, True])
     await stream.run()
     assert stream.rests[:2] == [(1.5, 0), (1.5, 0)]
 
@@ -259,9 +262,9 @@ async def test_a_stream_ours_by_the_balance_but_still_held_elsewhere_asks_again_
 async def test_a_cycle_between_windows_stops_reading_once_the_stream_is_given_away() -> None:
     """Between windows, a stream given to another instance stops reading (what was read still
     commits) without asking the lock session."""
-    stream = balanced_stream([False], None)
+    stream, locks = balanced_stream([False], None)
     assert await stream._still_owned()
-    stream.locks.kept = False
+    locks.kept = False
     with structlog.testing.capture_logs() as logs:
         assert not await stream._still_owned()
     assert [e["event"] for e in logs] == ["stream.handing_over"]
@@ -280,12 +283,12 @@ async def test_sleep_ends_when_the_balance_moves_this_stream(
     held: bool, kept_after: bool, wakes: bool
 ) -> None:
     """A rebalance cuts the sleep short only for a stream whose owner it changes."""
-    stream = balanced_stream([False], None)
-    stream.locks.held = frozenset({"acme:list"}) if held else frozenset()
-    stream.locks.kept = held
-    stream._balance = stream.locks.changes()  # as the turn before the sleep takes it
+    stream, locks = balanced_stream([False], None)
+    locks.held = frozenset({"acme:list"}) if held else frozenset()
+    locks.kept = held
+    stream._balance = locks.changes()  # as the turn before the sleep takes it
     sleep = asyncio.ensure_future(StreamLoop._sleep(stream, 3600.0, wakeable=False))
-    stream.locks.rebalance(kept_after)  # may come before the sleep even starts
+    locks.rebalance(kept_after)  # may come before the sleep even starts
     await asyncio.wait({sleep}, timeout=0.05 if not wakes else 10.0)
     assert sleep.done() is wakes
     stream._stop.set()
