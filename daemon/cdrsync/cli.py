@@ -349,8 +349,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _configure(settings, level="warning", stream=sys.stderr)
 
     async def main(stop: asyncio.Event) -> int:
+        # sessions: the daemon would refuse a per-transaction pooler; say so here first.
         async with app.runtime(
-            settings, stop, own_database=False, patience=ONE_SHOT_PATIENCE
+            settings, stop, own_database=False, patience=ONE_SHOT_PATIENCE, sessions=True
         ) as rt:
             if rt is None:
                 return EX_TEMPFAIL

@@ -119,13 +119,17 @@ async def runtime(
     own_database: bool = True,
     patience: float | None = None,
     balanced: bool = False,
+    sessions: bool = False,
 ) -> AsyncIterator[Runtime | None]:
     """Open the database, the HTTP client and the lock session; None if stopped while waiting
     (or after ``patience`` seconds without a database). ``balanced`` (the daemon): the lock
-    session shares the streams out with the other daemons on the database."""
+    session shares the streams out with the other daemons on the database; it and
+    ``sessions`` (``doctor``) refuse a pooler that hands sessions out per transaction."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await database_dsn(settings, stack, own_database=own_database)
-        store = await connect_store(settings, dsn, stop, patience=patience, sessions=balanced)
+        store = await connect_store(
+            settings, dsn, stop, patience=patience, sessions=balanced or sessions
+        )
         if store is None:
             yield None
             return

@@ -183,3 +183,14 @@ async def test_the_daemon_refuses_to_start_behind_a_transaction_pool(
         assert code == 78, daemon.tail()
         assert "pool_mode = session" in daemon.output()
         assert "directly" in daemon.output()
+
+
+async def test_doctor_says_the_same_behind_a_transaction_pool(dsn: str, tmp_path: Path) -> None:
+    """`cdrsync doctor` checks the DSN as the daemon would: exit 78 with the same advice."""
+    if "host=" not in dsn:
+        pytest.skip("the test's pooler reaches PostgreSQL over the embedded server's socket")
+    async with pooler(dsn, "transaction") as through, children(tmp_path) as kids:
+        config = write_config(tmp_path / "c.toml", through, [account_table("http://127.0.0.1:9")])
+        code, out, err = await kids.command("doctor", "--config", str(config))
+    assert code == 78, out + err
+    assert "pool_mode = session" in err, out + err
