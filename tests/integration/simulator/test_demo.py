@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 async def test_demo_ends_with_every_vendor_equal_to_its_simulator(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A short demo syncs Acefone, Ozonetel and VCC Live (pushes, lookups, outbox) and ends
     with each vendor's calls equal to its simulator and the outbox delivered: exit 0."""
