@@ -90,6 +90,13 @@ class Metrics:
             "cdrsync_pushes", "Webhook pushes received, by account and HTTP answer.",
             ["account", "status"], registry=r,
         )  # fmt: skip
+        # cdrsync_rejects_total counts sightings: each re-read of the lookback counts a bad
+        # record again. An alert on new bad records needs the distinct count.
+        self.reject_records = Gauge(
+            "cdrsync_reject_records",
+            "Distinct records in the rejects table, by vendor and account (read at scrape time).",
+            ["vendor", "account"], registry=r,
+        )  # fmt: skip
         self.queue = Gauge(
             "cdrsync_queue_rows", "Rows of the lookups queue and the VCC Live outbox, by state.",
             ["vendor", "account", "queue", "state"], registry=r,
@@ -107,6 +114,13 @@ class Metrics:
         for (vendor, account, queue), states in depths.items():
             for state, rows in states.items():
                 self.queue.labels(vendor, account, queue, state).set(rows)
+
+    def set_rejects(self, counts: dict[tuple[str, str], int]) -> None:
+        """The distinct rejects just read from the database (at scrape time); accounts whose
+        rejects were deleted drop out."""
+        self.reject_records.clear()
+        for (vendor, account), rows in counts.items():
+            self.reject_records.labels(vendor, account).set(rows)
 
     def watch_limiter(self, account: str, group: str, limiter: SlidingWindowLimiter) -> None:
         """Export how much of ``limiter``'s budget the current sliding window has used."""
