@@ -323,7 +323,8 @@ async def test_slow_response_times_out_after_bounded_attempts(
     with pytest.raises(TransientError, match="timed out"):
         await get(transport, server, timeout_s=0.3, policy=RetryPolicy(attempts=2, wait_jitter_s=0))
     assert len(server.arrivals) == 2
-    assert time.monotonic() - started < 3.0
+    # Well under one stall of the vendor (10 s): the attempts were cut, however slow the machine.
+    assert time.monotonic() - started < 8.0
 
 
 async def test_retries_exhausted_propagate_the_last_error(
@@ -434,7 +435,8 @@ async def test_cancellation_propagates_promptly_and_keeps_the_limiter_usable(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 0.5
+    # Well under the vendor's 10 s stall: the cancellation did not wait for its answer.
+    assert time.monotonic() - started < 5.0
     assert limiter.used(time.monotonic()) == 1
     assert await asyncio.wait_for(get(transport, server, limiter=limiter), 2.0) == {"ok": True}
 
