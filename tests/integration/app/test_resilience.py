@@ -236,7 +236,7 @@ async def test_account_request_timeout_cuts_a_slow_response(dsn):
         settings = settings_for(url, dsn, request_timeout="1s")
         with structlog.testing.capture_logs() as logs:
             async with running_daemon(settings):
-                timed_out = await eventually(lambda: _has_timeout(logs), timeout=8, interval=0.1)
+                timed_out = await eventually(lambda: _has_timeout(logs), timeout=30, interval=0.1)
     assert timed_out, (
         "no request was cut at the account's 1 s request_timeout although the vendor took 3 s; "
         f"http.retry events: {[e.get('message') for e in events(logs, 'http.retry')]}"
@@ -263,19 +263,19 @@ async def test_malformed_records_go_to_rejects_once_per_payload(dsn):
     seen_sql = "SELECT coalesce(sum(seen_count), 0) FROM rejects"
     async with serving(sim) as url:
         async with running_daemon(settings_for(url, dsn)) as daemon:
-            diff = await in_step(dsn, sim, within=20)
+            diff = await in_step(dsn, sim, within=40)
 
             async def all_rejected() -> bool:
                 return await sql_value(dsn, rejects_sql) >= len(bad)
 
-            await eventually(all_rejected, timeout=10)
+            assert await eventually(all_rejected, timeout=30)
             seen_before = await sql_value(dsn, seen_sql)
             cycles = (await _state_cycles(dsn)) + 3
 
             async def more_cycles() -> bool:
                 return await _state_cycles(dsn) >= cycles
 
-            assert await eventually(more_cycles, timeout=15)
+            assert await eventually(more_cycles, timeout=30)
             assert not daemon.done()
         rows = await _rows(dsn, "SELECT call_key, reason, payload, seen_count, stream FROM rejects")
         in_calls = await sql_value(
@@ -341,7 +341,7 @@ async def test_daemon_started_while_postgres_is_down_waits_for_it(
             await asyncio.to_thread(restartable_pg.stop)
             try:
                 async with running_daemon(settings_for(url, dsn)) as daemon:
-                    assert await logged(logs, "db.unavailable", within=10)
+                    assert await logged(logs, "db.unavailable", within=30)
                     await asyncio.sleep(1.5)
                     assert not daemon.done(), "the daemon gave up waiting for PostgreSQL"
                     assert not events(logs, "daemon.started")
@@ -410,7 +410,7 @@ async def test_wrong_token_fails_politely_without_leaking_it(dsn):
         settings = acefone_settings(url, dsn, token=token, account={"poll_interval": "3s"})
         with structlog.testing.capture_logs() as logs:
             async with running_daemon(settings) as daemon:
-                assert await logged(logs, "sync.cycle_failed", within=10)
+                assert await logged(logs, "sync.cycle_failed", within=30)
 
                 async def retried() -> bool:
                     return sim.stats.list_requests >= 3
