@@ -427,7 +427,7 @@ async def test_cancellation_propagates_promptly_and_keeps_the_limiter_usable(
     server.script = [server.stall(10.0), server.status(200, {"ok": True})]
     limiter = SlidingWindowLimiter(2, 5.0, margin=0.0)
     task = asyncio.create_task(get(transport, server, limiter=limiter))
-    for _ in range(200):
+    for _ in range(3000):  # until the request is in flight (up to 30 s on a loaded machine)
         if server.arrivals:
             break
         await asyncio.sleep(0.01)
