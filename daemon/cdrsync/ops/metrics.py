@@ -6,7 +6,9 @@ attempt (``RequestObserver``), and each stream reports every finished cycle.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -126,6 +128,19 @@ class Metrics:
         """Export how much of ``limiter``'s budget the current sliding window has used."""
         self.budget_used.labels(account, group).set_function(lambda: limiter.used(time.monotonic()))
         self.budget_limit.labels(account, group).set(limiter.limit)
+
+    def forget(self, account: str, streams: Iterable[str], groups: Iterable[str]) -> None:
+        """An account was removed or disabled: drop its streams' lag and last-success gauges
+        and its rate budgets. Left behind, their last values would look like a stream that
+        stopped succeeding (an alert firing until the next restart). Counters stay."""
+        for stream in streams:
+            for gauge in (self.lag, self.last_success):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(stream)
+        for group in groups:
+            for gauge in (self.budget_used, self.budget_limit):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(account, group)
 
     def render(self) -> bytes:
         """The text exposition format."""

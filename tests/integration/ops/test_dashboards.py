@@ -1,6 +1,7 @@
 """The shipped Prometheus rules and the operations dashboard (deploy/) against a running daemon:
 every metric they name is one that /metrics exports, and each alert's selectors pick the series
-the alert is about, on a real scrape of a daemon syncing all three vendors' simulators.
+the alert is about, on a real scrape of a daemon syncing all three vendors' simulators; and an
+account removed by a reload leaves no series behind that an alert would take for a stuck stream.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from cdrsync.app import daemon as app
 from cdrsync.config import Settings, parse
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.demo_vendors import AcefoneDemo, OzonetelDemo, VccDemo
+from cdrsync.simulator.server import start_server
 from promql import Selector, selectors
 from support import eventually, running_daemon
 
@@ -103,6 +106,28 @@ def scenario_settings(urls: list[str], dsn: str, port: int, demos: list[Any]) ->
     tables[0]["poll_interval"] = "300ms"
     # An account whose token the vendor refuses: every one of its cycles fails.
     tables.append({**tables[0], "name": "refused-acefone", "token": "not-the-token"})
+    return parse(
+        {
+            "database": {"dsn": dsn, "schema": "cdrsync"},
+            "daemon": {"state_dir": "/tmp", "http_listen": f"127.0.0.1:{port}",
+                       "shutdown_grace": "5s"},
+            "accounts": tables,
+        },
+        source="<test>",
+        environ={},
+    )  # fmt: skip
+
+
+def acefone_accounts(
+    url: str, dsn: str, port: int, accounts: tuple[dict[str, Any], ...]
+) -> Settings:
+    """Acefone accounts (``name`` and ``token`` each) on one simulator, fast polling."""
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
+    tables = [
+        {"vendor": "acefone", "base_url": url, "start": start, "poll_interval": "300ms",
+         "settle": "1s", "rate_limits": {"list": "100000/min"}, **account}
+        for account in accounts
+    ]  # fmt: skip
     return parse(
         {
             "database": {"dsn": dsn, "schema": "cdrsync"},
@@ -233,3 +258,47 @@ async def test_rules_and_panels_read_series_the_daemon_exports(dsn: str) -> None
             name, labels = LEFT_OUT[alert]
             assert not any(s.selects(n, lab) for s in chosen for n, lab in samples
                            if n == name and labels.items() <= lab.items()), alert  # fmt: skip
+
+
+async def test_an_account_removed_by_a_reload_leaves_no_stale_gauges(dsn: str) -> None:
+    """After a reload removes an account, its streams' lag and last-success gauges and its rate
+    budgets are gone from /metrics (CdrsyncStreamStuck would fire on their last values until
+    the next restart), while the remaining account's are still there."""
+    sim = AcefoneSimulator(AcefoneSimConfig(seed=8, backlog=100, backlog_days=0.2))
+    server = await start_server(sim)
+    port = free_port()
+    kept = {"name": "kept", "token": sim.config.token}
+    gone = {"name": "gone", "token": sim.config.token}
+
+    def settings(*accounts: dict[str, Any]) -> Settings:
+        return acefone_accounts(server.base_url, dsn, port, accounts)
+
+    stop, reload = asyncio.Event(), asyncio.Event()
+    daemon = asyncio.create_task(
+        app.run(settings(kept, gone), stop=stop, reload=reload, reloader=lambda: settings(kept))
+    )
+    samples: list[Series] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            def streams(name: str) -> set[str]:
+                return {lab["stream"] for n, lab in samples if n == name}
+
+            async def scraped(want: set[str]) -> bool:
+                nonlocal samples
+                if not await listening(port):
+                    return False
+                samples = await scrape(http, port)
+                return streams("cdrsync_last_success_timestamp_seconds") == want
+
+            assert await eventually(lambda: scraped({"kept/list", "gone/list"}), timeout=30)
+            assert holds(samples, "cdrsync_rate_budget_used", {"account": "gone"})
+            reload.set()
+            assert await eventually(lambda: scraped({"kept/list"}), timeout=30), samples
+    finally:
+        stop.set()
+        await asyncio.wait_for(daemon, timeout=15)
+        await server.close()
+    assert streams("cdrsync_watermark_lag_seconds") == {"kept/list"}
+    budgets = {lab["account"] for n, lab in samples if n == "cdrsync_rate_budget_used"}
+    assert budgets == {"kept"}
