@@ -23,7 +23,15 @@ from cdrsync.app.runtime import Runtime, runtime
 from cdrsync.app.streams import limiters_for, shared_limiters, stream_name
 from cdrsync.app.supervisor import Supervisor, enabled
 from cdrsync.app.webhooks import Receiver
-from cdrsync.engine.window import Clock, CycleHook, ProgressHook, WindowStream, utcnow
+from cdrsync.engine.window import (
+    Clock,
+    CycleHook,
+    ProgressHook,
+    StreamHooks,
+    WindowRange,
+    WindowStream,
+    utcnow,
+)
 from cdrsync.errors import CdrsyncError, ConfigError, StoreError
 from cdrsync.http.limiter import SlidingWindowLimiter
 from cdrsync.model import WriteResult
@@ -66,12 +74,9 @@ def build_stream(
         locks=rt.locks,
         stop=stop,
         clock=clock,
-        start=start,
-        until=until,
-        lookback=lookback,
-        on_progress=on_progress,
-        on_cycle=on_cycle,
         kind=kind,
+        reads=WindowRange(start=start, until=until, lookback=lookback),
+        hooks=StreamHooks(on_progress=on_progress, on_cycle=on_cycle),
     )
 
 

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import structlog
 
 from cdrsync.engine.plan import local_midnight_utc
-from cdrsync.engine.window import Clock, CycleHook, WindowStream, utcnow
+from cdrsync.engine.window import (
+    Clock,
+    CycleHook,
+    StreamHooks,
+    WindowRange,
+    WindowStream,
+    WindowTuning,
+    utcnow,
+)
 from cdrsync.errors import StoreError
 from cdrsync.http.limiter import LowPriority, SlidingWindowLimiter
 from cdrsync.vendors import lookup_source_factory, window_source_factory
@@ -158,16 +166,17 @@ def window_stream(
     kind: str = "list",
     clock: Clock = utcnow,
     on_cycle: CycleHook | None = None,
-    **options: Any,
+    reads: WindowRange = WindowRange(),
+    tuning: WindowTuning = WindowTuning(),
 ) -> WindowStream:
-    """A window stream of the account (``options``: WindowStream's keyword arguments)."""
+    """A window stream of the account."""
     name = stream_name(
         account.name, kind.split(":", maxsplit=1)[0] if kind.startswith("history") else kind
     )
     source = window_source_factory(account.vendor)(account, rt.transport, limiters, name)
     return WindowStream(
         name=name, account=account, source=source, store=rt.store, locks=rt.locks, stop=stop,
-        clock=clock, on_cycle=on_cycle, kind=kind, **options,
+        clock=clock, kind=kind, reads=reads, tuning=tuning, hooks=StreamHooks(on_cycle=on_cycle),
     )  # fmt: skip
 
 
@@ -279,12 +288,14 @@ async def _ozonetel(
             limiters,
             clock=clock,
             on_cycle=on_cycle,
-            start=live_start,
-            earliest=earliest,
-            # After an outage the days behind the lookback are read a day a window: at
-            # 2 bulk requests a minute, hourly windows would hold the live window back for
-            # some 12 minutes per day missed.
-            coarse=account.option("history_window"),
+            reads=WindowRange(
+                start=live_start,
+                earliest=earliest,
+                # After an outage the days behind the lookback are read a day a window: at
+                # 2 bulk requests a minute, hourly windows would hold the live window back for
+                # some 12 minutes per day missed.
+                coarse=account.option("history_window"),
+            ),
         )
     ]
     backlog_from = max(configured, earliest(now))
@@ -307,12 +318,14 @@ async def _ozonetel(
                 kind=kind,
                 clock=clock,
                 on_cycle=on_cycle,
-                start=configured,
-                until=split,
-                lookback=dt.timedelta(0),
-                window=account.option("history_window"),
-                earliest=earliest,
-                audit=False,
+                reads=WindowRange(
+                    start=configured,
+                    until=split,
+                    lookback=dt.timedelta(0),
+                    window=account.option("history_window"),
+                    earliest=earliest,
+                ),
+                tuning=WindowTuning(audit=False),
             )
         )
     return streams
@@ -362,6 +375,9 @@ def bounded_stream(
 
     return WindowStream(
         name=name, account=account, source=source, store=rt.store, locks=rt.locks, stop=stop,
-        clock=clock, start=start, until=until, lookback=dt.timedelta(0), kind=kind,
-        on_progress=on_progress, earliest=earliest, audit=False, window=window,
+        clock=clock, kind=kind,
+        reads=WindowRange(
+            start=start, until=until, lookback=dt.timedelta(0), window=window, earliest=earliest
+        ),
+        tuning=WindowTuning(audit=False), hooks=StreamHooks(on_progress=on_progress),
     )  # fmt: skip

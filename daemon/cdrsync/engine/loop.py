@@ -30,7 +30,7 @@ PERMANENT_CAP = 600.0
 
 
 class Owner(Protocol):
-    """What a stream needs of the lock session (``store_lock.StreamLocks``)."""
+    """What a stream needs of the lock session (``cdrsync.store.lock.StreamLocks``)."""
 
     @property
     def held(self) -> frozenset[str]: ...

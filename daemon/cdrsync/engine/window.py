@@ -112,6 +112,46 @@ class _Recorded:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class WindowRange:
+    """Which windows a stream reads. Every field left None takes the account's setting."""
+
+    start: dt.datetime | None = None
+    """The oldest instant read (default: the account's ``start``, local midnight)."""
+    until: dt.datetime | None = None
+    """A bounded stream (backfill, history) ends here; None follows now."""
+    lookback: dt.timedelta | None = None
+    """Re-read behind the watermark every cycle (default: the account's ``lookback``)."""
+    window: dt.timedelta | None = None
+    """The grid step (default: the account's ``window``)."""
+    coarse: dt.timedelta | None = None
+    """Whole cells of this size for what is older than the lookback (Ozonetel: a day)."""
+    earliest: Callable[[dt.datetime], dt.datetime] | None = None
+    """The oldest instant the vendor still serves, given now (Ozonetel: 15 days)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowTuning:
+    """How hard a stream reads: per-cycle bounds, concurrency and the audit."""
+
+    max_windows_per_cycle: int = 48
+    page_concurrency: int = 4
+    max_rereads: int = 3
+    audit_per_cycle: int | None = None
+    """Closed windows re-counted per cycle (default: ``audit_budget``)."""
+    write_rows: int = 5000
+    audit: bool = True
+    """Re-count closed windows at all (off for bounded streams)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHooks:
+    """Callbacks of the daemon, the backfill command and the tests."""
+
+    on_progress: ProgressHook | None = None
+    on_cycle: CycleHook | None = None
+
+
 def audit_budget(account: AccountSettings) -> int:
     """Windows to re-count per cycle: twice what keeps every window of the horizon checked once
     an interval (at least 4), so a backlog of due windows drains."""
@@ -133,21 +173,10 @@ class WindowStream(StreamLoop):
         locks: StreamLocks | Owner,
         stop: asyncio.Event,
         clock: Clock = utcnow,
-        start: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        lookback: dt.timedelta | None = None,
-        max_windows_per_cycle: int = 48,
-        page_concurrency: int = 4,
-        max_rereads: int = 3,
-        audit_per_cycle: int | None = None,
-        write_rows: int = 5000,
-        on_progress: ProgressHook | None = None,
-        on_cycle: CycleHook | None = None,
         kind: str = "list",
-        window: dt.timedelta | None = None,
-        earliest: Callable[[dt.datetime], dt.datetime] | None = None,
-        audit: bool = True,
-        coarse: dt.timedelta | None = None,
+        reads: WindowRange = WindowRange(),
+        tuning: WindowTuning = WindowTuning(),
+        hooks: StreamHooks = StreamHooks(),
     ) -> None:
         super().__init__(
             name=name, account=account, store=store, locks=locks, stop=stop, clock=clock,
@@ -156,25 +185,25 @@ class WindowStream(StreamLoop):
         self.kind = kind
         self._source = source
         zone = zoneinfo.ZoneInfo(account.timezone)
-        self._start = start or local_midnight_utc(account.start, zone)
-        self._until = until
-        self._lookback = account.lookback if lookback is None else lookback
-        self._step = window or account.window
+        self._start = reads.start or local_midnight_utc(account.start, zone)
+        self._until = reads.until
+        self._lookback = account.lookback if reads.lookback is None else reads.lookback
+        self._step = reads.window or account.window
         # Whole-cell windows for what is older than the lookback (see plan_windows).
-        self._coarse = coarse
+        self._coarse = reads.coarse
         # The oldest instant the vendor still serves, given now (Ozonetel: 15 days): windows
         # before it are not requested (the vendor answers them empty, not with an error).
-        self._earliest = earliest
-        self._audit_on = audit
-        self._max_windows = max_windows_per_cycle
-        self._concurrency = page_concurrency
-        self._max_rereads = max_rereads
-        self._audit_per_cycle = audit_per_cycle or audit_budget(account)
+        self._earliest = reads.earliest
+        self._audit_on = tuning.audit
+        self._max_windows = tuning.max_windows_per_cycle
+        self._concurrency = tuning.page_concurrency
+        self._max_rereads = tuning.max_rereads
+        self._audit_per_cycle = tuning.audit_per_cycle or audit_budget(account)
         # Rows per transaction the writer aims at, and rows the reader may read ahead of it:
         # enough to coalesce small windows, bounded so memory does not grow with window size.
-        self._write_rows = write_rows
-        self._on_progress = on_progress
-        self._on_cycle = on_cycle
+        self._write_rows = tuning.write_rows
+        self._on_progress = hooks.on_progress
+        self._on_cycle = hooks.on_cycle
         self._windows_done_total = 0
         self._rows_total = 0
 

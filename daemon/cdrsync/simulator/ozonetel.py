@@ -22,7 +22,10 @@ daemon's tests know what they face):
 - invented fail messages: "fromDate and toDate should be of same date", "toDate should not be
   before fromDate", "fromDate should not be a future date", "pageNo and pageSize should be
   positive numbers";
-- bulk dates before today minus ``retention_days`` (IST) are an empty success.
+- bulk dates before today minus ``retention_days`` (IST) are an empty success;
+- a leg's ``monitorUCID`` is its own UCID; with ``transfer_legs`` a transferred call's legs
+  share the first leg's, the later legs' pushes add their own ``UCID`` and the first leg's push
+  has none; CallBacks is asked by the leg's UCID either way.
 """
 
 from __future__ import annotations
@@ -277,7 +280,10 @@ class OzonetelSimulator:
         return [leg for leg in legs if leg.visible_at <= t]
 
     def lookup(self, ucid: str, report_type: str, t: float) -> list[dict[str, Any]]:
-        """CDR in CallBacks: the leg's callback record if ``report_type`` holds it at ``t``."""
+        """CDR in CallBacks: the leg's callback record if ``report_type`` holds it at ``t``.
+
+        Asked by the leg's UCID (the ``ucid`` parameter); its record names the leg by
+        ``monitorUCID`` only, the first leg's UCID under ``transfer_legs``."""
         self._materialize(t)
         leg = self._legs.get(ucid)
         if leg is None or leg.visible_at > t:
@@ -470,7 +476,8 @@ class OzonetelSimulator:
 
     def due_pushes(self, at: float | None = None) -> list[tuple[str, bytes]]:
         """Take the pushes due by ``at`` (a live leg ended + push_delay_s): (UCID, the JSON of
-        its callback record plus ``UCID``), oldest first. Each is handed out once."""
+        its callback record plus ``UCID``, which ``transfer_legs`` leaves out where it equals
+        ``monitorUCID``), oldest first. Each is handed out once."""
         t = self.now() if at is None else at
         self._materialize(t)
         cut = bisect.bisect_right(self._pushes, (t, "\uffff"))
@@ -478,7 +485,9 @@ class OzonetelSimulator:
         out = []
         for _, ucid in due:
             record = callback_record(self._legs[ucid], self.config)
-            out.append((ucid, orjson.dumps({**record, "UCID": ucid})))
+            if not self.config.transfer_legs or record["monitorUCID"] != ucid:
+                record["UCID"] = ucid
+            out.append((ucid, orjson.dumps(record)))
         return out
 
     def record_push(self, *, delivered: bool, attempts: int) -> None:

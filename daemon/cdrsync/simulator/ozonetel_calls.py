@@ -102,6 +102,11 @@ class OzonetelSimConfig:
     answered_fraction: float = 0.75
     outbound_fraction: float = 0.4
     visible_delay_s: tuple[float, float] = (2.0, 8.0)
+    transfer_legs: bool = False
+    """The other reading of the leg ids: the legs of a transferred call share the first leg's
+    UCID as their ``monitorUCID``, and a push carries ``UCID`` only where it differs from
+    ``monitorUCID`` (the first leg's push has none, like a real 2018 push). False: every leg's
+    ``monitorUCID`` is its own UCID."""
     push_url: str | None = None
     push_delay_s: float = 1.0
     push_attempts: int = 3
@@ -142,6 +147,8 @@ class SimLeg(NamedTuple):
     transferred: bool
     visible_at: float
     live: bool
+    monitor: str
+    """The leg's ``monitorUCID``: its own UCID, or the first leg's (``transfer_legs``)."""
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -231,7 +238,7 @@ def callback_record(leg: SimLeg, config: OzonetelSimConfig) -> dict[str, Any]:
     outbound = leg.kind != "InBound"
     status = "answered" if leg.answered else "NoAnswer"
     return {
-        "monitorUCID": leg.ucid, "UUI": "", "Did": _DIDS[leg.campaign], "CampaignName": campaign,
+        "monitorUCID": leg.monitor, "UUI": "", "Did": _DIDS[leg.campaign], "CampaignName": campaign,
         "Location": _LOCATIONS[leg.location], "CallerID": leg.customer,
         "PhoneName": agent_id if leg.answered else "", "Skill": "None" if outbound else skill,
         "StartTime": ist(leg.start), "EndTime": ist(leg.end),
@@ -281,19 +288,23 @@ def draw_call(
              rng.randrange(len(_DISPOSITIONS)))  # fmt: skip
     call_id = str(700_000_000 + serial)
     start = end - ring - talk
+    first_ucid = str(8_571_000_000_000_000 + serial * 10)
     base = SimLeg(
-        ucid=str(8_571_000_000_000_000 + serial * 10), call_id=call_id, start=start, end=end,
+        ucid=first_ucid, call_id=call_id, start=start, end=end,
         ring=ring, talk=talk, answered=answered, kind=kind, agent=picks[0], customer=customer,
         campaign=1 if outbound else 0, location=picks[1], disposition=picks[2],
         transferred=two, visible_at=visible_at, live=live,
+        monitor=first_ucid,
     )  # fmt: skip
     if not two:
         return [base]
     # A transfer: the second leg (its own UCID, the same CallID) takes the call's second half.
     split = start + ring + talk // 2
     first = base._replace(end=split, talk=split - start - ring)
+    ucid = str(int(base.ucid) + 1)
     second = base._replace(
-        ucid=str(int(base.ucid) + 1), start=split, ring=2, talk=end - split - 2,
+        ucid=ucid, start=split, ring=2, talk=end - split - 2,
         agent=(base.agent + 1) % len(_AGENTS), transferred=False,
+        monitor=base.ucid if cfg.transfer_legs else ucid,
     )  # fmt: skip
     return [first, second]

@@ -1,7 +1,7 @@
 """PostgreSQL: the per-call lookup queue (``lookups``), VCC Live events and the outbox.
 
-Part of the store (it uses ``store``'s pool, named queries and error translation; asyncpg stays
-behind ``store``). Every write that finishes a piece of work commits together with what the work
+Part of the store (it uses ``Store``'s pool, and the named queries and error translation of
+``queries``). Every write that finishes a piece of work commits together with what the work
 produced: a lookup's calls, events and follow-ups with its new state; a push's calls with the
 lookups it queues; an outbox row's numberid with its ``delivered`` state.
 """

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from cdrsync.http.transport import Response
     from cdrsync.model import LookupItem
 
-__all__ = ["MAX_RETRY_WAIT", "OzonetelLookups", "retry_wait"]
+__all__ = ["MAX_RETRY_WAIT", "OzonetelLookups", "asked_leg", "retry_wait"]
 
 
 def _started_at(item: LookupItem) -> dt.datetime | None:
@@ -46,6 +46,22 @@ def _started_at(item: LookupItem) -> dt.datetime | None:
     if started is not None and started.tzinfo is None:
         return None
     return started
+
+
+def asked_leg(records: list[CallRecord], ucid: str, started_at: dt.datetime) -> list[CallRecord]:
+    """The records of a CallBacks answer that are the asked leg's copy, or another leg's that
+    names itself by ``UCID``.
+
+    A record without ``UCID`` is keyed by the UCID asked for (``parse_lookup``). Were the API
+    to answer one ``ucid`` with every leg sharing its ``monitorUCID`` (a transferred call),
+    several would take that key: only the one that started when the pushed leg did is the
+    asked leg's, and none is when none did (the list's copies bring the legs anyway).
+    """
+    asked = [r for r in records if r.call_key == ucid]
+    if len(asked) <= 1:
+        return records
+    same = [r for r in asked if r.started_at == started_at][:1]
+    return [r for r in records if r.call_key != ucid] + same
 
 
 MAX_RETRY_WAIT = dt.timedelta(hours=6)
@@ -129,6 +145,7 @@ class OzonetelLookups(_Client):
             retry_at = now + retry_wait(self._account.option("lookup_retry"), item.attempts)
             return LookupOutcome("retry", next_attempt_at=retry_at, note="No Data Found yet")
         records, rejects = found
+        records = asked_leg(records, item.call_key, started)
         return LookupOutcome("done", records=tuple(records), rejects=tuple(rejects))
 
     async def _ask(
@@ -146,6 +163,7 @@ class OzonetelLookups(_Client):
                 zone=self._zone,
                 fetched_at=fetched_at,
                 secrets=self._secrets,
+                ucid=ucid,
             ),
         )
 

@@ -8,7 +8,10 @@ everything below. Vendor behaviour this answers:
   ``CallDate``) and durations are "HH:MM:SS" strings;
 - missing values are often the STRING "None" (``"AgentName": "None"``, ``"Skill": "None"``);
 - ``UCID`` is one leg, ``CallID`` the logical call several legs share (bulk shape); the
-  CallBacks API and the push name the leg ``monitorUCID``;
+  CallBacks API and the push carry ``monitorUCID`` and maybe ``UCID``. ``monitorUCID`` may be
+  the leg's own UCID or, for a transferred call, the first leg's, shared by every leg (the
+  bulk filters take ``ucid`` and ``monitorUCID`` apart; Ozonetel's agent toolbar passes both
+  for a transfer): a leg is keyed by ``UCID`` wherever a copy carries it (``callback_key``);
 - callback records and pushes echo the account's ``Apikey``: ``scrub`` drops it from every raw
   record, reject payload and message before anything is stored or logged.
 """
@@ -330,9 +333,16 @@ def normalize_bulk(
     )
 
 
-def callback_key(record: Mapping[str, Any]) -> str | None:
-    """The leg id of a callback-shape record: ``monitorUCID``, else ``UCID``."""
-    return _first(record, "monitorUCID", "UCID")
+def callback_key(record: Mapping[str, Any], asked: str | None = None) -> str | None:
+    """The leg id of a callback-shape record: ``UCID``, else the UCID a lookup ``asked`` for,
+    else ``monitorUCID``.
+
+    ``monitorUCID`` names the leg only when it is the leg's own UCID: for a transferred call
+    it may be the first leg's, shared by every leg, and keyed by it a later leg's push would
+    land on the first leg's row. A push without ``UCID`` (a real 2018 one has none) is keyed
+    by ``monitorUCID``, the leg's own UCID unless the push is of a later leg of a transfer.
+    """
+    return _first(record, "UCID") or asked or _first(record, "monitorUCID")
 
 
 def normalize_callback(
@@ -342,17 +352,19 @@ def normalize_callback(
     zone: dt.tzinfo,
     fetched_at: dt.datetime,
     source: str,
+    asked: str | None = None,
 ) -> CallRecord:
     """One record of the CallBacks API or a push ("URL to Push"), source "lookup"/"push".
 
-    Same columns as ``normalize_bulk`` where the shapes differ: monitorUCID (else UCID) ->
-    call_key; CallID (absent from the documented shape) -> call_id; CallDuration (start to end)
-    -> duration_s; Duration (CallDuration minus TimeToAnswer in the vendor's sample: the talk)
-    -> talk_s; Did -> line_number; AudioFile -> recording_url; Status (else DialStatus) -> status.
+    Same columns as ``normalize_bulk`` where the shapes differ: ``callback_key`` (UCID, else
+    the UCID a lookup ``asked`` for, else monitorUCID) -> call_key; CallID (absent from the
+    documented shape) -> call_id; CallDuration (start to end) -> duration_s; Duration
+    (CallDuration minus TimeToAnswer in the vendor's sample: the talk) -> talk_s; Did ->
+    line_number; AudioFile -> recording_url; Status (else DialStatus) -> status.
     """
     if not isinstance(record, Mapping):
         raise ParseError("record is not a JSON object")
-    key = callback_key(record)
+    key = callback_key(record, asked)
     if key is None:
         raise ParseError("record has no monitorUCID or UCID")
     started_at, local_date, ended_at = _times(record, zone)
@@ -471,9 +483,14 @@ def parse_lookup(
     zone: dt.tzinfo,
     fetched_at: dt.datetime,
     secrets: tuple[str, ...] = (),
+    ucid: str | None = None,
 ) -> tuple[list[CallRecord], list[Reject]] | None:
     """A CDR in CallBacks answer: the call's records (source "lookup"), or None while Ozonetel
     says "No Data Found with UCID ..." (not there yet: the lookup is retried later).
+
+    ``ucid`` is the UCID asked for: the answer names the leg by ``monitorUCID`` only, which
+    for a later leg of a transferred call is the first leg's, so a record without ``UCID`` is
+    the asked leg's.
 
     A success whose message is neither a record list nor "No Data Found" is read as not there
     yet too: retrying later is bounded by the 15-day horizon, failing the stream is not.
@@ -486,6 +503,11 @@ def parse_lookup(
     if not isinstance(message, list) or not message:
         return None
     normalize = functools.partial(
-        normalize_callback, account=account, zone=zone, fetched_at=fetched_at, source="lookup"
+        normalize_callback,
+        account=account,
+        zone=zone,
+        fetched_at=fetched_at,
+        source="lookup",
+        asked=ucid,
     )
     return normalize_many(message, normalize, account=account, stream=stream, seen_at=fetched_at)

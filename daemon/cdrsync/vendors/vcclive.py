@@ -163,6 +163,11 @@ def _push_start(
     return None, None
 
 
+def _disposition_name(disposition: Any) -> str | None:
+    """The disposition's name in a webhook (``disposition.name``), when it has one."""
+    return as_text(disposition.get("name")) if isinstance(disposition, Mapping) else None
+
+
 def _push_call(
     doc: Mapping[str, Any], key: str, account: AccountSettings, received_at: dt.datetime
 ) -> CallRecord:
@@ -194,7 +199,8 @@ def _push_call(
         hangup_cause=None,
         recording_url=None,
         service=None,
-        description=None,
+        # Only the webhook names the disposition (the CDR has its id): the merge keeps it.
+        description=_disposition_name(doc.get("disposition")),
         local_date=local.date() if local is not None else None,
         raw=raw.decode(),
         content_hash=digest(raw),

@@ -110,7 +110,8 @@ async def test_every_column_has_a_comment(dsn: str, table: str) -> None:
 
 
 async def test_calls_has_the_documented_columns(dsn: str) -> None:
-    """calls holds every CallRecord column plus first_seen_at and updated_at, keyed per vendor."""
+    """calls holds every CallRecord column, first_seen_at, updated_at and the other sources'
+    records (raw_other, fetched_other), keyed per vendor."""
     from cdrsync.model import CALL_COLUMNS
 
     columns = await fetch(
@@ -120,7 +121,8 @@ async def test_calls_has_the_documented_columns(dsn: str) -> None:
     )
     # `source` came with migration 3, so ALTER TABLE put it after the two bookkeeping columns.
     names = tuple(r[0] for r in columns)
-    assert sorted(names) == sorted((*CALL_COLUMNS, "first_seen_at", "updated_at"))
+    extra = ("first_seen_at", "updated_at", "raw_other", "fetched_other")
+    assert sorted(names) == sorted((*CALL_COLUMNS, *extra))
     assert names[: len(CALL_COLUMNS) - 1] == CALL_COLUMNS[:-1]
     key = await fetch(
         dsn,

@@ -34,12 +34,12 @@ async def test_a_lower_source_never_replaces_a_higher_one(
 ) -> None:
     """Copies of one call from push, lookup and list settle on the highest-ranked source."""
     stream = await _stream(store, "main/list")
-    await store.write_batch(stream, [make_call("k", source=first, agent_name=first)], now=NOW)
+    await store.write_batch(stream, [make_call("k", source=first, description=first)], now=NOW)
     later = NOW + dt.timedelta(minutes=1)
     await store.write_batch(
-        stream, [make_call("k", source=second, agent_name=second, fetched=later)], now=later
+        stream, [make_call("k", source=second, description=second, fetched=later)], now=later
     )
-    row = await sql_value(store_dsn(store), "SELECT source || '/' || agent_name FROM calls")
+    row = await sql_value(store_dsn(store), "SELECT source || '/' || description FROM calls")
     assert row == f"{kept}/{kept}"
 
 

@@ -12,6 +12,7 @@ import pytest
 from cdrsync.errors import ConfigError, StoreError
 from cdrsync.model import CallRecord, Reject
 from cdrsync.store import store as store_module
+from cdrsync.store import upsert as upsert_module
 from cdrsync.store.embedded import EmbeddedPostgres
 from cdrsync.store.store import Store, collapse, quote_ident
 
@@ -166,7 +167,9 @@ async def test_failed_batch_commits_nothing(
 ) -> None:
     """A failure after the COPY rolls back the rows, the rejects and the watermark together."""
     old, new = FAULTS[step]
-    monkeypatch.setattr(store_module, step, getattr(store_module, step).replace(old, new, 1))
+    # Patched where the statement is used: the upsert lives in store.upsert, the state in store.
+    user = upsert_module if step == "UPSERT_CALLS_SQL" else store_module
+    monkeypatch.setattr(user, step, getattr(user, step).replace(old, new, 1))
     reject = Reject("acefone", "main", stream, None, "no id", '{"x": 1}', T0)
 
     with pytest.raises(StoreError, match=r"could not write 3 calls .*rolled back"):

@@ -408,6 +408,35 @@ def test_pushes_are_due_once_after_the_call_ends():
         assert record["Apikey"] == KEY
 
 
+@pytest.mark.parametrize("transfer_legs", [False, True])
+def test_transfer_legs_share_the_first_legs_monitor_ucid(transfer_legs: bool) -> None:
+    """transfer_legs: a later leg names the first leg's UCID as monitorUCID, and its push adds
+    its own UCID, which the first leg's push lacks (like a real 2018 push); else each its own."""
+    sim, clock = make(backlog=50, legs_fraction=1.0, answered_fraction=1.0,
+                      transfer_legs=transfer_legs)  # fmt: skip
+    clock.t = T0 + 60
+    sim.stop_live()
+    pushes = {ucid: orjson.loads(payload) for ucid, payload in sim.due_pushes(T0 + 3600)}
+    legs = sim.legs(T0 + 3600)
+    later = [leg for leg in legs if any(x.call_id == leg.call_id and x.start < leg.start
+                                        for x in legs)]  # fmt: skip
+    assert later and pushes
+    answered = set()
+    for leg in legs:
+        first = min((x for x in legs if x.call_id == leg.call_id), key=lambda x: x.start)
+        monitor = first.ucid if transfer_legs else leg.ucid
+        asked = sim.lookup(leg.ucid, "currentday" if leg.live else "historical", T0 + 3600)
+        assert [r["monitorUCID"] for r in asked] in ([], [monitor])
+        if asked:
+            answered.add(leg.ucid)
+        if leg.ucid in pushes:
+            push = pushes[leg.ucid]
+            assert push["monitorUCID"] == monitor
+            shown = not transfer_legs or leg.ucid != monitor
+            assert push.get("UCID") == (leg.ucid if shown else None)
+    assert answered & {leg.ucid for leg in later}, "CallBacks answered no later leg"
+
+
 def test_dropped_pushes_are_never_sent():
     """push_drop 1 means the vendor never pushes: only the poller can find the calls."""
     sim, clock = make(push_drop=1.0)

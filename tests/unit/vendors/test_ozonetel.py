@@ -354,13 +354,26 @@ def test_callback_record_normalizes_and_drops_the_api_key():
 
 
 @pytest.mark.parametrize(
-    ("patch", "key"),
-    [({}, "85710000012345"), ({"monitorUCID": "", "UCID": "42"}, "42"),
-     ({"monitorUCID": None, "UCID": "43"}, "43")],
-)  # fmt: skip
-def test_callback_key_is_monitor_ucid_then_ucid(patch, key):
-    """monitorUCID names the leg; UCID stands in when it is missing."""
-    assert callback({**CALLBACK, **patch}).call_key == key
+    ("patch", "asked", "key"),
+    [
+        ({}, None, "85710000012345"),  # monitorUCID alone: the leg's own UCID (2018 push)
+        ({"monitorUCID": "", "UCID": "42"}, None, "42"),
+        ({"monitorUCID": None, "UCID": "43"}, None, "43"),
+        # A later leg of a transfer: monitorUCID is the first leg's, UCID its own.
+        ({"UCID": "85710000012346"}, None, "85710000012346"),
+        ({"monitorUCID": "85710000012345", "UCID": "85710000012345"}, None, "85710000012345"),
+        # A CallBacks answer names the leg by monitorUCID only: it is the leg asked for.
+        ({}, "85710000012346", "85710000012346"),
+        ({"UCID": "85710000012347"}, "85710000012346", "85710000012347"),
+    ],
+)
+def test_callback_key_is_the_leg_ucid_wherever_a_copy_carries_it(patch, asked, key):
+    """UCID, else the UCID a lookup asked for, else monitorUCID names the leg."""
+    record = {**CALLBACK, **patch}
+    call = normalize_callback(
+        record, account="oz", zone=IST, fetched_at=FETCHED, source="lookup", asked=asked
+    )
+    assert call.call_key == key
 
 
 def test_callback_without_any_key_is_rejected():
@@ -562,6 +575,17 @@ def test_lookup_answer_with_records():
     assert KEY not in records[0].raw and KEY not in rejects[0].payload
 
 
+def test_a_lookup_answer_without_ucid_is_the_leg_asked_for():
+    """A later transfer leg's record (the first leg's monitorUCID) is keyed by the asked UCID."""
+    record = {**CALLBACK, "StartTime": "2021-02-09 10:36:00"}
+    found = parse_lookup(
+        orjson.dumps({"status": "success", "message": [record]}),
+        account="oz", stream="oz/lookup", zone=IST, fetched_at=FETCHED, ucid="85710000012346",
+    )  # fmt: skip
+    assert found is not None
+    assert [r.call_key for r in found[0]] == ["85710000012346"]
+
+
 def test_lookup_no_data_found_means_not_yet():
     """ "No Data Found with UCID x" is a success that means: not there yet."""
     assert read_lookup({"status": "success", "message": "No Data Found with UCID 123"}) is None
@@ -606,6 +630,78 @@ def test_push_shapes_give_calls_and_lookups(doc, keys):
     assert lookup.not_before == RECEIVED + dt.timedelta(minutes=2)
     assert lookup.context == {"started_at": "2021-02-09T05:03:53+00:00"}
     assert all(KEY not in r.raw for r in result.records)
+
+
+PUSH_2018 = {  # the shape of a real push published in 2018 (values replaced): no UCID
+    "monitorUCID": "9049754955340984",
+    "UUI": "New_order_placement",
+    "Did": "914466949093",
+    "CampaignName": "Inbound_914466205652",
+    "Location": "Chennai",
+    "CallerID": "919080600507",
+    "PhoneName": "agent7",
+    "Skill": "New_order_placement",
+    "StartTime": "2018-08-06 16:59:33",
+    "EndTime": "2018-08-06 17:00:03",
+    "TimeToAnswer": "00:00:07",
+    "CallDuration": "00:00:30",
+    "Duration": "00:00:23",
+    "FallBackRule": "AgentDial",
+    "DialedNumber": "9384800000",
+    "Type": "inbound",
+    "AgentID": "agent7_shop",
+    "AgentPhoneNumber": "9384800000",
+    "AgentUniqueID": "68368",
+    "AgentName": "Kannan",
+    "Disposition": "Wrap up time exceeded :120",
+    "HangupBy": "UserHangup",
+    "Status": "Answered",
+    "AudioFile": "http://recordings.kookoo.in/shop/shop_9049754955340984_20180806165933.mp3",
+    "TransferType": "No Transfers",
+    "TransferredTo": "",
+    "Comments": "",
+    "DialStatus": "answered",
+    "Apikey": KEY,
+    "AgentStatus": "answered",
+    "CustomerStatus": "answered",
+    "UserName": "shop",
+    "CallerConfAudioFile": "",
+    "ConfDuration": "00:00:00",
+    "CampaignStatus": "ONLINE",
+}
+
+
+def test_a_real_2018_push_without_ucid_is_keyed_by_its_monitor_ucid():
+    """The 2018 push (monitorUCID, no UCID, TransferType) gives every column, in UTC, no key."""
+    result = parse_push(
+        {"data": orjson.dumps(PUSH_2018).decode()}, account=account(), received_at=RECEIVED
+    )
+    (call,) = result.records
+    assert (call.call_key, call.source, call.call_id) == ("9049754955340984", "push", None)
+    assert call.started_at == dt.datetime(2018, 8, 6, 11, 29, 33, tzinfo=dt.UTC)
+    assert call.ended_at == dt.datetime(2018, 8, 6, 11, 30, 3, tzinfo=dt.UTC)
+    assert call.answered_at == dt.datetime(2018, 8, 6, 11, 29, 40, tzinfo=dt.UTC)
+    assert call.local_date == dt.date(2018, 8, 6)
+    assert (call.duration_s, call.talk_s, call.ring_s) == (30, 23, 7)
+    assert (call.agent_name, call.agent_number) == ("Kannan", "9384800000")
+    assert (call.direction, call.status, call.service) == ("inbound", "answered", "inbound")
+    assert (call.customer_number, call.line_number) == ("919080600507", "914466949093")
+    assert call.department == "Inbound_914466205652"
+    assert (call.hangup_cause, call.description) == ("UserHangup", "Wrap up time exceeded :120")
+    assert call.recording_url == PUSH_2018["AudioFile"]
+    stored = orjson.loads(call.raw)
+    assert KEY not in call.raw and "Apikey" not in stored
+    assert (stored["TransferType"], stored["TransferredTo"]) == ("No Transfers", "")
+    # The confirming lookup asks CallBacks with that id: the leg's own UCID in this reading.
+    assert [lk.call_key for lk in result.lookups] == ["9049754955340984"]
+
+
+def test_a_later_transfer_legs_push_is_keyed_by_its_own_ucid():
+    """A push with the first leg's monitorUCID and its own UCID lands on (and looks up) its leg."""
+    leg = {**PUSH_2018, "UCID": "9049754955340985", "TransferType": "Agent Transfer"}
+    result = parse_push(leg, account=account(), received_at=RECEIVED)
+    assert [r.call_key for r in result.records] == ["9049754955340985"]
+    assert [lk.call_key for lk in result.lookups] == ["9049754955340985"]
 
 
 def test_push_lookup_delay_follows_the_account_setting():
@@ -681,3 +777,35 @@ def test_a_record_nested_too_deeply_is_rejected_without_its_api_key(depth):
     assert [r.call_key for r in page.records] == ["1"]
     assert [r.call_key for r in page.rejects] == ["2"]
     assert "KK7secret" not in page.rejects[0].payload
+
+
+LEG_A = {**CALLBACK, "StartTime": "2021-02-09 10:33:53"}  # the first leg (monitorUCID its own)
+LEG_B = {**CALLBACK, "StartTime": "2021-02-09 10:36:10"}  # a later leg: the same monitorUCID
+
+
+@pytest.mark.parametrize(
+    ("answer", "pushed_start", "kept"),
+    [
+        ([LEG_A], "2021-02-09 10:33:53", ["10:33:53"]),
+        ([LEG_B], "2021-02-09 10:33:53", ["10:36:10"]),  # one record: the leg asked for
+        ([LEG_A, LEG_B], "2021-02-09 10:33:53", ["10:33:53"]),
+        ([LEG_A, LEG_B], "2021-02-09 10:36:10", ["10:36:10"]),
+        ([LEG_A, LEG_B], "2021-02-09 11:00:00", []),  # neither is the pushed leg
+        ([LEG_A, {**LEG_B, "UCID": "85710000012346"}], "2021-02-09 10:33:53",
+         ["10:33:53", "10:36:10"]),  # a leg naming its own UCID is kept under it
+    ],
+)  # fmt: skip
+def test_a_callbacks_answer_of_several_legs_keeps_the_asked_ones_only(answer, pushed_start, kept):
+    """Records without UCID all take the asked UCID: only the one that started with the pushed
+    leg is its copy, so another leg's record never lands on the asked leg's row."""
+    from cdrsync.vendors.ozonetel_lookup import asked_leg
+
+    records = [
+        normalize_callback(
+            r, account="oz", zone=IST, fetched_at=FETCHED, source="lookup", asked="85710000012345"
+        )
+        for r in answer
+    ]
+    start = dt.datetime.fromisoformat(pushed_start).replace(tzinfo=IST).astimezone(dt.UTC)
+    chosen = asked_leg(records, "85710000012345", start)
+    assert [r.started_at.astimezone(IST).strftime("%H:%M:%S") for r in chosen] == kept

@@ -536,6 +536,21 @@ PUSH = {  # a Call Disposition webhook as the documented fields describe it
 RECEIVED = dt.datetime(2026, 11, 30, 23, 4, 1, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    ("disposition", "description"),
+    [({"id": 3, "name": "Callback requested"}, "Callback requested"),
+     ({"assesment": "success"}, None), ("3", None), (None, None)],
+)  # fmt: skip
+def test_push_keeps_the_disposition_name_only_the_webhook_carries(
+    disposition: Any, description: str | None
+) -> None:
+    """The webhook's disposition name is the call's description (the CDR has only its id)."""
+    result = parse_push(
+        {**PUSH, "disposition": disposition}, account=account(), received_at=RECEIVED
+    )
+    assert result.records[0].description == description
+
+
 def test_push_gives_a_provisional_call_and_lookups() -> None:
     """A disposition shows the call at once and queues its CDR (+5 min) and record (+1 min)."""
     result = parse_push(PUSH, account=account(), received_at=RECEIVED)

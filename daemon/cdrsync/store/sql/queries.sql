@@ -27,10 +27,16 @@ CREATE TEMP TABLE IF NOT EXISTS cdrsync_calls_in (LIKE calls INCLUDING DEFAULTS)
 
 -- name: upsert_calls
 -- $1: the batch's time (first_seen_at of new rows, updated_at of changed ones).
--- A row changes only when its content differs and the copy is not older than the stored one,
--- and never to a copy from a lower-ranked source (list > lookup > push): a push or a lookup
--- has another shape than the list record, and the two would otherwise overwrite each other.
--- A higher-ranked copy always replaces a lower one.
+-- Sources rank list > lookup > push (source_rank). Each column takes the value of the best
+-- copy that has one, and no copy erases a value (merge_value): a push or a lookup has
+-- another shape than the list record, and fields only one of them carries must survive the
+-- other (VCC Live's agent name and disposition are in its webhook only, Ozonetel's
+-- AgentPhoneNumber is not in its bulk records). agent_name is the exception: a push's name
+-- comes first, because VCC Live's CDR names the agent by user id only.
+-- raw holds the best copy's record, raw_other every other source's. A row changes only when
+-- a copy brings something new: a higher source; the same source with other content and not
+-- older than the stored copy; a lower source with another record than the one kept for it,
+-- not older than that one. An unchanged re-read writes nothing.
 WITH up AS (
     INSERT INTO calls AS c (
         vendor, account, call_key, call_id, call_uuid, direction, status,
@@ -50,38 +56,67 @@ WITH up AS (
     -- stream of one account) wait for each other instead of deadlocking.
     ORDER BY vendor, account, call_key
     ON CONFLICT (vendor, account, call_key) DO UPDATE SET
-        call_id = EXCLUDED.call_id,
-        call_uuid = EXCLUDED.call_uuid,
-        direction = EXCLUDED.direction,
-        status = EXCLUDED.status,
-        started_at = EXCLUDED.started_at,
-        answered_at = EXCLUDED.answered_at,
-        ended_at = EXCLUDED.ended_at,
-        duration_s = EXCLUDED.duration_s,
-        talk_s = EXCLUDED.talk_s,
-        ring_s = EXCLUDED.ring_s,
-        agent_name = EXCLUDED.agent_name,
-        agent_number = EXCLUDED.agent_number,
-        customer_number = EXCLUDED.customer_number,
-        line_number = EXCLUDED.line_number,
-        department = EXCLUDED.department,
-        hangup_cause = EXCLUDED.hangup_cause,
-        recording_url = EXCLUDED.recording_url,
-        service = EXCLUDED.service,
-        description = EXCLUDED.description,
-        local_date = EXCLUDED.local_date,
-        raw = EXCLUDED.raw,
-        content_hash = EXCLUDED.content_hash,
-        fetched_at = EXCLUDED.fetched_at,
-        source = EXCLUDED.source,
+        call_id = merge_value(EXCLUDED.source, c.source, EXCLUDED.call_id, c.call_id),
+        call_uuid = merge_value(EXCLUDED.source, c.source, EXCLUDED.call_uuid, c.call_uuid),
+        direction = merge_value(EXCLUDED.source, c.source, EXCLUDED.direction, c.direction),
+        status = merge_value(EXCLUDED.source, c.source, EXCLUDED.status, c.status),
+        started_at = merge_value(EXCLUDED.source, c.source, EXCLUDED.started_at, c.started_at),
+        answered_at = merge_value(EXCLUDED.source, c.source, EXCLUDED.answered_at, c.answered_at),
+        ended_at = merge_value(EXCLUDED.source, c.source, EXCLUDED.ended_at, c.ended_at),
+        duration_s = merge_value(EXCLUDED.source, c.source, EXCLUDED.duration_s, c.duration_s),
+        talk_s = merge_value(EXCLUDED.source, c.source, EXCLUDED.talk_s, c.talk_s),
+        ring_s = merge_value(EXCLUDED.source, c.source, EXCLUDED.ring_s, c.ring_s),
+        agent_number = merge_value(
+            EXCLUDED.source, c.source, EXCLUDED.agent_number, c.agent_number),
+        customer_number = merge_value(
+            EXCLUDED.source, c.source, EXCLUDED.customer_number, c.customer_number),
+        line_number = merge_value(EXCLUDED.source, c.source, EXCLUDED.line_number, c.line_number),
+        department = merge_value(EXCLUDED.source, c.source, EXCLUDED.department, c.department),
+        hangup_cause = merge_value(
+            EXCLUDED.source, c.source, EXCLUDED.hangup_cause, c.hangup_cause),
+        recording_url = merge_value(
+            EXCLUDED.source, c.source, EXCLUDED.recording_url, c.recording_url),
+        service = merge_value(EXCLUDED.source, c.source, EXCLUDED.service, c.service),
+        description = merge_value(EXCLUDED.source, c.source, EXCLUDED.description, c.description),
+        local_date = merge_value(EXCLUDED.source, c.source, EXCLUDED.local_date, c.local_date),
+        agent_name = CASE
+            WHEN EXCLUDED.source = 'push' THEN coalesce(EXCLUDED.agent_name, c.agent_name)
+            WHEN c.source = 'push' OR c.raw_other ? 'push'
+                THEN coalesce(c.agent_name, EXCLUDED.agent_name)
+            ELSE coalesce(EXCLUDED.agent_name, c.agent_name)
+        END,
+        raw = CASE WHEN source_rank(EXCLUDED.source) >= source_rank(c.source)
+                   THEN EXCLUDED.raw ELSE c.raw END,
+        content_hash = CASE WHEN source_rank(EXCLUDED.source) >= source_rank(c.source)
+                            THEN EXCLUDED.content_hash ELSE c.content_hash END,
+        fetched_at = CASE WHEN source_rank(EXCLUDED.source) >= source_rank(c.source)
+                          THEN EXCLUDED.fetched_at ELSE c.fetched_at END,
+        source = CASE WHEN source_rank(EXCLUDED.source) >= source_rank(c.source)
+                      THEN EXCLUDED.source ELSE c.source END,
+        -- A higher copy moves the stored best one into raw_other; a lower one lands there.
+        raw_other = CASE
+            WHEN EXCLUDED.source = c.source THEN c.raw_other
+            WHEN source_rank(EXCLUDED.source) > source_rank(c.source)
+                THEN c.raw_other || jsonb_build_object(c.source, c.raw)
+            ELSE c.raw_other || jsonb_build_object(EXCLUDED.source, EXCLUDED.raw)
+        END,
+        fetched_other = CASE
+            WHEN EXCLUDED.source = c.source THEN c.fetched_other
+            WHEN source_rank(EXCLUDED.source) > source_rank(c.source)
+                THEN c.fetched_other || jsonb_build_object(c.source, c.fetched_at)
+            ELSE c.fetched_other || jsonb_build_object(EXCLUDED.source, EXCLUDED.fetched_at)
+        END,
         updated_at = EXCLUDED.updated_at
-    WHERE (
-        CASE EXCLUDED.source WHEN 'list' THEN 2 WHEN 'lookup' THEN 1 ELSE 0 END
-        > CASE c.source WHEN 'list' THEN 2 WHEN 'lookup' THEN 1 ELSE 0 END
-    ) OR (
+    WHERE source_rank(EXCLUDED.source) > source_rank(c.source)
+    OR (
         EXCLUDED.source = c.source
         AND c.content_hash IS DISTINCT FROM EXCLUDED.content_hash
         AND c.fetched_at <= EXCLUDED.fetched_at
+    ) OR (
+        source_rank(EXCLUDED.source) < source_rank(c.source)
+        AND c.raw_other -> EXCLUDED.source IS DISTINCT FROM EXCLUDED.raw
+        AND coalesce((c.fetched_other ->> EXCLUDED.source)::timestamptz, '-infinity')
+            <= EXCLUDED.fetched_at
     )
     RETURNING (c.xmax = 0) AS inserted
 )
