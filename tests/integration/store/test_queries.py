@@ -111,7 +111,9 @@ def grafana_sql(
     variables put in (a multi-value one as quoted, comma-separated values; a single one raw)."""
 
     def stamp(at: dt.datetime) -> str:
-        return "'" + at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") + "'"
+        # RFC 3339 with the fraction, as Grafana formats it (RFC3339Nano): cut to the second,
+        # the range would end before rows written earlier in the same second.
+        return "'" + at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") + "'"
 
     sql = re.sub(
         r"\$__timeFilter\(([^)]+)\)",
