@@ -1,4 +1,4 @@
-"""Command line: run, demo, backfill, status, check-config, migrate, simulate.
+"""Command line: run, demo, backfill, status, doctor, check-config, migrate, simulate.
 
 Exit codes: 0 done; 1 failed (the message says why); 2 bad usage; 75 temporarily impossible (try
 again later); 78 bad configuration (systemd's ``RestartPreventExitStatus=78`` keeps a broken
@@ -95,6 +95,15 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     command("check-config", "validate the configuration and print it with secrets masked")
     status = command("status", "show every stream's watermark, lag, last success and error")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor = command(
+        "doctor",
+        "probe each account with a few requests from its own rate budget: which reading of "
+        "the vendor's docs it follows, and whether the sync will work (exit 1 when not)",
+    )
+    doctor.add_argument(
+        "--account", metavar="NAME", help="only this account (default: every account)"
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     bf = command("backfill", "sync one account's calls over a date range, resumably")
     bf.add_argument("--account", required=True, help="account name from the configuration")
     bf.add_argument(
@@ -320,6 +329,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _run_async(main)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from cdrsync.app import runtime as app
+    from cdrsync.app.doctor import diagnose
+    from cdrsync.ops.diagnosis import render
+
+    settings = _load(args.config)
+    accounts = [a for a in settings.accounts if args.account in (None, a.name)]
+    if not accounts:
+        names = ", ".join(a.name for a in settings.accounts)
+        raise ConfigError(f"no account named {args.account!r} in {args.config}; it has: {names}")
+    _configure(settings, level="warning", stream=sys.stderr)
+
+    async def main(stop: asyncio.Event) -> int:
+        async with app.runtime(
+            settings, stop, own_database=False, patience=ONE_SHOT_PATIENCE
+        ) as rt:
+            if rt is None:
+                return EX_TEMPFAIL
+            now = dt.datetime.now(dt.UTC)
+            reports = [await diagnose(rt, account, now=now) for account in accounts]
+        print(render(reports, as_json=args.json))
+        return EX_FAIL if any(r.failing for r in reports) else EX_OK
+
+    return _run_async(main)
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from cdrsync.app import daemon as app
     from cdrsync.ops.status import ProgressPrinter
@@ -435,6 +470,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "check-config": cmd_check_config,
     "status": cmd_status,
+    "doctor": cmd_doctor,
     "backfill": cmd_backfill,
     "demo": cmd_demo,
     "simulate": cmd_simulate,

@@ -434,3 +434,8 @@ class AcefoneSource:
         self._token, self._token_expires = token, time.monotonic() + expires_in
         log.info("acefone.token_renewed", account=self._account.name, expires_in_s=expires_in)
         return token
+
+    async def probe_page(self, window: Window, page: int, limit: int) -> Page:
+        """One page at an explicit ``limit``, exactly as the vendor serves it: no paging rule
+        learns from it (``cdrsync doctor`` judges the answers itself)."""
+        return await self._renewing(window, page, limit)

@@ -100,6 +100,23 @@ def test_a_bad_date_names_the_expected_form(capsys: pytest.CaptureFixture[str]):
     assert "not a date in the form YYYY-MM-DD" in capsys.readouterr().err
 
 
+def test_doctor_names_the_accounts_when_asked_for_an_unknown_one(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`doctor --account` with a name not in the file exits 78 listing the names it has."""
+    config = tmp_path / "cdrsync.toml"
+    config.write_text(
+        '[daemon]\nstate_dir = "/tmp"\nhttp_listen = ""\n\n[[accounts]]\nname = "acme-in"\n'
+        'vendor = "acefone"\nbase_url = "http://127.0.0.1:9"\ntoken = "t0ken"\n'
+        'start = "2026-11-01"\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["doctor", "--config", str(config), "--account", "nope"]) == cli.EX_CONFIG
+    err = capsys.readouterr().err
+    assert "no account named 'nope'" in err
+    assert "it has: acme-in" in err
+
+
 @pytest.mark.parametrize(
     ("vendor", "readings", "options"),
     [
