@@ -177,7 +177,8 @@ async def three_vendors(dsn: str) -> AsyncIterator[tuple[int, list[Any]]]:
 # Each alert, and what its selectors mean to pick from a scrape: a predicate over a series.
 MEANT: dict[str, Callable[[str, Mapping[str, str]], bool]] = {
     "CdrsyncWatermarkLagHigh": lambda n, lab: (
-        n == "cdrsync_watermark_lag_seconds" and not lab["stream"].endswith("/history")
+        n in {"cdrsync_watermark_lag_seconds", "cdrsync_last_success_timestamp_seconds"}
+        and not lab["stream"].endswith("/history")
     ),
     "CdrsyncStreamStuck": lambda n, lab: (
         n == "cdrsync_last_success_timestamp_seconds" and not lab["stream"].endswith("/history")
