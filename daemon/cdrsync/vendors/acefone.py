@@ -25,10 +25,10 @@ import orjson
 import structlog
 
 from cdrsync import jsontext
-from cdrsync.vendors import localtime
 from cdrsync.errors import RECORD_ERRORS, AuthError, BadPageError, ParseError
 from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import CallRecord, Page, Reject, Window
+from cdrsync.vendors import localtime
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
