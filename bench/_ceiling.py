@@ -61,6 +61,7 @@ def prepare(
     by_window: dict[int, list[Row]] = {}
     for _, text in sim.iter_truth_json(t0 + 3600):
         record = normalize(orjson.loads(text), account=account, zone=tz, fetched_at=fetched_at)
+        assert record.started_at is not None, "the simulator always sends a start"
         index = int((record.started_at.timestamp() - anchor) // window_s)
         by_window.setdefault(index, []).append(record.row())
     return Batches(coalesce([by_window[k] for k in sorted(by_window)]), time.perf_counter() - began)

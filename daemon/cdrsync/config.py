@@ -147,8 +147,10 @@ VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
             options=MappingProxyType(
                 {
                     # "token": also send a generateToken JWT as Bearer (accounts whose admin
-                    # setting "API Authentication" is TOKEN); "apikey": the apiKey header only.
-                    "auth": (to_choice(("apikey", "token")), "apikey"),
+                    # setting "API Authentication" is TOKEN); "apikey": the apiKey header only;
+                    # "auto" (default, the account's setting being unknown): start with the
+                    # apiKey header, on a refusal try the token once and keep what works.
+                    "auth": (to_choice(("apikey", "token", "auto")), "auto"),
                     # The bulk API serves the last 15 days only (older dates come back empty).
                     "retention": (_POSITIVE, "15d"),
                     # The backlog stream reads whole IST days: the fewest requests at 2/min.

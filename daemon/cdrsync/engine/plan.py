@@ -159,6 +159,31 @@ def check_complete(totals: Sequence[int], received: int, *, reread_later: bool) 
     return Completeness(False, False, high, received, "distinct keys differ from count")
 
 
+def count_is_per_page(pages: Sequence[tuple[int, int]], received: int) -> bool:
+    """Whether a read's counts are the rows of each page, not the window's total: ``pages`` is
+    each page's ``(count, size)``.
+
+    Acefone documents ``count`` as "Number of records that are fetched", which allows both
+    readings. Only the per-page one lets a read receive more distinct rows than any page
+    counted, or lets every page of a read of several count exactly its own rows (a total
+    would be at least the rows of all pages together)."""
+    if not pages:
+        return False
+    if received > max(count for count, _ in pages):
+        return True
+    return len(pages) > 1 and all(count == size for count, size in pages)
+
+
+def check_paged(sizes: Sequence[int], received: int, page_size: int) -> Completeness:
+    """Judge a read whose counts are per page (see ``count_is_per_page``): a count-vs-keys check
+    means nothing then, so the window is complete when its last page came back short. Rows
+    shifted between pages while they were read (Acefone lists newest first) are seen twice,
+    never skipped, because reading goes on to a short page; ``received`` counts them once."""
+    if sizes and sizes[-1] < page_size:
+        return Completeness(True, True, received, received, "count is per page; last page short")
+    return Completeness(False, False, received, received, "count is per page; last page full")
+
+
 def audit_span(
     *,
     watermark: dt.datetime | None,

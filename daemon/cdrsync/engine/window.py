@@ -26,6 +26,8 @@ from cdrsync.engine.loop import Owner, StreamLoop
 from cdrsync.engine.plan import (
     audit_span,
     check_complete,
+    check_paged,
+    count_is_per_page,
     local_midnight_utc,
     on_grid,
     pages_for,
@@ -428,7 +430,7 @@ class WindowStream(StreamLoop):
             if verdict == "split":
                 tally.splits += 1
                 after: list[Window | _Recorded] = [*split_window(part)]
-                if self._on_grid(part):
+                if self._on_grid(part) and total is not None:
                     after.append(_Recorded(part, total))
                 pending[0:0] = after
             elif verdict == "incomplete":
@@ -441,18 +443,25 @@ class WindowStream(StreamLoop):
 
     async def _read_part(
         self, window: Window, queue: RowQueue[_Batch], tally: _Cycle
-    ) -> tuple[str, int]:
-        page_size = self._source.page_size
+    ) -> tuple[str, int | None]:
         reread_later = window.end > tally.reread_from
         for attempt in range(1 + self._max_rereads):
             first = await self._source.fetch_page(window, 1)
             tally.pages += 1
+            # Read after the first page: the source may have found the vendor's real page cap.
+            page_size = self._source.page_size
             if too_deep(first.total, page_size, self._account.max_page_depth, window):
                 return "split", first.total
             pages = await self._read_pages(window, first)
             tally.pages += len(pages) - 1
             received = rows_received([(p.size, p.keys) for p in pages])
-            verdict = check_complete([p.total for p in pages], received, reread_later=reread_later)
+            if count_is_per_page([(p.total, p.size) for p in pages], received):
+                verdict = check_paged([p.size for p in pages], received, page_size)
+                if not verdict.closes and window.seconds > 1:
+                    return "split", None  # full pages down to max_page_depth: too deep
+            else:
+                totals = [p.total for p in pages]
+                verdict = check_complete(totals, received, reread_later=reread_later)
             records = [r for p in pages for r in p.records]
             rejects = [r for p in pages for r in p.rejects]
             if verdict.closes:
@@ -509,6 +518,16 @@ class WindowStream(StreamLoop):
             if len(pages) >= wanted or (len(pages) > 1 and pages[-1].size < page_size):
                 break
             pages += await self._fetch_pages(window, range(len(pages) + 1, wanted + 1))
+        # Acefone's count may be the rows of one page, not the window's ("Number of records
+        # that are fetched"): unless some page counted more rows than it holds (a total), keep
+        # paging while pages come back full. A window of exactly one full page then costs one
+        # more (empty) page.
+        while (
+            pages[-1].size >= page_size
+            and len(pages) < depth
+            and not any(p.total > p.size for p in pages)
+        ):
+            pages.append(await self._source.fetch_page(window, len(pages) + 1))
         return pages
 
     async def _fetch_pages(self, window: Window, numbers: range) -> list[Page]:

@@ -2,7 +2,9 @@
 
 Logging: structlog to stdout, one JSON object a line off a terminal, a readable console on one;
 stdlib loggers (aiohttp, asyncpg) go through the same renderer. A processor scrubs secrets from
-every event, tracebacks included, before it is rendered.
+every event, tracebacks included, before it is rendered. Under systemd, when stdout is the
+journal's stream, each line starts with its syslog priority (``<4>`` for a warning), which
+journald strips and stores as the line's priority, so ``journalctl -p warning`` filters.
 """
 
 from __future__ import annotations
@@ -84,10 +86,57 @@ def _drop_color_message(logger: Any, method: str, event: EventDict) -> EventDict
     return event
 
 
+# sd-daemon(3): a line starting "<N>" on a stream connected to journald is stored with syslog
+# priority N (and without the prefix). CRITICAL and above share <2>.
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a stdlib log level: 3 error, 4 warning, 6 info, 7 debug."""
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return 7
+
+
+def writes_to_journal(stream: Any, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is the journal stream systemd gave this service: ``$JOURNAL_STREAM``
+    names its device and inode (systemd.exec(5)). A redirected stdout (``cdrsync status > f``
+    inside a unit) has another inode, and keeps its lines unprefixed."""
+    env = os.environ if environ is None else environ
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        stat = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no file descriptor behind it
+        return False
+    return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+
+
+class SyslogPrefix(logging.Formatter):
+    """Prefixes every line another formatter renders with ``<priority>`` for journald (each line:
+    journald reads a multi-line traceback of the console format as separate entries)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self._inner.format(record).split("\n"))
+
+
 def configure_logging(
-    *, level: str = "info", fmt: str = "auto", secrets: Iterable[str] = (), stream: Any = None
+    *,
+    level: str = "info",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: Any = None,
+    environ: Mapping[str, str] | None = None,
 ) -> None:
-    """Set up structlog and the stdlib root logger once, for the whole process."""
+    """Set up structlog and the stdlib root logger once, for the whole process (``environ``:
+    where to look for ``JOURNAL_STREAM``, by default the process's environment)."""
     SCRUBBER.add(secrets)
     out = stream or sys.stdout
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -119,7 +168,7 @@ def configure_logging(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
     )
     handler = logging.StreamHandler(out)
-    handler.setFormatter(formatter)
+    handler.setFormatter(SyslogPrefix(formatter) if writes_to_journal(out, environ) else formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

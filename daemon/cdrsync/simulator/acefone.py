@@ -18,6 +18,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -151,7 +152,7 @@ class AcefoneSimulator:
         for pos in tb.visible_positions(t):
             yield rid(tb.serials[pos], tb.vis[pos]), self._payload(pos, t)
 
-    def truth(self, at: float | None = None) -> dict[str, dict[str, object]]:
+    def truth(self, at: float | None = None) -> dict[str, dict[str, Any]]:
         """Every record visible at ``at`` (default now), id -> payload in its current version."""
         return {rid: orjson.loads(text) for rid, text in self.iter_truth_json(at)}
 
@@ -211,7 +212,12 @@ class AcefoneSimulator:
         self._materialize(t)
         lo, hi, hidden = self._table.window(first, last, t)
         count = max(hi - lo - len(hidden), 0)
-        rows = page_positions(lo, hi, hidden, (page_no - 1) * size, size)
+        # limit_cap: the other reading of the page cap, served silently (the answer still
+        # echoes the asked limit); pages are cut by the capped size.
+        served = size if self.config.limit_cap is None else min(size, self.config.limit_cap)
+        rows = page_positions(lo, hi, hidden, (page_no - 1) * served, served)
+        if self.config.count_mode == "page":
+            count = len(rows)
         self.stats.rows_served += len(rows)
         results = ",".join([self._payload(p, t) for p in rows])
         head = f'{{"count":{count},"limit":{size},"size":{len(rows)},"page":{page_no},"results":['

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 FAULT_FIELDS = {
     "fault_5xx": float,
@@ -42,6 +43,11 @@ class AcefoneSimConfig:
     fault_truncated: float = 0.0
     max_limit: int = 100
     timezone: str = "Asia/Kolkata"
+    count_mode: Literal["total", "page"] = "total"
+    """What ``count`` says: the rows matching the query ("total", the Smartflo sample's reading)
+    or the rows on this page ("page", the other reading of "records that are fetched")."""
+    limit_cap: int | None = None
+    """Serve at most this many rows a page, silently: the answer echoes the asked ``limit``."""
 
     def __post_init__(self) -> None:
         for name in ("late_fraction", "change_fraction", "malformed_fraction"):
@@ -54,6 +60,10 @@ class AcefoneSimConfig:
             raise ValueError("backlog >= 0, backlog_days > 0 and live_per_minute >= 0 required")
         if self.max_limit < 1:
             raise ValueError(f"max_limit must be at least 1, got {self.max_limit}")
+        if self.limit_cap is not None and self.limit_cap < 1:
+            raise ValueError(f"limit_cap must be None or at least 1, got {self.limit_cap}")
+        if self.count_mode not in ("total", "page"):
+            raise ValueError(f"count_mode must be 'total' or 'page', got {self.count_mode!r}")
         faults_of(self)  # the fault fields obey the same rules as set_faults()
 
 

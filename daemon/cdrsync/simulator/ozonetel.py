@@ -411,14 +411,21 @@ class OzonetelSimulator:
         page_no, size = paging
         rows = legs[(page_no - 1) * size : page_no * size] if size else legs
         self.stats.rows_served += len(rows)
-        return self._fault(
-            {
-                "status": "success",
-                "message": "Data fetched successfully",
-                "details": [bulk_record(leg) for leg in rows],
-                "totalCount": len(legs),
-            }
-        )
+        return self._fault(self._bulk_doc(legs, rows))
+
+    def _bulk_doc(self, legs: list[SimLeg], rows: list[SimLeg]) -> dict[str, Any]:
+        shape = self.config.empty_shape
+        if shape == "no_data" and not legs:
+            return {"status": "success", "message": "No Data Found"}
+        doc: dict[str, Any] = {
+            "status": "success",
+            "message": "Data fetched successfully",
+            "details": [bulk_record(leg) for leg in rows],
+            "totalCount": len(legs) if shape != "string_total" else str(len(legs)),
+        }
+        if shape == "string_total" and not legs:
+            del doc["details"]
+        return doc
 
     def _bounds(self, doc: Mapping[str, Any], t: float) -> tuple[float, float] | SimReply:
         given = doc.get("fromDate"), doc.get("toDate")

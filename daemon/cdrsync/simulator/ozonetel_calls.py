@@ -14,7 +14,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 __all__ = [
     "BULK_FIELDS",
@@ -113,12 +113,19 @@ class OzonetelSimConfig:
     push_drop: float = 0.0
     fault_5xx: float = 0.0
     fault_truncated: float = 0.0
+    empty_shape: Literal["details", "no_data", "string_total"] = "details"
+    """How a bulk answer looks: "details" (an empty window is ``details: []``, ``totalCount``
+    a number), "no_data" (an empty window is ``{"status": "success", "message": "No Data
+    Found"}``) or "string_total" (``totalCount`` a string, an empty window without
+    ``details``)."""
 
     def __post_init__(self) -> None:
         for name in ("legs_fraction", "answered_fraction", "outbound_fraction", "push_drop",
                      "fault_5xx", "fault_truncated"):  # fmt: skip
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.empty_shape not in ("details", "no_data", "string_total"):
+            raise ValueError(f"empty_shape must be details, no_data or string_total: {self!r}")
         if self.auth not in ("apikey", "token"):
             raise ValueError(f'auth must be "apikey" or "token", got {self.auth!r}')
         if self.backlog < 0 or self.backlog_days <= 0 or self.live_per_minute < 0:

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 __all__ = ["LIST_ORDERS", "Call", "VccFaults", "VccSimConfig", "VccSimulator", "VccStats"]
@@ -74,6 +74,12 @@ class VccSimConfig:
     dash_times: bool = False
     """Record detail times as "YYYY-MM-DD hh-mm-ss" (its doc table) instead of the example's
     "hh:mm:ss"."""
+    not_yet: Literal["404", "empty", "error200"] = "404"
+    """How ``GET /v2/cdr/Y/M/{uuid}`` answers a CDR it has not (yet) got: HTTP 404, a 200 with
+    an empty ``response``, or a 200 whose ``errors`` say it was not found."""
+    webhook_start_time: bool = True
+    """Whether the Call Disposition webhook carries ``call_start_time`` (its ``timestamp`` is
+    the disposition's time, not the call's)."""
 
     def __post_init__(self) -> None:
         for name in ("late_reorder", "fault_5xx", "webhook_fraction", "add_fault"):
@@ -82,6 +88,8 @@ class VccSimConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be (low, high) with 0 <= low <= high")
+        if self.not_yet not in ("404", "empty", "error200"):
+            raise ValueError(f"not_yet must be 404, empty or error200, got {self.not_yet!r}")
         if self.list_order not in LIST_ORDERS:
             raise ValueError(f"list_order must be one of {LIST_ORDERS}, got {self.list_order!r}")
         if self.backlog < 0 or self.backlog_days <= 0 or self.live_per_minute < 0:

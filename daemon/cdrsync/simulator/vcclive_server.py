@@ -199,7 +199,11 @@ async def _cdr(request: web.Request) -> web.Response:
     sim, m = request.app[_SIM_KEY], request.match_info
     cdr = sim.lookup_cdr(_int(m["year"], "year"), _int(m["month"], "month"), m["uuid"])
     if cdr is None:
-        sim.stats.cdr_404 += 1
+        sim.stats.cdr_404 += 1  # "not yet", whichever way not_yet says it
+        if sim.config.not_yet == "empty":
+            return _envelope([])
+        if sim.config.not_yet == "error200":
+            return _envelope(None, [{"code": 404, "message": "CDR not found"}])
         return _error(404, "CDR not found")
     return _envelope(cdr)
 
@@ -324,7 +328,7 @@ def disposition_payload(sim: VccSimulator, call: Call) -> dict[str, Any]:
     disposed = dt.datetime.fromtimestamp(call.dispose_at, sim.zone).replace(microsecond=0)
     source, destination = (call.customer, call.line) if call.inbound else (call.line, call.customer)
     name = AGENTS[(call.userid - 1) % len(AGENTS)]
-    return {
+    payload = {
         "uuid": call.uuid, "direction": "in" if call.inbound else "out",
         "source": source, "destination": destination,
         "call_start_time": sim.local(call.start), "create_time": disposed.strftime(FMT),
@@ -338,6 +342,9 @@ def disposition_payload(sim: VccSimulator, call: Call) -> dict[str, Any]:
         "first_outbound_call_attempt": None, "sum_attempted_calls": 1, "teamids": [1],
         "client_data": {"contacts": {"1": {"phone": call.customer}}},
     }  # fmt: skip
+    if not sim.config.webhook_start_time:
+        del payload["call_start_time"]
+    return payload
 
 
 def due_webhooks(sim: VccSimulator, at: float | None = None) -> list[tuple[str, dict[str, Any]]]:

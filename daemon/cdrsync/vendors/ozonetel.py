@@ -10,8 +10,10 @@ Vendor behaviour this answers:
 - they allow 2 requests a minute per account (fetchCdrByPagination and fetchCDRDetails share
   it) and serve the last 15 days only: older days come back empty, not as an error;
 - auth is an ``apiKey`` header; accounts whose "API Authentication" setting is TOKEN also need
-  ``Authorization: Bearer`` from generateToken, which allows 10 tokens an hour per account (so
-  every stream of an account shares one cached token) and whose token lives about 60 minutes;
+  ``Authorization: Bearer`` from generateToken (which one an account wants is not visible from
+  outside: ``auth = "auto"`` tries the other on a refusal, see ``ozonetel_client``), which
+  allows 10 tokens an hour per account (so every stream of an account shares one cached token)
+  and whose token lives about 60 minutes;
 - CDR in CallBacks (legacy, apiKey in the query, 50/min) answers by report type: "currentday"
   serves calls that started today (IST); "historical" older ones, but yesterday's calls only
   from 03:00 IST on (the data migrates between 00:00 and 03:00), and nothing past 15 days.
@@ -19,30 +21,20 @@ Vendor behaviour this answers:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
-import hashlib
-import time
-import weakref
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-import stamina
 import structlog
 
 from cdrsync import jsontext
 from cdrsync.errors import (
-    AuthError,
     ParseError,
     PermanentError,
-    RateLimited,
-    TransientError,
-    UnexpectedAnswer,
 )
-from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import (
     LookupOutcome,
     LookupRequest,
@@ -50,6 +42,7 @@ from cdrsync.model import (
     PushResult,
     Window,
 )
+from cdrsync.vendors.ozonetel_client import _Client, _pausing, forget_tokens
 from cdrsync.vendors.ozonetel_parse import (
     DIRECTIONS,
     IST,
@@ -97,10 +90,6 @@ __all__ = [
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-# Third-party code found generateToken's token valid about 60 minutes (the answer does not say):
-# renew 5 minutes before that.
-TOKEN_LIFE_S = 3600.0
-TOKEN_REFRESH_MARGIN_S = 300.0
 # Yesterday's calls are migrating to the historical database until 03:00 IST.
 MIGRATION_ENDS = dt.time(3, 0)
 
@@ -249,205 +238,7 @@ def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) 
     return PushResult(records=tuple(records), rejects=tuple(rejects), lookups=lookups)
 
 
-# ---------------------------------------------------------------------------- thin clients
-
-
-@dataclass(slots=True)
-class _TokenSlot:
-    """One account's generateToken token, shared by all its streams (10 tokens an hour)."""
-
-    token: str | None = None
-    expires: float = 0.0  # time.monotonic()
-    lock: asyncio.Lock | None = None
-    loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
-
-    def fresh(self) -> str | None:
-        if self.token is not None and time.monotonic() < self.expires - TOKEN_REFRESH_MARGIN_S:
-            return self.token
-        return None
-
-    def guard(self) -> asyncio.Lock:
-        # An asyncio.Lock belongs to one loop; tests (and restarts) bring new loops.
-        loop = asyncio.get_running_loop()
-        if self.lock is None or self.loop is None or self.loop() is not loop:
-            self.lock, self.loop = asyncio.Lock(), weakref.ref(loop)
-        return self.lock
-
-
-_TOKENS: dict[tuple[str, str, str], _TokenSlot] = {}
-
-
-def forget_tokens() -> None:
-    """Drop every cached token (tests start each simulator with a clean slate)."""
-    _TOKENS.clear()
-
-
-def _slot(account: AccountSettings, api_key: str) -> _TokenSlot:
-    # Keyed by a digest of the key too: a changed key must not reuse the old key's token.
-    tag = hashlib.blake2b(api_key.encode(), digest_size=8).hexdigest()
-    return _TOKENS.setdefault((account.base_url, account.username or "", tag), _TokenSlot())
-
-
-def _token_of(response: Response, *, endpoint: str, secrets: tuple[str, ...]) -> str:
-    doc = response.json()
-    if isinstance(doc, dict) and "status" in doc:
-        check_status(doc, endpoint=endpoint, secrets=secrets)
-    token = doc.get("token") if isinstance(doc, dict) else None
-    if not isinstance(token, str) or not token:
-        raise AuthError(
-            f"{endpoint}: generateToken answered without a token; check the account's "
-            'username, api_key and its "API Authentication" setting'
-        )
-    return token
-
-
-def _pausing(limiter: SlidingWindowLimiter, parse: Callable[[Response], T]) -> Callable[..., T]:
-    """``parse``, pausing ``limiter`` for a rate limit that arrived in a 200 body."""
-
-    def wrapped(response: Response) -> T:
-        try:
-            return parse(response)
-        except RateLimited as exc:
-            # The transport pauses only on HTTP 429; Ozonetel's "max limit exceeded" is a 200.
-            limiter.pause(exc.retry_after or 60.0)
-            raise
-
-    return wrapped
-
-
-def _retry_token(exc: Exception) -> bool:
-    """stamina's hook for generateToken: transient failures are retried, its rate limit never.
-
-    generateToken allows 10 tokens an hour: "max limit exceeded" (or a 429) means the hour's
-    budget is spent, so every retry within the hour is refused as well, spends nothing useful
-    and may keep the account locked out. Nor is an answer of an undocumented shape: it would
-    most likely come back the same, each time for one of the hour's tokens."""
-    return isinstance(exc, TransientError) and not isinstance(exc, RateLimited | UnexpectedAnswer)
-
-
-def _expired(exc: AuthError) -> bool:
-    # "Token Expired" comes as a 200 body (TokenExpired) or as HTTP 401 quoting the message.
-    text = str(exc).lower()
-    return isinstance(exc, TokenExpired) or "token expired" in text or "invalid token" in text
-
-
-class _Client:
-    """What both clients share: the account, the transport, the token and the headers."""
-
-    def __init__(
-        self,
-        account: AccountSettings,
-        transport: Transport,
-        limiters: Mapping[str, SlidingWindowLimiter],
-        stream: str,
-    ) -> None:
-        if account.username is None or account.api_key is None:
-            raise AuthError(f"account {account.name}: Ozonetel needs username and api_key")
-        self._account = account
-        self._transport = transport
-        self._limiters = limiters
-        self._stream = stream
-        self._zone = account.zone
-        self._username = account.username
-        self._api_key = account.api_key.reveal()
-        self._secrets = (self._api_key,)
-        self._timeout_s = account.request_timeout.total_seconds()
-        self._policy = RetryPolicy(attempts=account.retry_attempts)
-        self._token_mode = account.option("auth") == "token"
-        self._tokens = _slot(account, self._api_key)
-
-    def _url(self, name: str) -> str:
-        return f"{self._account.base_url}{self._account.endpoints[name]}"
-
-    async def _headers(self) -> dict[str, str]:
-        headers = {"apiKey": self._api_key, "Accept": "application/json"}
-        if self._token_mode:
-            headers["Authorization"] = f"Bearer {await self._token()}"
-        return headers
-
-    async def _with_token(self, send: Callable[[dict[str, str]], Awaitable[T]]) -> T:
-        """``send(headers)``; a "Token Expired" answer renews the token once and repeats."""
-        headers = await self._headers()
-        try:
-            return await send(headers)
-        except AuthError as exc:
-            if not _expired(exc):
-                raise
-            if not self._token_mode:
-                raise AuthError(
-                    f"account {self._account.name}: Ozonetel asks for a token; the account's "
-                    '"API Authentication" is TOKEN: set auth = "token"'
-                ) from None
-            await self._renew(headers["Authorization"].removeprefix("Bearer "))
-            return await send(await self._headers())
-
-    async def _renew(self, stale: str) -> None:
-        async with self._tokens.guard():
-            if self._tokens.token == stale:  # another stream may have renewed it already
-                self._tokens.token = None
-
-    async def _token(self) -> str:
-        slot = self._tokens
-        if (token := slot.fresh()) is not None:
-            return token
-        async with slot.guard():
-            if (token := slot.fresh()) is not None:
-                return token
-            limiter = self._limiters["token"]
-            if (left := limiter.paused_until() - time.monotonic()) > 0:
-                # Raised, not waited for inside the request: the stream backs off, logs this
-                # every cycle and still stops at once.
-                raise self._token_wait(limiter, left)
-            try:
-                token = await self._generate(limiter)
-            except RateLimited:
-                # generateToken's limit is per hour (not per minute like the others): pause for
-                # the limiter's whole period, one window in which nothing more can be granted.
-                limiter.pause(limiter.period)
-                error = self._token_wait(limiter, limiter.period)
-                log.warning(
-                    "ozonetel.token_rate_limited", account=self._account.name,
-                    pause_s=limiter.period, error=str(error),
-                )  # fmt: skip
-                raise error from None
-            slot.token, slot.expires = token, time.monotonic() + TOKEN_LIFE_S
-            log.info("ozonetel.token_renewed", account=self._account.name)
-            return token
-
-    async def _generate(self, limiter: SlidingWindowLimiter) -> str:
-        """A new token from generateToken; transient failures are retried, a rate limit not."""
-        endpoint = f"{self._account.name}/ozonetel.token"
-        policy = self._policy
-        async for attempt in stamina.retry_context(
-            on=_retry_token, attempts=policy.attempts, timeout=policy.timeout_s,
-            wait_initial=policy.wait_initial_s, wait_max=policy.wait_max_s,
-            wait_jitter=policy.wait_jitter_s,
-        ):  # fmt: skip
-            with attempt:
-                # One attempt per request: the transport would retry a rate limit too.
-                return await self._transport.request(
-                    "POST",
-                    self._url("token"),
-                    limiter=limiter,
-                    endpoint=endpoint,
-                    headers={"apiKey": self._api_key, "Accept": "application/json"},
-                    json_body=orjson.dumps({"userName": self._username}),
-                    parse=functools.partial(_token_of, endpoint=endpoint, secrets=self._secrets),
-                    timeout_s=self._timeout_s,
-                    policy=replace(policy, attempts=1),
-                )
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
-
-    def _token_wait(self, limiter: SlidingWindowLimiter, wait_s: float) -> RateLimited:
-        resume = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=wait_s)
-        return RateLimited(
-            f"{self._account.name}/ozonetel.token: generateToken refused a new token for its rate "
-            f"limit ({limiter.limit} per {limiter.period / 60:g} min); no token is asked for "
-            f"before {resume:%Y-%m-%d %H:%M:%S} UTC, so this account's bulk reports wait until "
-            "then. If this recurs, make sure nothing else generates tokens with this API key "
-            "(they share the budget) or lower rate_limits.token",
-            retry_after=wait_s,
-        )
+# ---------------------------------------------------------------------------- thin client
 
 
 class OzonetelSource(_Client):

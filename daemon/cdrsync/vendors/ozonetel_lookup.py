@@ -20,13 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cdrsync.errors import AuthError, CdrsyncError, EndpointError, PermanentError
 from cdrsync.model import CallRecord, LookupOutcome, Reject
-from cdrsync.vendors.ozonetel import (
-    LookupDecision,
-    _Client,
-    _pausing,
-    lookup_decision,
-    unsent_outcome,
-)
+from cdrsync.vendors.ozonetel import LookupDecision, lookup_decision, unsent_outcome
+from cdrsync.vendors.ozonetel_client import _Client, _pausing
 from cdrsync.vendors.ozonetel_parse import LOOKUP_KIND, parse_lookup
 
 if TYPE_CHECKING:

@@ -425,6 +425,23 @@ def _total(doc: Mapping[str, Any]) -> int:
     )
 
 
+def empty_answer(doc: Mapping[str, Any]) -> bool:
+    """Whether a success without ``details`` means an empty window.
+
+    Ozonetel answers a quiet window in more than one shape: ``details`` left out with
+    ``totalCount`` 0 (days past the horizon), ``totalCount`` as the string "0", or, as the CDR in
+    CallBacks page documents for its own empty answer, ``{"status": "success", "message": "No
+    Data Found ..."}`` with neither field. All of them are an empty window; anything else
+    without ``details`` is an answer of unknown shape."""
+    message = doc.get("message")
+    if isinstance(message, str) and "no data found" in message.lower():
+        return True
+    total = doc.get("totalCount")
+    if isinstance(total, str):
+        total = total.strip()
+    return total in (0, "0")
+
+
 def normalize_many(
     items: list[Any],
     normalize: Callable[[Any], CallRecord],
@@ -461,8 +478,8 @@ def parse_bulk_page(
     doc = _decode(body, "bulk page")
     check_status(doc, endpoint=f"{account}/ozonetel.bulk", secrets=secrets)
     details = doc.get("details")
-    if details is None and doc.get("totalCount") in (0, "0"):
-        details = []  # days past the horizon come back as an empty success
+    if details is None and empty_answer(doc):
+        return Page(0, 0, (), (), ())
     if not isinstance(details, list):
         raise UnexpectedAnswer("Ozonetel page has no details list; asking again next cycle")
     total = _total(doc)

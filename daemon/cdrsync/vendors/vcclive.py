@@ -1,15 +1,22 @@
 """VCC Live (Database API v2): day lists, per-call lookups, record events and Add record.
 
-The pure parsers live in ``vcclive_parse.py`` and are re-exported here; this module adds the
-request paths, the lookup schedule (pure) and the thin clients. Vendor behaviour answered here
+The pure parsers live in ``vcclive_parse.py`` and the webhook in ``vcclive_push.py``, both
+re-exported here; this module adds the request paths, the lookup schedule (pure) and the thin
+clients. Vendor behaviour answered here
 (vendor-notes.md, section 1):
 - HTTP Basic auth with the call-centre subdomain as user and the API token as password. The
   docs' examples put both in the URL; cdrsync sends them in the ``Authorization`` header only,
   so they can never reach a log line that names a URL;
 - ``GET /v2/cdrs/Y/M/D`` pages by ``start``/``num`` over one local day (the finest window);
-- a call's CDR is processed after the call ends: ``GET /v2/cdr/Y/M/{uuid}`` answers 404 until
-  then. VCC advises asking 5 minutes after the webhook and then every 5 minutes, 20 times in
-  all (``lookup_schedule``); a 404 before the last attempt is normal, not an error;
+- a call's CDR is processed after the call ends: ``GET /v2/cdr/Y/M/{uuid}`` answers "not yet"
+  until then. VCC advises asking 5 minutes after the webhook and then every 5 minutes, 20 times
+  in all (``lookup_schedule``); "not yet" before the last attempt is normal, not an error. How
+  it is said is undocumented: a 404, an empty ``response`` and a 200 whose ``errors`` say so
+  all mean "not yet" (never given up on the first answer);
+- the path's month is the month of the call's local start, which the Call Disposition webhook
+  carries as ``call_start_time`` (its ``timestamp`` is the disposition's time). Without it a
+  webhook on the first day of a month may be for a call of the month before: both are asked
+  (``lookup_months``);
 - ``POST /v2/projects/{p}/records`` is not idempotent: it is sent exactly once per call
   (``RetryPolicy(attempts=1)``) and the outbox decides what an unknown outcome means.
 """
@@ -17,7 +24,6 @@ request paths, the lookup schedule (pure) and the thin clients. Vendor behaviour
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -27,37 +33,28 @@ import orjson
 import structlog
 
 from cdrsync import jsontext
-from cdrsync.errors import RECORD_ERRORS, AuthError, ParseError, PermanentError
+from cdrsync.errors import RECORD_ERRORS, AuthError, PermanentError
 from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import (
     CallRecord,
     LookupItem,
     LookupOutcome,
-    LookupRequest,
     Page,
-    PushResult,
     Reject,
 )
-from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.vcclive_parse import (
-    DIRECTIONS,
     VENDOR,
+    Refused,
     _error_text,
-    agent_of,
-    as_text,
     as_whole,
-    canonical,
     normalize,
     parse_cdr,
     parse_day_page,
     parse_record_data,
     parse_record_detail,
-    parties,
-    read_stamp,
-    soft_int,
-    to_utc,
     unwrap,
 )
+from cdrsync.vendors.vcclive_push import RECORD_LOOKUP_DELAY, lookup_months, parse_push
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
@@ -68,6 +65,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
+    "RECORD_LOOKUP_DELAY",
     "VENDOR",
     "AddInDoubt",
     "VccDaySource",
@@ -76,6 +74,7 @@ __all__ = [
     "add_records_body",
     "cdr_path",
     "day_path",
+    "lookup_months",
     "lookup_schedule",
     "normalize",
     "parse_add_result",
@@ -93,9 +92,6 @@ log = structlog.get_logger(__name__)
 
 # An add is not idempotent: a transport retry after a lost answer could add the records twice.
 ADD_POLICY = RetryPolicy(attempts=1)
-RECORD_LOOKUP_DELAY = dt.timedelta(minutes=1)
-"""A record's events are fetched a minute after its disposition webhook: the event the webhook
-announces is written by then."""
 
 
 # ---------------------------------------------------------------------------- pure: paths
@@ -145,111 +141,6 @@ def lookup_schedule(
     if attempts >= max_attempts:
         return None
     return max(created_at + delay + attempts * interval, now)
-
-
-# ---------------------------------------------------------------------------- push
-
-
-def _push_start(
-    doc: Mapping[str, Any], zone: dt.tzinfo
-) -> tuple[dt.datetime | None, dt.datetime | None]:
-    """(UTC start, local start) from ``call_start_time`` (local), else ``timestamp`` (ISO)."""
-    for field in ("call_start_time", "timestamp"):
-        with contextlib.suppress(*RECORD_ERRORS):
-            stamp = read_stamp(doc.get(field), field)
-            if stamp is not None:
-                started = to_utc(stamp, field, zone)
-                return started, started.astimezone(zone)
-    return None, None
-
-
-def _disposition_name(disposition: Any) -> str | None:
-    """The disposition's name in a webhook (``disposition.name``), when it has one."""
-    return as_text(disposition.get("name")) if isinstance(disposition, Mapping) else None
-
-
-def _push_call(
-    doc: Mapping[str, Any], key: str, account: AccountSettings, received_at: dt.datetime
-) -> CallRecord:
-    """The provisional call of a webhook: visible at once, replaced by its CDR later."""
-    zone = account.zone
-    started_at, local = _push_start(doc, zone)
-    direction = DIRECTIONS.get((as_text(doc.get("direction")) or "").lower())
-    customer, line = parties(direction, as_text(doc.get("source")), as_text(doc.get("destination")))
-    raw = canonical(doc)
-    return CallRecord(
-        vendor=VENDOR,
-        account=account.name,
-        call_key=key,
-        call_id=as_text(doc.get("numberid")),
-        call_uuid=key,
-        direction=direction,
-        status=None,
-        started_at=started_at,
-        answered_at=None,
-        ended_at=None,
-        duration_s=None,
-        talk_s=None,
-        ring_s=None,
-        agent_name=as_text(doc.get("username")) or as_text(doc.get("agentName")),
-        agent_number=agent_of(soft_int(doc.get("userid"))),
-        customer_number=customer,
-        line_number=line,
-        department=as_text(doc.get("projectName")) or as_text(doc.get("projectid")),
-        hangup_cause=None,
-        recording_url=None,
-        service=None,
-        # Only the webhook names the disposition (the CDR has its id): the merge keeps it.
-        description=_disposition_name(doc.get("disposition")),
-        local_date=local.date() if local is not None else None,
-        raw=raw.decode(),
-        content_hash=digest(raw),
-        fetched_at=received_at,
-        source="push",
-    )
-
-
-def parse_push(doc: Any, *, account: AccountSettings, received_at: dt.datetime) -> PushResult:
-    """A Call Disposition webhook: a provisional call now, and lookups for its CDR and events.
-
-    The webhook is a trigger, not a CDR (it fires only when an agent or the dialer disposes a
-    call): the ``vcclive.cdr`` lookup fetches the real CDR by uuid after ``lookup_delay``, in
-    the month of the call's local start (the path takes year and month).
-    """
-    key = as_text(doc.get("uuid")) if isinstance(doc, dict) else None
-    if key is None:
-        raise ParseError("VCC Live webhook has no call uuid; it is not a Call Disposition")
-    records: tuple[CallRecord, ...] = ()
-    rejects: tuple[Reject, ...] = ()
-    try:
-        records = (_push_call(doc, key, account, received_at),)
-    except RECORD_ERRORS as exc:
-        payload = jsontext.reject_text(doc)
-        rejects = (Reject(VENDOR, account.name, "push", key, str(exc), payload, received_at),)
-    _, local = _push_start(doc, account.zone)
-    month = local or received_at.astimezone(account.zone)
-    lookups = [
-        LookupRequest(
-            kind="vcclive.cdr",
-            call_key=key,
-            context={"year": month.year, "month": month.month},
-            not_before=received_at + account.option("lookup_delay"),
-        )
-    ]
-    projectid, numberid = soft_int(doc.get("projectid")), soft_int(doc.get("numberid"))
-    if account.option("record_details") and projectid is not None and numberid is not None:
-        # Keyed by the call too: the dialer calls one record again and again, and a lookup
-        # already done for its last call would swallow the next one's (a finished lookup
-        # stays finished), whose new disposition would then never reach call_events.
-        lookups.append(
-            LookupRequest(
-                kind="vcclive.record",
-                call_key=f"{projectid}/{numberid}/{key}",
-                context={"projectid": projectid, "numberid": numberid},
-                not_before=received_at + RECORD_LOOKUP_DELAY,
-            )
-        )
-    return PushResult(records=records, rejects=rejects, lookups=tuple(lookups))
 
 
 # ---------------------------------------------------------------------------- add record
@@ -422,7 +313,7 @@ class VccDaySource(_Client):
 class VccLookups(_Client):
     """The ``vcclive.cdr`` (CDR by uuid) and ``vcclive.record`` (record events) lookups."""
 
-    kinds = ("vcclive.cdr", "vcclive.record")
+    kinds: tuple[str, ...] = ("vcclive.cdr", "vcclive.record")
 
     def limiter_group(self, kind: str) -> str:
         """``lookup`` for a CDR by uuid, ``records`` for a record's details."""
@@ -447,13 +338,24 @@ class VccLookups(_Client):
             max_attempts=option("lookup_attempts"),
         )
 
-    def _month(self, item: LookupItem) -> tuple[int, int]:
-        """(year, month) of the call's local start, from the context the push queued."""
+    def _months(self, item: LookupItem) -> list[tuple[int, int]]:
+        """The (year, month) paths to ask, from the context the push queued (``lookup_months``)."""
+        listed = item.context.get("months")
+        if isinstance(listed, list):
+            months = [
+                (y, m)
+                for entry in listed
+                if isinstance(entry, list) and len(entry) == 2
+                for y, m in [entry]
+                if isinstance(y, int) and isinstance(m, int) and 1 <= m <= 12
+            ]
+            if months:
+                return months
         year, month = item.context.get("year"), item.context.get("month")
         if isinstance(year, int) and isinstance(month, int) and 1 <= month <= 12:
-            return year, month
+            return [(year, month)]
         local = item.created_at.astimezone(self._zone)
-        return local.year, local.month
+        return [(local.year, local.month)]
 
     async def _cdr(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
         attempts = self._account.option("lookup_attempts")
@@ -462,11 +364,14 @@ class VccLookups(_Client):
             return LookupOutcome("gave_up", counted=False, note=f"no CDR after {attempts} attempts")
         if due > now:
             return LookupOutcome("retry", next_attempt_at=due, counted=False)
-        found = await self._get_cdr(*self._month(item), item.call_key)
-        if isinstance(found, Reject):  # a malformed CDR: kept in rejects, the lookup is over
-            return LookupOutcome("done", rejects=(found,))
-        if found is not None:
-            return LookupOutcome("done", records=(found,))
+        answers: list[str] = []
+        for year, month in self._months(item):
+            found = await self._get_cdr(year, month, item.call_key)
+            if isinstance(found, Reject):  # a malformed CDR: kept in rejects, the lookup is over
+                return LookupOutcome("done", rejects=(found,))
+            if isinstance(found, CallRecord):
+                return LookupOutcome("done", records=(found,))
+            answers.append(found)
         following = self._schedule(
             item, item.attempts + 1, now + self._account.option("lookup_interval")
         )
@@ -474,27 +379,36 @@ class VccLookups(_Client):
             return LookupOutcome("gave_up", note=f"no CDR after {attempts} attempts")
         # Expected for the first attempts: VCC processes (costs) a call before serving it.
         log.debug("vcclive.cdr_not_yet", account=self._account.name, attempt=item.attempts + 1)
-        return LookupOutcome("retry", next_attempt_at=following, note="CDR not processed yet (404)")
+        note = f"CDR not processed yet ({'; '.join(dict.fromkeys(answers))})"
+        return LookupOutcome("retry", next_attempt_at=following, note=note)
 
-    async def _get_cdr(self, year: int, month: int, uuid: str) -> CallRecord | Reject | None:
+    async def _get_cdr(self, year: int, month: int, uuid: str) -> CallRecord | Reject | str:
+        """The CDR, a Reject (malformed), or how VCC said "not yet"."""
         fetched_at = dt.datetime.now(dt.UTC)
 
-        def parse(response: Response) -> CallRecord | Reject | None:
+        def parse(response: Response) -> CallRecord | Reject | str:
             if response.status == 404:
-                return None  # not processed yet: VCC costs a call before it serves its CDR
+                return "404"  # not processed yet: VCC costs a call before it serves its CDR
             try:
-                return parse_cdr(
+                found = parse_cdr(
                     response.body,
                     account=self._account.name,
                     stream=self._stream,
                     zone=self._zone,
                     fetched_at=fetched_at,
                 )
+            except Refused as exc:
+                # The docs do not say how "not processed yet" is answered: a 200 whose errors
+                # say "not found" is read as that too. Any refusal of one uuid is retried on
+                # the schedule (bounded: 20 attempts) rather than given up on its first answer.
+                return f'vendor says "{exc.said}"'
+
             except RECORD_ERRORS as exc:
                 payload = response.body.decode("utf-8", errors="replace")
                 return Reject(
                     VENDOR, self._account.name, self._stream, uuid, str(exc), payload, fetched_at
                 )
+            return "empty answer" if found is None else found
 
         path = cdr_path(year, month, uuid)
         return await self._send(

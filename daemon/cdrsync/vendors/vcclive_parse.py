@@ -67,6 +67,14 @@ def _error_text(errors: Any) -> str:
     return line or "(no message)"
 
 
+class Refused(PermanentError):
+    """A VCC Live answer whose ``errors`` is filled; ``said`` is the vendor's text."""
+
+    def __init__(self, message: str, said: str) -> None:
+        super().__init__(message)
+        self.said = said
+
+
 def unwrap(body: bytes, *, endpoint: str) -> Any:
     """The ``response`` of a VCC Live answer; a non-empty ``errors`` is a ``PermanentError``.
 
@@ -86,9 +94,11 @@ def unwrap(body: bytes, *, endpoint: str) -> Any:
     errors = doc.get("errors")
     # Success is HTTP 200 with an empty `errors`; a refusal is HTTP 200 with a filled one.
     if errors:
-        raise PermanentError(
-            f'{endpoint}: VCC Live refused the request (vendor says: "{_error_text(errors)}"); '
-            "not retried, check the account, project and request"
+        said = _error_text(errors)
+        raise Refused(
+            f'{endpoint}: VCC Live refused the request (vendor says: "{said}"); '
+            "not retried, check the account, project and request",
+            said,
         )
     return doc.get("response")
 

@@ -477,7 +477,7 @@ async def test_status_after_a_run_and_migrate_on_an_empty_database(
 async def test_backfill_interrupted_then_rerun_continues_where_it_stopped(
     dsn: str, store: Store, tmp_path: Path, served: list[RunningServer]
 ) -> None:
-    """`cdrsync backfill` stopped by Ctrl-C exits 75 saying to run it again; the same command
+    """`cdrsync backfill` stopped by Ctrl-C exits 130 saying to run it again; the same command
     then resumes after the committed watermark (its first progress line is already past it)
     and finishes with the table equal to the truth."""
     sim = quiet_simulator(30_000, 4.0, seed=31)
@@ -496,7 +496,7 @@ async def test_backfill_interrupted_then_rerun_continues_where_it_stopped(
         rows = await call_count(dsn)
         second = await kids.spawn(*args, label="backfill-2")
         code2 = await second.wait(120)
-    assert code == 75, first.tail()
+    assert code == 130, first.tail()  # Ctrl-C: 130, as shells expect (not 75, "retry")
     assert "run the same command again" in "\n".join(first.stderr)
     assert mark is not None
     assert 0 < rows < len(truth)

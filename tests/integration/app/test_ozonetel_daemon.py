@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from cdrsync.app import daemon as app
 from cdrsync.config import Settings, parse
@@ -192,6 +193,57 @@ async def test_backlog_live_calls_and_pushes_end_equal_to_the_vendor(
     assert await one(dsn, "SELECT watermark FROM sync_state WHERE stream = $1", HISTORY) >= split
 
 
+@pytest.mark.parametrize("empty_shape", ["details", "no_data", "string_total"])
+async def test_every_shape_of_an_empty_window_ends_equal_to_the_vendor(
+    dsn: str, store: Store, served: list[RunningServer], empty_shape: str
+) -> None:
+    """Whether a quiet window comes back as an empty details list, as "No Data Found" without
+    details, or with a string totalCount, neither stream stalls on it: calls ends equal to the
+    simulator and the backlog stream finishes."""
+    # Few calls over the last two days, start five days back: most hours and days are empty.
+    sim = OzonetelSimulator(
+        sim_config(seed=5, backlog=25, backlog_days=2.0, live_per_minute=0.0,
+                   empty_shape=empty_shape)
+    )  # fmt: skip
+    url = await serve(served, sim)
+    settings = oz_settings(url, dsn, start=ist_days_ago(5).isoformat())
+    async with running_daemon(settings) as daemon:
+
+        async def both_streams_caught_up() -> bool:
+            kind = await one(dsn, "SELECT kind FROM sync_state WHERE stream = $1", HISTORY)
+            mark = await one(dsn, "SELECT watermark FROM sync_state WHERE stream = $1", HISTORY)
+            live = await one(
+                dsn, "SELECT watermark FROM sync_state WHERE stream = $1", f"{ACCOUNT}/list"
+            )
+            if kind is None or mark is None or live is None:
+                return False
+            split = dt.datetime.fromisoformat(kind.removeprefix("history:.."))
+            return bool(mark >= split and live >= dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+
+        caught_up = await eventually(both_streams_caught_up, timeout=40, interval=0.3)
+        diff = await converged(store, sim, timeout=10)
+        assert not daemon.done()
+    assert caught_up, await fetch(dsn, "SELECT stream, watermark, last_error FROM sync_state")
+    assert diff == {"missing": [], "extra": [], "stale": []}
+    assert len(sim.truth()) >= 25  # calls, some of several legs (one UCID each)
+
+
+@pytest.mark.parametrize("mode", ["apikey", "token"])
+async def test_an_account_of_either_auth_mode_syncs_with_the_default_auth(
+    dsn: str, store: Store, served: list[RunningServer], mode: str
+) -> None:
+    """Whether the account's "API Authentication" is BASIC_AUTH or TOKEN, the default auth
+    ("auto") finds it: calls ends equal to the simulator and the mode is logged."""
+    sim = OzonetelSimulator(sim_config(seed=6, backlog=60, live_per_minute=0.0, auth=mode))
+    url = await serve(served, sim)
+    with capture_logs() as logs:
+        async with running_daemon(oz_settings(url, dsn)) as daemon:
+            diff = await converged(store, sim, timeout=30)
+            assert not daemon.done()
+    assert diff == {"missing": [], "extra": [], "stale": []}
+    assert [e["mode"] for e in logs if e["event"] == "ozonetel.auth_mode"] == [mode]
+
+
 # ---------------------------------------------------------------------------- b. bulk budget
 
 
@@ -221,7 +273,7 @@ async def test_bulk_budget_is_never_exceeded_by_live_backlog_and_audit_together(
             counts.append(time.time())
         return handle(endpoint, api_key, auth, body, query)
 
-    sim.handle_bulk = observed  # type: ignore[method-assign]
+    sim.handle_bulk = observed  # type: ignore[method-assign,assignment]
     url = await serve(served, sim)
     # Without a lookback the live stream re-reads only the current hour, so the audit has the
     # hour before it to re-count; in the first hour of an IST day there is no such window yet.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from test_daemon_process import quiet_simulator, serve, served, start_before
+from test_daemon_process import quiet_simulator, serve, served, start_before  # type: ignore[import-not-found]  # a sibling module pytest puts on sys.path
 
 from cdrsync.simulator.server import RunningServer
 from cdrsync.store.store import Store

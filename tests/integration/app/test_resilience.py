@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import asyncpg
@@ -35,13 +35,13 @@ from support import (
     synced,
 )
 
-IN_STEP = {"missing": [], "extra": [], "stale": []}
+IN_STEP: dict[str, list[object]] = {"missing": [], "extra": [], "stale": []}
 STREAM = f"{ACCOUNT}/list"
 # Issued login tokens all start with this JWT header (simulator/acefone.py): a cheap way to
 # look for any of them in the logs.
 JWT_HEAD = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9"
 
-Logs = list[dict[str, Any]]
+Logs = list[MutableMapping[str, Any]]  # what structlog.testing.capture_logs gives
 
 
 class RecordingSimulator(AcefoneSimulator):

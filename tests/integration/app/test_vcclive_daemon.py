@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-import socket
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from cdrsync.app import daemon as app
-from cdrsync.config import Settings, parse
 from cdrsync.engine.lookup import LookupStream
 from cdrsync.engine.outbox import OutboxStream
 from cdrsync.http.transport import Transport
@@ -28,41 +27,7 @@ from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import digest
 from cdrsync.vendors.vcclive import VccLookups, VccOutbox
 from support import differences, eventually, running_daemon, sql_value
-
-ACCOUNT = "acme-eu"
-SECRET = "hook-secret-123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def vcc_settings(base_url: str, dsn: str, port: int, **account: Any) -> Settings:
-    """A VCC Live account on the simulator, with fast polling and pushes enabled."""
-    acc: dict[str, Any] = {
-        "name": ACCOUNT, "vendor": "vcclive", "base_url": base_url, "username": "sim-cc",
-        "api_key": "sim-vcc-token", "webhook_secret": SECRET,
-        "start": (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).date().isoformat(),
-        "poll_interval": "300ms", "settle": "1s", "page_size": 50,
-        "lookup_delay": "0s", "lookup_interval": "1s", "outbox_interval": "300ms",
-        "rate_limits": {"list": "100000/min", "lookup": "100000/min", "records": "100000/min"},
-        **account,
-    }  # fmt: skip
-    return parse(
-        {
-            "database": {"dsn": dsn, "schema": "cdrsync"},
-            "daemon": {
-                "state_dir": "/tmp",
-                "http_listen": f"127.0.0.1:{port}" if port else "",
-                "shutdown_grace": "5s",
-            },
-            "accounts": [acc],
-        },
-        source="<test>",
-        environ={},
-    )
+from vcclive_support import ACCOUNT, SECRET, free_port, vcc_settings
 
 
 def truth_hashes(sim: VccSimulator) -> dict[str, bytes]:
@@ -408,3 +373,69 @@ async def test_pushes_are_stored_while_the_account_restarts_and_while_the_daemon
     assert during_drain[0] == 200
     stored = await sql_value(dsn, "SELECT count(*) FROM calls WHERE source = 'push'")
     assert stored == during_restart.count(200) + during_drain.count(200)
+
+
+@pytest.mark.parametrize("start_time", [True, False])
+@pytest.mark.parametrize("not_yet", ["404", "empty", "error200"])
+async def test_webhook_lookups_at_a_months_end_end_equal_to_the_vendor(
+    dsn: str, store: Store, not_yet: str, start_time: bool
+) -> None:
+    """Calls around midnight at a month's end, known only from their webhooks: whether VCC says
+    "not yet" as a 404, an empty response or a 200 with an error, and whether the webhook
+    carries the call's start, every CDR is fetched and calls ends equal to the vendor."""
+    from cdrsync.app.streams import limiters_for
+    from cdrsync.simulator.vcclive_server import due_webhooks
+    from cdrsync.vendors.vcclive import parse_push
+
+    t0 = dt.datetime(2026, 11, 30, 22, 45, tzinfo=dt.UTC).timestamp()  # 23:45 in Budapest
+    clock = Clock(t0)
+    config = VccSimConfig(
+        seed=8, backlog=0, live_per_minute=3, webhook_fraction=1.0,
+        processing_delay_s=(200.0, 900.0), dispose_delay_s=(60.0, 600.0),
+        not_yet=not_yet, webhook_start_time=start_time,  # type: ignore[arg-type]
+    )  # fmt: skip
+    sim = VccSimulator(config, now=clock, t0=t0)
+    server = await start_vcclive_server(sim)
+    try:
+        # Record lookups off: they bring other calls of the same record, which the list
+        # would confirm; this test is about the CDR lookup alone.
+        settings = vcc_settings(
+            server.base_url, dsn, 0, lookup_delay="5m", lookup_interval="5m", record_details=False
+        )
+        account = settings.accounts[0]
+        async with Transport.open() as transport:
+            name = f"{ACCOUNT}/lookup"
+            source = VccLookups(account, transport, limiters_for(account), name)
+            stream = LookupStream(name=name, account=account, source=source, store=store,
+                                  locks=store.lock_session(), stop=asyncio.Event(),
+                                  clock=clock.utc)  # fmt: skip
+            for minute in range(150):
+                if minute == 30:
+                    sim.stop_live()  # calls from 23:45 to 00:15
+                for uuid, payload in due_webhooks(sim, clock.t):
+                    pushed = parse_push(payload, account=account, received_at=clock.utc())
+                    await store.queues.write_push(
+                        f"{ACCOUNT}/push", pushed.records, pushed.rejects, pushed.lookups,
+                        vendor="vcclive", account=ACCOUNT, now=clock.utc(),
+                    )  # fmt: skip
+                    sim.hooks_done.add(uuid)
+                await stream.cycle()
+                clock.t += 60
+    finally:
+        await server.close()
+    # Calls no agent disposed (unanswered inbound) have no webhook: only the list finds them.
+    disposed = [c for c in sim.calls() if c.dispose_at < math.inf]
+    zone = sim.zone
+    crossing = [
+        c for c in disposed
+        if dt.datetime.fromtimestamp(c.start, zone).month == 11
+        and dt.datetime.fromtimestamp(c.dispose_at, zone).month == 12
+    ]  # fmt: skip
+    assert crossing, "no call started in November and was disposed in December"
+    assert sim.hooks_done == {c.uuid for c in disposed}
+    assert sim.stats.cdr_404 > 0  # "not yet" was answered, in the shape under test
+    truth = {u: h for u, h in truth_hashes(sim).items() if u in sim.hooks_done}
+    stored = await store.call_hashes("vcclive", ACCOUNT)
+    assert len(truth) == len(disposed)
+    assert differences(truth, stored) == {"missing": [], "extra": [], "stale": []}
+    assert await sql_value(dsn, "SELECT count(*) FROM lookups WHERE state <> 'done'") == 0

@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import asyncpg
@@ -175,7 +175,7 @@ async def keys(dsn: str) -> set[str]:
     return set(await stored(dsn)) - {"<rejects>"}
 
 
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
@@ -292,7 +292,7 @@ async def test_a_failed_page_resumes_from_the_cursor(store, dsn):
     source = FakeDays()
     source.add(nov(22), 2)
     source.add(nov(23), 10)
-    failed = []
+    failed: list[object] = []
 
     async def fail_once(day: dt.date, offset: int) -> None:
         if (day, offset) == (nov(23), 6) and not failed:
@@ -608,7 +608,7 @@ async def keys_are(dsn: str, expected: set[str]) -> bool:
     return await keys(dsn) == expected
 
 
-async def has_event(logs: list[dict[str, Any]], name: str) -> bool:
+async def has_event(logs: list[MutableMapping[str, Any]], name: str) -> bool:
     return bool(events(logs, name))
 
 

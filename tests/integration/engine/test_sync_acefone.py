@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from cdrsync.app import daemon as app
+from cdrsync.app.runtime import runtime
 from cdrsync.engine.window import WindowStream
 from cdrsync.errors import StoreError
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
@@ -27,7 +28,7 @@ from support import (
     truth_hashes,
 )
 
-IN_STEP = {"missing": [], "extra": [], "stale": []}
+IN_STEP: dict[str, list[object]] = {"missing": [], "extra": [], "stale": []}
 
 
 class FakeClock:
@@ -46,7 +47,7 @@ class FakeClock:
 def drifting(clock: FakeClock):
     """A source wrapper that moves the simulator's clock by a minute right after the first page
     of the newest window: the rows due in that minute appear while the window is being read."""
-    moved = []
+    moved: list[bool] = []
 
     class Drifting:
         def __init__(self, inner):
@@ -145,7 +146,7 @@ class Clocked:
     async def cycle(self, settings, *, wrap=None) -> None:
         """Cycles of the account's stream at the fake time, until it has caught up."""
         stop = asyncio.Event()
-        async with app.runtime(settings, stop) as rt:
+        async with runtime(settings, stop) as rt:
             assert rt is not None
             stream = app.build_stream(rt, settings.accounts[0], stop, clock=self.clock.utc)
             if wrap is not None:
@@ -272,7 +273,7 @@ async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, 
 async def owned_stream(c: Clocked, settings, **options) -> AsyncIterator[WindowStream]:
     """The account's window stream at the fake time, owned by this process, for the block."""
     stop = asyncio.Event()
-    async with app.runtime(settings, stop) as rt:
+    async with runtime(settings, stop) as rt:
         assert rt is not None
         stream = app.build_stream(rt, settings.accounts[0], stop, clock=c.clock.utc, **options)
         assert await rt.locks.try_acquire(stream.name)
@@ -293,6 +294,7 @@ async def test_a_failed_write_stops_the_reader_and_the_cycle_fails(dsn, monkeypa
             with structlog.testing.capture_logs() as logs, pytest.raises(StoreError):
                 await asyncio.wait_for(stream.cycle(), 10)
             state = await stream._store.load_state(stream.name)
+            assert state is not None
     [summary] = [e for e in logs if e["event"] == "sync.cycle_partial"]
     assert summary["windows"] >= 24, "the test needs a cycle that plans many windows"
     # The window whose write failed, and what was read ahead while it failed (3 here).
@@ -340,6 +342,7 @@ async def test_an_absurd_vendor_count_costs_a_bounded_number_of_requests(dsn, st
             with structlog.testing.capture_logs() as logs:
                 await asyncio.wait_for(stream.cycle(), 30)
             state = await stream._store.load_state(stream.name)
+            assert state is not None
     planned = 48  # windows a cycle reads at most
     assert c.sim.stats.list_requests <= planned * 3 * 4  # pages x (1 read + 3 re-reads)
     assert any(e["event"] == "sync.count_implausible" for e in logs)
@@ -376,6 +379,58 @@ async def test_a_cycle_stops_reading_once_its_lock_session_is_gone(dsn, store):
             with structlog.testing.capture_logs() as logs:
                 await asyncio.wait_for(stream.cycle(), 30)
             state = await stream._store.load_state(stream.name)
+            assert state is not None
     assert any(e["event"] == "stream.lock_lost" for e in logs)
     assert stream._source.pages <= 2, stream._source.pages  # not the 24+ windows planned
     assert state.watermark is not None  # the window read before still committed
+
+
+READINGS = [("total", None), ("page", None), ("total", 20), ("page", 20)]
+
+
+@pytest.mark.parametrize(("count_mode", "limit_cap"), READINGS)
+async def test_every_reading_of_count_and_limit_ends_equal_to_the_truth(
+    dsn, store, count_mode, limit_cap
+):
+    """Whether count is the window's total or the page's rows, and whether limit is silently
+    capped, calls ends equal to the simulator: nothing missing, nothing twice."""
+    async with clocked(
+        dsn, seed=13, backlog=3000, backlog_days=1.0, late_fraction=0.0,
+        count_mode=count_mode, limit_cap=limit_cap,
+    ) as c:  # fmt: skip
+        settings = c.settings(window="1h")
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    events = [e["event"] for e in logs]
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
+    assert len(stored) > 3000 * 0.9
+    dupes = await sql_value(
+        dsn, "SELECT count(*) - count(DISTINCT (vendor, account, call_key)) FROM calls"
+    )
+    assert dupes == 0
+    assert ("acefone.count_per_page" in events) == (count_mode == "page")
+    assert events.count("acefone.count_per_page") <= 1
+    assert ("acefone.limit_capped" in events) == (limit_cap is not None)
+    assert "sync.window_incomplete" not in events
+
+
+@pytest.mark.parametrize("count_mode", ["total", "page"])
+async def test_window_audit_works_under_both_readings_of_count(dsn, store, count_mode):
+    """A call listed after the lookback is still fetched by the window audit when count is the
+    rows of one page (the audit then counts a window's rows by reading them)."""
+    async with clocked(
+        dsn, seed=21, backlog=300, backlog_days=0.05, late_fraction=0.2,
+        late_delay_s=(2000.0, 3000.0), count_mode=count_mode,
+    ) as c:  # fmt: skip
+        settings = c.settings(lookback="10m", window="30m", audit_interval="1m")
+        await c.cycle(settings)
+        c.clock.now += 3600  # the late calls are listed now, in windows an hour old
+        assert differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT))[
+            "missing"
+        ]
+        for _ in range(3):
+            await c.cycle(settings)
+            c.clock.now += 90
+        diff = differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT))
+    assert diff == IN_STEP

@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 import pytest
 import structlog
-from test_vcclive_daemon import ACCOUNT, vcc_settings
 
 from cdrsync.app.streams import limiters_for
 from cdrsync.config import AccountSettings
@@ -27,6 +26,7 @@ from cdrsync.simulator.vcclive_server import start_vcclive_server
 from cdrsync.store.queues import Queues
 from cdrsync.store.store import Store
 from cdrsync.vendors.vcclive import VccOutbox, parse_add_result
+from vcclive_support import ACCOUNT, vcc_settings
 
 PROJECT = 3
 NAME = f"{ACCOUNT}/outbox"
@@ -287,7 +287,7 @@ async def test_the_probe_reads_a_few_records_a_cycle_and_keeps_its_place(
 
 
 def failing_once(call: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    failed = []
+    failed: list[object] = []
 
     async def wrapper(*args: Any, **kwargs: Any) -> None:
         if not failed:

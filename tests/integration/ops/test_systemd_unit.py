@@ -135,3 +135,64 @@ def test_unit_carries_what_the_daemon_relies_on() -> None:
     grace = DaemonSettings().shutdown_grace.total_seconds()
     assert stop_timeout > grace, f"TimeoutStopSec={stop_timeout}s, shutdown_grace={grace}s"
     assert service["ExecStart"][-1].startswith(f"{INSTALLED_EXEC} run --config ")
+
+
+DROP_IN = UNIT.parent / "cdrsync.service.d" / "notify-reload.conf"
+NOTIFY_RELOAD_SINCE = 253  # the systemd version that introduced Type=notify-reload
+
+
+def read_drop_in() -> dict[str, list[str]]:
+    """The drop-in's [Service] keys, each with its values in order ("" for a reset)."""
+    service: dict[str, list[str]] = {}
+    for raw in DROP_IN.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            service.setdefault(key, []).append(value)
+    return service
+
+
+def systemd_version(binary: str) -> int:
+    """The major version of the installed systemd ("systemd 252 (252.38-1~deb12u1)" -> 252)."""
+    first = analyze(binary, "--version").stdout.splitlines()[0]
+    match = re.match(r"systemd (\d+)", first)
+    assert match, first
+    return int(match.group(1))
+
+
+def test_reload_waits_with_the_drop_in_and_signals_without_it() -> None:
+    """The unit (for systemd 252) reloads by SIGHUP; the drop-in for 253+ makes it
+    Type=notify-reload with the same signal and clears ExecReload=, so one `systemctl reload`
+    is one reload of the daemon, not two."""
+    service = read_unit()["Service"]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    drop_in = read_drop_in()
+    assert drop_in["Type"] == ["notify-reload"]
+    assert drop_in["ReloadSignal"] == ["SIGHUP"]  # what cli.py's `run` handles as reload
+    assert drop_in["ExecReload"] == [""]
+    assert set(drop_in) == {"Type", "ReloadSignal", "ExecReload"}, "only what the reload needs"
+
+
+def test_systemd_analyze_verify_with_the_drop_in(systemd_analyze: str, tmp_path: Path) -> None:
+    """On systemd 253+ the unit with its drop-in verifies without a warning; an older systemd
+    (Debian 12: 252) ignores exactly the two 253+ settings, which is why the README installs
+    the drop-in only on 253+."""
+    text = UNIT.read_text(encoding="utf-8")
+    real = Path(sys.prefix) / "bin" / "cdrsync"
+    copy = tmp_path / UNIT.name
+    copy.write_text(text.replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={real} "))
+    (tmp_path / DROP_IN.parent.name).mkdir()
+    (tmp_path / DROP_IN.parent.name / DROP_IN.name).write_text(DROP_IN.read_text())
+
+    result = analyze(systemd_analyze, "verify", str(copy))
+
+    output = result.stdout + result.stderr
+    complaints = [line for line in output.splitlines() if "cdrsync" in line]
+    assert result.returncode == 0, output
+    if systemd_version(systemd_analyze) >= NOTIFY_RELOAD_SINCE:
+        assert complaints == [], "\n".join(complaints)
+    else:
+        assert complaints, "an old systemd read the drop-in without noticing the new type"
+        for line in complaints:
+            assert DROP_IN.name in line, line
+            assert "notify-reload" in line or "ReloadSignal" in line, line

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -33,7 +34,7 @@ def ist(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, IST).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def start_of(payload: dict) -> float:
+def start_of(payload: dict[str, Any]) -> float:
     """A record's start instant from its IST date and time."""
     naive = dt.datetime.fromisoformat(f"{payload['date']} {payload['time']}")
     return naive.replace(tzinfo=IST).timestamp()
@@ -61,12 +62,19 @@ class Harness:
     async def records(self, first: float, last: float, page: int = 1, limit: int = 100,
                       headers: dict[str, str] | None = None) -> Reply:  # fmt: skip
         """GET /v1/call/records for [first, last] (epochs, sent as IST strings); body read."""
-        params = {"from_date": ist(first), "to_date": ist(last), "page": page, "limit": limit}
+        params: dict[str, str | int] = {
+            "from_date": ist(first),
+            "to_date": ist(last),
+            "page": page,
+            "limit": limit,
+        }
         async with self.http.get("/v1/call/records", params=params,
                                  headers=AUTH if headers is None else headers) as resp:  # fmt: skip
             return Reply(resp, await resp.read())
 
-    async def page(self, first: float, last: float, page: int = 1, limit: int = 100) -> dict:
+    async def page(
+        self, first: float, last: float, page: int = 1, limit: int = 100
+    ) -> dict[str, Any]:
         """One decoded 200 page."""
         resp = await self.records(first, last, page, limit)
         assert resp.status == 200, resp.body
@@ -75,13 +83,18 @@ class Harness:
 
 
 @pytest.fixture
-async def make() -> AsyncIterator:
+async def make() -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
     """Factory: a served simulator for a config; everything is closed after the test."""
     opened: list[tuple[RunningServer, aiohttp.ClientSession]] = []
 
     async def factory(**overrides: object) -> Harness:
         clock = Clock(float(overrides.pop("at", T0 + 3600)))  # type: ignore[arg-type]
-        settings: dict = {"backlog": 500, "backlog_days": 0.2, "live_per_minute": 0, **overrides}
+        settings: dict[str, Any] = {
+            "backlog": 500,
+            "backlog_days": 0.2,
+            "live_per_minute": 0,
+            **overrides,
+        }
         sim = AcefoneSimulator(AcefoneSimConfig(**settings), now=clock, t0=T0)
         server = await start_server(sim)
         http = aiohttp.ClientSession(base_url=server.base_url)
@@ -140,7 +153,7 @@ async def test_paging_a_still_window_returns_exactly_its_truth(make):
     """Paging a window where nothing changes yields exactly the truth's records started in it."""
     h = await make(backlog=1200, malformed_fraction=0.0)
     first, last = T0 - 3 * 3600, T0 - 1800
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for n in range(1, 100):
         body = await h.page(first, last, n, 100)
         rows += body["results"]
@@ -231,7 +244,7 @@ async def test_limit_is_clamped_and_bad_dates_are_400(make):
     h = await make()
     body = await h.page(T0 - 86400, T0, 1, 500)
     assert (body["limit"], body["size"]) == (100, 100)
-    params = {"from_date": "2024-05-02", "to_date": ist(T0)}
+    params: dict[str, str | int] = {"from_date": "2024-05-02", "to_date": ist(T0)}
     async with h.http.get("/v1/call/records", params=params, headers=AUTH) as resp:
         assert resp.status == 400
         assert (await resp.json())["success"] is False

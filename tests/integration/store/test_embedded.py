@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cdrsync.app import daemon as app
+from cdrsync.app import runtime as app
 from cdrsync.config import parse
 from cdrsync.store.embedded import EmbeddedPostgres
 

@@ -47,7 +47,8 @@ async def stack(dsn: str) -> AsyncIterator[Stack]:
     async def build(rate: str) -> SlidingWindowLimiter:
         store = await Store.connect(dsn, pool_size=2)
         stores.append(store)
-        limiters = await shared_limiters(SimpleNamespace(store=store), account(rate))
+        runtime = SimpleNamespace(store=store)  # all of a Runtime that shared_limiters reads
+        limiters = await shared_limiters(runtime, account(rate))  # type: ignore[arg-type]
         limiter = limiters["list"]
         assert limiter.scarce and limiter.gate is not None
         return limiter

@@ -46,7 +46,7 @@ NOON = dt.datetime(2026, 11, 20, 12, 0, tzinfo=IST)
 
 def ist(*args: int) -> dt.datetime:
     """An IST wall-clock time as a UTC instant."""
-    return dt.datetime(*args, tzinfo=IST).astimezone(dt.UTC)
+    return dt.datetime(*args, tzinfo=IST).astimezone(dt.UTC)  # type: ignore[misc,arg-type]  # (year, month, day, ...)
 
 
 class Clock:
@@ -148,7 +148,7 @@ async def test_pages_of_a_window_add_up_to_the_truth(served: Served, transport: 
     total = await source.count(MORNING)
     expected = in_window(sim, MORNING)
     assert total == len(expected) > source.page_size
-    records = []
+    records: list[Any] = []
     for page in range(1, total // source.page_size + 2):
         fetched = await source.fetch_page(MORNING, page)
         assert fetched.total == total and not fetched.rejects
@@ -285,10 +285,51 @@ async def test_api_key_mode_against_a_token_account_is_an_auth_error(
 ):
     """Without the Bearer a TOKEN account refuses: an AuthError, not retried."""
     sim, server = await served(auth="token")
-    source = OzonetelSource(account(server.base_url), transport, limiters(), "oz/list")
+    acc = account(server.base_url, auth="apikey")  # "auto" (the default) would try a token
+    source = OzonetelSource(acc, transport, limiters(), "oz/list")
     with pytest.raises(AuthError, match="Missing userName or apiKey"):
         await source.count(MORNING)
     assert sim.stats.requests == {"bulk": 1}
+
+
+@pytest.mark.parametrize("mode", ["apikey", "token"])
+async def test_auto_auth_finds_the_accounts_mode_and_every_stream_keeps_it(
+    served: Served, transport: Transport, mode: str
+):
+    """With auth = "auto" a BASIC_AUTH or a TOKEN account both answer; a refusal costs one
+    request once per account (not per stream or per request), and the mode that worked is
+    logged."""
+    sim, server = await served(auth=mode)
+    acc = account(server.base_url)
+    shared = limiters()
+    live = OzonetelSource(acc, transport, shared, "oz/list")
+    history = OzonetelSource(acc, transport, shared, "oz/history")
+    with capture_logs() as logs:
+        assert (await live.fetch_page(MORNING, 1)).size > 0
+        assert (await history.fetch_page(MORNING, 1)).size > 0
+        assert (await live.fetch_page(MORNING, 1)).size > 0
+    statuses = sim.stats.responses["bulk"]
+    assert (statuses.get(401, 0), statuses.get(200, 0)) == (int(mode == "token"), 3)
+    assert sim.stats.tokens_issued == int(mode == "token")
+    worked = [(e["mode"], e["refused"]) for e in logs if e["event"] == "ozonetel.auth_mode"]
+    assert worked == [(mode, "apikey" if mode == "token" else None)]
+
+
+@pytest.mark.parametrize("mode", ["apikey", "token"])
+async def test_auto_auth_refused_in_both_modes_names_the_setting(
+    served: Served, transport: Transport, mode: str
+):
+    """When neither the apiKey header nor a token is accepted, the error says so and names
+    the auth setting (and the credentials), without the key."""
+    _, server = await served(auth=mode)
+    wrong = "wrong-key-7654321"
+    acc = account(server.base_url, api_key=wrong)
+    source = OzonetelSource(acc, transport, limiters(), "oz/list")
+    with pytest.raises(AuthError, match="refused both auth modes") as caught:
+        await source.count(MORNING)
+    assert 'set auth = "apikey" or "token"' in str(caught.value)
+    assert "api_key" in str(caught.value)
+    assert wrong not in str(caught.value)
 
 
 async def test_wrong_api_key_never_reaches_errors_or_logs(served: Served, transport: Transport):

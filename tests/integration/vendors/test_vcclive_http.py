@@ -305,3 +305,27 @@ async def test_webhooks_reach_the_receiver(vcc: Vcc) -> None:
     for doc in received:
         result = parse_push(doc, account=account, received_at=vcc.clock.utc())
         assert result.records[0].call_key == doc["uuid"]
+
+
+@pytest.mark.parametrize(
+    ("not_yet", "note"),
+    [
+        ("404", "CDR not processed yet (404)"),
+        ("empty", "CDR not processed yet (empty answer)"),
+        ("error200", 'CDR not processed yet (vendor says "404: CDR not found")'),
+    ],
+)
+async def test_every_not_yet_answer_keeps_the_schedule_going(
+    vcc: Vcc, not_yet: Any, note: str
+) -> None:
+    """A 404, an empty response and a 200 with a not-found error each mean "not yet": the
+    lookup is retried 5 minutes later and given up only after the 20th attempt."""
+    vcc.sim.config = dataclasses.replace(vcc.sim.config, not_yet=not_yet)
+    lookups: VccLookups = vcc.client(VccLookups)
+    created = vcc.clock.utc() - dt.timedelta(minutes=5)
+    first = await lookups.perform(cdr_item("no-such-call", T0, 0, created), vcc.clock.utc())
+    assert (first.state, first.counted, first.note) == ("retry", True, note)
+    assert first.next_attempt_at == vcc.clock.utc() + dt.timedelta(minutes=5)
+    late = vcc.clock.utc() + dt.timedelta(hours=2)
+    last = await lookups.perform(cdr_item("no-such-call", T0, 19, created), late)
+    assert (last.state, last.note) == ("gave_up", "no CDR after 20 attempts")

@@ -692,7 +692,7 @@ def test_vendor_options_have_safe_defaults() -> None:
     """Unset vendor options take the documented defaults (the vendor's own advice where known)."""
     oz = config.parse(vendor_account("ozonetel"), source="<t>", environ={}).accounts[0]
     assert (oz.option("auth"), oz.option("retention"), oz.page_size) == (
-        "apikey", dt.timedelta(days=15), 500,
+        "auto", dt.timedelta(days=15), 500,
     )  # fmt: skip
     assert str(oz.rate_limits["bulk"]) == "2/min"
     assert oz.endpoints["lookup"] == "/CAServices/CDR/callbacks.php"
@@ -713,9 +713,19 @@ def test_vendor_options_have_safe_defaults() -> None:
         ({}, {}, ((), (), ())),
     ],
 )
-def test_reload_plan(running: dict[str, int], wanted: dict[str, int], expected: tuple) -> None:
+def test_reload_plan(
+    running: dict[str, int], wanted: dict[str, int], expected: tuple[object, ...]
+) -> None:
     """A reload starts added accounts, stops removed ones and restarts changed ones."""
     from cdrsync.app.supervisor import plan_changes
 
     changes = plan_changes(running, wanted)  # type: ignore[arg-type]
     assert (changes.added, changes.removed, changes.restarted) == expected
+
+
+def test_check_config_shows_the_ozonetel_auth_mode() -> None:
+    """check-config's rendering says which auth an Ozonetel account uses ("auto" unless set)."""
+    auto = config.parse(vendor_account("ozonetel"), source="<t>", environ={})
+    fixed = config.parse(vendor_account("ozonetel", auth="TOKEN"), source="<t>", environ={})
+    assert 'auth = "auto"' in config.render(auto)
+    assert 'auth = "token"' in config.render(fixed)

@@ -44,7 +44,7 @@ def test_what_is_not_json_is_still_refused(body):
         jsontext.loads(body)
 
 
-DEEP = [[[]]]
+DEEP: list[object] = [[[]]]
 for _ in range(400):
     DEEP = [DEEP]
 

@@ -10,6 +10,8 @@ import pytest
 from cdrsync.engine.plan import (
     audit_span,
     check_complete,
+    check_paged,
+    count_is_per_page,
     floor_to,
     local_midnight_utc,
     on_grid,
@@ -233,3 +235,40 @@ def test_plan_windows_catch_up_in_coarse_cells(watermark, now, expected):
         step=H, coarse=D,
     )  # fmt: skip
     assert [(w.start, w.end) for w in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("pages", "received", "per_page"),
+    [
+        ([], 0, False),
+        ([(0, 0)], 0, False),  # an empty window: either reading
+        ([(37, 37)], 37, False),  # one short page: either reading, the count checks out
+        ([(250, 100), (250, 100), (250, 50)], 250, False),  # a total
+        ([(100, 100), (100, 0)], 100, False),  # a total of exactly one page, then an empty one
+        ([(100, 100), (37, 37)], 137, True),  # each page counts its own rows
+        ([(100, 100), (0, 0)], 100, True),  # exactly one full page, counted per page
+        ([(100, 100), (100, 100), (5, 5)], 205, True),
+        ([(20, 20), (20, 20)], 39, True),  # a row seen on both pages (rows shifted)
+        ([(250, 100), (251, 100)], 200, False),  # a total that grew during the read
+    ],
+)
+def test_count_is_per_page_table(pages, received, per_page):
+    """Acefone's count is read as per page only when the pages prove it."""
+    assert count_is_per_page(pages, received) is per_page
+
+
+@pytest.mark.parametrize(
+    ("sizes", "received", "page_size", "closes"),
+    [
+        ([100, 37], 137, 100, True),
+        ([100, 0], 100, 100, True),
+        ([20, 20, 3], 42, 20, True),  # a row seen twice: shifted rows are not skipped rows
+        ([100, 100], 200, 100, False),  # the last page came back full: more may follow
+        ([20, 20], 40, 20, False),
+        ([], 0, 100, False),
+    ],
+)
+def test_check_paged_table(sizes, received, page_size, closes):
+    """With a per-page count a window is complete when its last page came back short."""
+    verdict = check_paged(sizes, received, page_size)
+    assert (verdict.closes, verdict.exact, verdict.received) == (closes, closes, received)

@@ -70,7 +70,7 @@ class Scripted(StreamLoop):
         self.locks = Locks(owned, stop)
         self.store = store or Store()
         super().__init__(
-            name="acme:list", account=account(), store=self.store, locks=self.locks,
+            name="acme:list", account=account(), store=self.store, locks=self.locks,  # type: ignore[arg-type]  # fakes
             stop=stop, clock=lambda: dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
             logger=structlog.get_logger(__name__), failed_event="test.cycle_failed",
             backoff=backoff,
@@ -158,7 +158,7 @@ async def test_a_finished_stream_stops_without_resting() -> None:
         stream.finished = True
         return False
 
-    stream.cycle = finish
+    stream.cycle = finish  # type: ignore[method-assign]
     await stream.run()
     assert stream.rests == []
 

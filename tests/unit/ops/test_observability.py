@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+import re
 import socket
+from pathlib import Path
 
 import pytest
 import structlog
@@ -14,6 +18,7 @@ from cdrsync.ops.observability import (
     StatusBoard,
     configure_logging,
     sd_notify,
+    syslog_priority,
     watchdog_interval,
 )
 
@@ -126,3 +131,78 @@ def test_status_line_summarizes_streams():
     board.update("a/list", ok=True, lag_s=12.0, rows=100)
     line = board.update("b/list", ok=False, lag_s=63.4, rows=5)
     assert line == "2 streams, 1 failing; max lag 63s (b/list); 105 rows written"
+
+
+def journal_stream(path):
+    """A file standing for the journal's stream, and the $JOURNAL_STREAM systemd would set."""
+    out = open(path, "w+", encoding="utf-8")  # noqa: SIM115 (closed by the caller)
+    stat = os.fstat(out.fileno())
+    return out, {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+
+
+def emit_each_level() -> None:
+    """One event per level, through structlog and through a stdlib logger (as aiohttp logs)."""
+    log = structlog.get_logger("t")
+    log.debug("e.debug")
+    log.info("e.info")
+    log.warning("e.warning")
+    log.error("e.error")
+    logging.getLogger("asyncpg").warning("stdlib warning")
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_journal_lines_carry_their_syslog_priority(tmp_path, fmt):
+    """With stdout on the journal, each line starts with its level's syslog priority (<7> debug,
+    <6> info, <4> warning, <3> error) so `journalctl -p warning` filters; JSON lines parse once
+    the prefix is stripped (journald strips it)."""
+    out, environ = journal_stream(tmp_path / "journal")
+    with out:
+        configure_logging(level="debug", fmt=fmt, stream=out, environ=environ)
+        emit_each_level()
+        lines = Path(out.name).read_text(encoding="utf-8").splitlines()
+    prefixes = [re.match(r"<(\d)>", line) for line in lines]
+    assert all(prefixes), lines
+    assert [int(m.group(1)) for m in prefixes if m] == [7, 6, 4, 3, 4]
+    if fmt == "json":
+        events = [json.loads(line[3:]) for line in lines]
+        assert [(e["event"], e["level"]) for e in events] == [
+            ("e.debug", "debug"), ("e.info", "info"), ("e.warning", "warning"),
+            ("e.error", "error"), ("stdlib warning", "warning"),
+        ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize(
+    "journal",
+    [
+        None,  # not under systemd
+        "elsewhere",  # under systemd, but stdout redirected to a file (`cdrsync status > f`)
+    ],
+)
+def test_no_prefix_off_the_journal(tmp_path, journal):
+    """Without $JOURNAL_STREAM, or when it names another stream, lines are unchanged JSON."""
+    out = open(tmp_path / "log", "w+", encoding="utf-8")  # noqa: SIM115
+    environ = {}
+    if journal == "elsewhere":
+        other, environ = journal_stream(tmp_path / "journal")
+        other.close()
+    with out:
+        configure_logging(level="debug", fmt="json", stream=out, environ=environ)
+        emit_each_level()
+        lines = Path(out.name).read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["level"] for line in lines] == [
+        "debug", "info", "warning", "error", "warning",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("levelno", "priority"),
+    [
+        (logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4), (logging.ERROR, 3),
+        (logging.CRITICAL, 2), (logging.INFO + 5, 6), (logging.NOTSET, 7),
+    ],
+)  # fmt: skip
+def test_syslog_priority_table(levelno, priority):
+    """Python log levels map onto the syslog priorities journald understands."""
+    assert syslog_priority(levelno) == priority

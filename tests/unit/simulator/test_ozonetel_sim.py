@@ -35,7 +35,7 @@ class Clock:
 
 def at(*args: int) -> float:
     """Epoch seconds of an IST wall-clock time."""
-    return dt.datetime(*args, tzinfo=IST).timestamp()
+    return dt.datetime(*args, tzinfo=IST).timestamp()  # type: ignore[misc,arg-type]  # (year, month, day, ...)
 
 
 def make(clock: Clock | None = None, **config: Any) -> tuple[OzonetelSimulator, Clock]:
@@ -468,3 +468,23 @@ def test_faults_break_responses():
     assert cut.status == 200 and isinstance(cut.body, bytes)
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(cut.body)
+
+
+@pytest.mark.parametrize(
+    ("shape", "empty", "busy_total"),
+    [
+        ("details", {"status": "success", "message": "Data fetched successfully", "details": [],
+                     "totalCount": 0}, int),
+        ("no_data", {"status": "success", "message": "No Data Found"}, int),
+        ("string_total", {"status": "success", "message": "Data fetched successfully",
+                          "totalCount": "0"}, str),
+    ],
+)  # fmt: skip
+def test_empty_shape_serves_each_reading_of_an_empty_window(shape, empty, busy_total):
+    """empty_shape picks how a quiet window is answered; a busy one keeps its details."""
+    sim, _ = make(backlog=200, backlog_days=40.0, empty_shape=shape)
+    old = ist(T0 - 30 * 86400)[:10]  # past the horizon: nothing served
+    assert bulk(sim, f"{old} 00:00:00", f"{old} 23:59:59").body == empty
+    today = ist(T0)[:10]
+    busy = bulk(sim, f"{today} 00:00:00", ist(T0)).body
+    assert busy["details"] and isinstance(busy["totalCount"], busy_total)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -47,14 +48,16 @@ def end_of(payload: dict[str, object]) -> float:
     return dt.datetime.fromisoformat(str(payload["end_stamp"])).replace(tzinfo=IST).timestamp()
 
 
-def page(sim: AcefoneSimulator, first: str, last: str, page_no: int = 1, limit: int = 100) -> dict:
+def page(
+    sim: AcefoneSimulator, first: str, last: str, page_no: int = 1, limit: int = 100
+) -> dict[str, Any]:
     """One decoded page of the list endpoint."""
     return json.loads(sim.list_page(first, last, str(page_no), str(limit)))
 
 
-def all_pages(sim: AcefoneSimulator, first: str, last: str) -> list[dict]:
+def all_pages(sim: AcefoneSimulator, first: str, last: str) -> list[dict[str, Any]]:
     """Every row of a window, paging until a short page."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for n in range(1, 10_000):
         body = page(sim, first, last, n)
         rows += body["results"]
@@ -219,7 +222,7 @@ def test_window_bounds_are_inclusive_ist_start_times():
     utc = [
         dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") for t in (T0 - 3600, T0)
     ]
-    assert page(sim, *utc)["count"] == 0
+    assert page(sim, utc[0], utc[1])["count"] == 0
 
 
 def test_pages_are_newest_first_then_id_descending():
@@ -331,3 +334,28 @@ def test_construction_of_a_large_backlog_is_compact():
     assert len(table) == 200_000
     assert size / len(table) < 64
     assert list(table.starts) == sorted(table.starts)
+
+
+@pytest.mark.parametrize(
+    ("count_mode", "limit_cap", "sizes"),
+    [
+        ("total", None, [100, 100, 100]),
+        ("page", None, [100, 100, 100]),
+        ("total", 20, [20, 20, 20]),
+        ("page", 20, [20, 20, 20]),
+    ],
+)
+def test_count_mode_and_limit_cap_serve_the_other_readings(count_mode, limit_cap, sizes):
+    """count_mode="page" counts the page's rows; limit_cap serves fewer rows than asked while
+    echoing the asked limit; pages still tile the window without gap or overlap."""
+    sim = make(Clock(T0 + 3600), backlog=500, count_mode=count_mode, limit_cap=limit_cap)
+    window = ist(T0 - 86400), ist(T0)
+    bodies = [page(sim, *window, n, 100) for n in (1, 2, 3)]
+    plain = make(Clock(T0 + 3600), backlog=500)
+    listed = [r["id"] for n in (1, 2, 3) for r in page(plain, *window, n, 100)["results"]]
+    assert [b["size"] for b in bodies] == sizes
+    assert {b["limit"] for b in bodies} == {100}
+    counts = [b["count"] for b in bodies]
+    assert counts == (sizes if count_mode == "page" else [page(plain, *window)["count"]] * 3)
+    # The capped pages are the first rows of the plain listing, in order: no gap, no overlap.
+    assert [r["id"] for b in bodies for r in b["results"]] == listed[: sum(sizes)]

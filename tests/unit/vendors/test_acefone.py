@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from typing import Any
 
 import orjson
 import pytest
 
 from cdrsync.errors import BadPageError, ParseError
-from cdrsync.model import Window
+from cdrsync.model import CallRecord, Window
 from cdrsync.vendors.acefone import normalize, parse_page, window_params
 
 IST = zoneinfo.ZoneInfo("Asia/Kolkata")
@@ -40,7 +41,7 @@ SAMPLE = {  # the vendor documentation's sample record, trimmed to what normaliz
 }
 
 
-def norm(record: dict) -> object:
+def norm(record: dict[str, Any]) -> CallRecord:
     return normalize(record, account="acme-in", zone=IST, fetched_at=FETCHED)
 
 
@@ -108,7 +109,7 @@ def test_lenient_values_table(patch, field, value):
     assert getattr(norm({**SAMPLE, **patch}), field) == value
 
 
-def page(results: list, count: object = None) -> bytes:
+def page(results: list[object], count: object = None) -> bytes:
     return orjson.dumps(
         {
             "count": len(results) if count is None else count,

@@ -20,6 +20,7 @@ from cdrsync.vendors.vcclive import (
     add_records_body,
     cdr_path,
     day_path,
+    lookup_months,
     lookup_schedule,
     normalize,
     parse_add_result,
@@ -325,7 +326,8 @@ def test_day_page_without_rows_or_count_is_bad(body: bytes) -> None:
 
 def test_empty_day_as_php_empty_array() -> None:
     """An empty response ([] from PHP, or null) is an empty day, not an error."""
-    for response in ([], None):
+    responses: tuple[list[object] | None, ...] = ([], None)
+    for response in responses:
         page = parse_day_page(
             envelope(response), account="cc-hu", stream="s", zone=BUD, fetched_at=FETCHED
         )
@@ -633,7 +635,10 @@ def test_push_with_nul_still_queues_the_lookup() -> None:
 
 def test_add_records_body_is_an_array() -> None:
     """Many records go in one JSON array, in order."""
-    payloads = [{"form": {"name": "Peter"}}, {"form": {"name": "Rachel"}, "phone_field": "phone4"}]
+    payloads: list[dict[str, Any]] = [
+        {"form": {"name": "Peter"}},
+        {"form": {"name": "Rachel"}, "phone_field": "phone4"},
+    ]
     assert orjson.loads(add_records_body(payloads)) == payloads
 
 
@@ -731,3 +736,46 @@ def test_a_row_nested_too_deeply_costs_one_row_not_the_stream() -> None:
     page = parse_day_page(body, account="cc-hu", stream="s1", zone=BUD, fetched_at=FETCHED)
     assert [r.call_key for r in page.rejects] == ["deep"]
     assert [r.call_key for r in page.records] == [DOC_CDR["uuid"]]
+
+
+_RECEIVED = dt.datetime(2026, 12, 1, 0, 20, tzinfo=dt.UTC)  # 01:20 on Dec 1 in Budapest
+
+
+@pytest.mark.parametrize(
+    ("doc", "received", "context"),
+    [
+        # The call's start decides, whenever the webhook carries it.
+        (
+            {"call_start_time": "2026-11-30 23:58:00", "timestamp": "2026-12-01T00:04:00+01:00"},
+            _RECEIVED,
+            {"year": 2026, "month": 11},
+        ),
+        ({"call_start_time": "2026-12-01 00:01:00"}, _RECEIVED, {"year": 2026, "month": 12}),
+        # Without it, on a month's first day: the event's month, then the month before.
+        (
+            {"timestamp": "2026-12-01T00:04:00+01:00"},
+            _RECEIVED,
+            {"year": 2026, "month": 12, "months": [[2026, 12], [2026, 11]]},
+        ),
+        ({}, _RECEIVED, {"year": 2026, "month": 12, "months": [[2026, 12], [2026, 11]]}),
+        (
+            {"timestamp": "2027-01-01T00:30:00+01:00"},
+            _RECEIVED,
+            {"year": 2027, "month": 1, "months": [[2027, 1], [2026, 12]]},
+        ),
+        # ... and later in the month only the event's month.
+        (
+            {"timestamp": "2026-12-02T09:00:00+01:00"},
+            _RECEIVED,
+            {"year": 2026, "month": 12, "months": [[2026, 12]]},
+        ),
+        (
+            {"call_start_time": "garbage"},
+            dt.datetime(2026, 12, 15, tzinfo=dt.UTC),
+            {"year": 2026, "month": 12, "months": [[2026, 12]]},
+        ),
+    ],
+)
+def test_lookup_months_table(doc, received, context):
+    """A webhook's CDR is looked up in its call's month; unknown near a month's start, both."""
+    assert lookup_months(doc, BUD, received) == context

@@ -1,0 +1,100 @@
+"""What Type=notify-reload (systemd 253+, systemd/cdrsync.service.d/notify-reload.conf) needs of
+the daemon, over a real NOTIFY_SOCKET: each SIGHUP answered by RELOADING=1 with the
+MONOTONIC_USEC= of that moment, then READY=1 once the file is applied or refused, so that
+`systemctl reload` returns when the reload is over and never hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from pathlib import Path
+
+from test_daemon_process import (  # type: ignore[import-not-found]  # a sibling pytest puts on sys.path
+    quiet_simulator,
+    serve,
+    served,
+    start_before,
+)
+
+from cdrsync.simulator.server import RunningServer
+from process_support import Child, account_table, children, write_config
+
+__all__ = ["served"]  # the fixture, imported for the test below
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's: every line the daemon sends, in order."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.lines: list[str] = []
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.lines.extend(self._sock.recv(4096).decode().splitlines())
+            except BlockingIOError:
+                return
+
+    async def after(self, start: int, line: str, *, within: float, child: Child) -> int | None:
+        """The index of the first ``line`` at or after index ``start``, waiting up to
+        ``within`` seconds (None if it did not come or the daemon exited)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and child.running:
+            self._drain()
+            if line in self.lines[start:]:
+                return self.lines.index(line, start)
+            await asyncio.sleep(0.05)
+        return None
+
+
+def now_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, the clock MONOTONIC_USEC= is read from."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+async def test_each_sighup_is_framed_by_reloading_and_ready(
+    dsn: str, tmp_path: Path, served: list[RunningServer]
+) -> None:
+    """SIGHUP: RELOADING=1 with a MONOTONIC_USEC= taken after the signal, then READY=1 once the
+    file is applied; a refused file is framed the same way (the old one keeps running)."""
+    url = await serve(served, quiet_simulator(200, 0.5, seed=43))
+    path = tmp_path / "cdrsync.toml"
+    first = account_table(url, start=start_before(0.5), name="acc-a")
+    write_config(path, dsn, [first])
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.setblocking(False)
+        notify = NotifySocket(sock)
+        async with children(tmp_path) as kids:
+            child = await kids.daemon(path, env={"NOTIFY_SOCKET": address})
+            assert await notify.after(0, "READY=1", within=60, child=child) is not None, (
+                child.tail()
+            )
+            frames = []
+            for change in ("add an account", "break the file"):
+                if change == "add an account":
+                    second = account_table(url, start=start_before(0.5), name="acc-b")
+                    write_config(path, dsn, [first, second])
+                else:
+                    path.write_text(path.read_text().replace('"acc-b"', '"ACC B!"'))
+                start = len(notify.lines)
+                before = now_usec()
+                child.proc.send_signal(signal.SIGHUP)
+                reloading = await notify.after(start, "RELOADING=1", within=30, child=child)
+                assert reloading is not None, child.tail()
+                ready = await notify.after(reloading, "READY=1", within=30, child=child)
+                assert ready is not None, child.tail()
+                frames.append((before, notify.lines[reloading:ready], now_usec()))
+            assert await child.terminate(15) == 0, child.tail()
+    assert child.named("config.reloaded", added=["acc-b"]), child.tail()
+    assert child.named("config.reload_refused"), child.tail()
+    for before, lines, after in frames:
+        stamps = [
+            int(line.split("=", 1)[1]) for line in lines if line.startswith("MONOTONIC_USEC=")
+        ]
+        assert len(stamps) == 1, lines
+        assert before <= stamps[0] <= after, (before, stamps, after)
