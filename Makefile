@@ -56,7 +56,7 @@ typecheck: $(STAMP)
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
 ## the backfill benchmark against the store's ceiling, a plain COPY and dlt (about 25 minutes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
@@ -87,7 +88,7 @@ class Postgres:
         finally:
             await conn.close()
 
-    async def fetchval(self, database: str, sql: str, *args: object) -> object:
+    async def fetchval(self, database: str, sql: str, *args: object) -> Any:
         """One value of ``sql`` on ``database``."""
         conn = await asyncpg.connect(self.dsn(database))
         try:

@@ -27,9 +27,10 @@ import sys
 import tempfile
 import time
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import _ceiling
 import _queries
@@ -38,7 +39,7 @@ from _postgres import SCHEMA, WRITTEN_SINCE_SQL, Postgres
 from _verdict import Peer, Result, report
 
 ACCOUNT, ZONE, WINDOW_S = "bench", "Asia/Kolkata", 3600
-Writer = Callable[[str, str, _ceiling.Batches], Awaitable[float]]
+Writer = Callable[[str, str, _ceiling.Batches], Coroutine[Any, Any, float]]
 PEER_SCRIPT = Path(__file__).resolve().parent / "_peer.py"
 
 
@@ -130,8 +131,8 @@ def e2e_phase(
     began = asyncio.run(pg.fetchval(database, "SELECT clock_timestamp()"))
     lsn = asyncio.run(pg.fetchval(database, "SELECT pg_current_wal_lsn()"))
     reread, _ = backfill_run(pg, sim, command, work / f"reread-{records}", records)
-    written = int(asyncio.run(pg.fetchval(database, WRITTEN_SINCE_SQL, began)))  # type: ignore[arg-type]
-    wal = float(asyncio.run(pg.fetchval(database, "SELECT pg_current_wal_lsn() - $1::pg_lsn", lsn)))  # type: ignore[arg-type]
+    written = int(asyncio.run(pg.fetchval(database, WRITTEN_SINCE_SQL, began)))
+    wal = float(asyncio.run(pg.fetchval(database, "SELECT pg_current_wal_lsn() - $1::pg_lsn", lsn)))
     print(
         f"  (b') the same backfill again, unchanged: {records / reread.wall_s:,.0f} rows/s "
         f"({reread.wall_s:.1f} s, {run.wall_s / reread.wall_s:.1f}x faster); rows written "
