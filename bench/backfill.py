@@ -86,7 +86,7 @@ def timed_write(
 
 
 def backfill_run(
-    pg: Postgres, sim: Simulator, command: list[str], logs: Path, records: int
+    pg: Postgres, sim: Simulator, command: list[str], logs: Path, records: int, *, label: str
 ) -> tuple[ChildRun, dict[str, float]]:
     """Run ``cdrsync backfill`` once; the run and the CPU seconds of every process."""
     cpu0 = (sim.cpu_seconds(), pg.cpu_seconds())
@@ -98,7 +98,7 @@ def backfill_run(
     }
     busy = sum(cpu.values()) / run.wall_s
     print(
-        "      CPU s: "
+        f"  {label} CPU s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
         + f" (of 2 cores, {busy:.2f} busy on average); cdrsync "
         f"{run.cpu_s / records * 1e6:.1f} us per row"
@@ -117,7 +117,7 @@ def e2e_phase(
     write_config(config, dsn=dsn, base_url=sim.wait_ready(), since=since, state=work)
     command = [sys.executable, "-m", "cdrsync", "backfill", "--config", str(config)]
     command += ["--account", ACCOUNT, "--since", since.isoformat(), "--until", until.isoformat()]
-    run, _ = backfill_run(pg, sim, command, work / f"backfill-{records}", records)
+    run, _ = backfill_run(pg, sim, command, work / f"backfill-{records}", records, label="(b)")
     stored = asyncio.run(pg.count(database))
     print(
         f"  (b) cdrsync backfill: {records / run.wall_s:,.0f} rows/s ({run.wall_s:.1f} s wall, "
@@ -130,7 +130,7 @@ def e2e_phase(
     asyncio.run(pg.forget_backfills(database))
     began = asyncio.run(pg.fetchval(database, "SELECT clock_timestamp()"))
     lsn = asyncio.run(pg.fetchval(database, "SELECT pg_current_wal_lsn()"))
-    reread, _ = backfill_run(pg, sim, command, work / f"reread-{records}", records)
+    reread, _ = backfill_run(pg, sim, command, work / f"reread-{records}", records, label="(b')")
     written = int(asyncio.run(pg.fetchval(database, WRITTEN_SINCE_SQL, began)))
     wal = float(asyncio.run(pg.fetchval(database, "SELECT pg_current_wal_lsn() - $1::pg_lsn", lsn)))
     print(
