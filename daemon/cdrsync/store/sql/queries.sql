@@ -51,15 +51,7 @@ WITH up AS (
         agent_name, agent_number, customer_number, line_number, department,
         hangup_cause, recording_url, service, description, local_date,
         raw, content_hash, fetched_at, source, $1::timestamptz, $1::timestamptz
-    FROM cdrsync_calls_in AS t
-    -- A copy the row already holds (same source, same content) is left out before the insert:
-    -- ON CONFLICT would skip its update, but only after locking the row, which writes WAL (and
-    -- a full page image per page after a checkpoint): 1.8 GB for an unchanged re-read of 1M.
-    WHERE NOT EXISTS (
-        SELECT 1 FROM calls AS s
-        WHERE s.vendor = t.vendor AND s.account = t.account AND s.call_key = t.call_key
-          AND s.source = t.source AND s.content_hash = t.content_hash
-    )
+    FROM cdrsync_calls_in
     -- Rows are locked in key order, so two batches sharing keys (a webhook and a list
     -- stream of one account) wait for each other instead of deadlocking.
     ORDER BY vendor, account, call_key
