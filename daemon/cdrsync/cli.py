@@ -303,6 +303,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from cdrsync.app import runtime as app
+    from cdrsync.app.members import to_member
+    from cdrsync.engine.balance import live
     from cdrsync.ops.status import render_status
 
     settings = _load(args.config)
@@ -320,9 +322,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
             today = await rt.store.rows_since(midnight)
             depths = await rt.store.queues.depths()
+            rows, db_now = await rt.store.instances()
+            owners = await rt.store.holders()
+        everyone = [to_member(row) for row in rows]
+        instances = live(everyone, db_now, settings.daemon.instance_timeout)
         text, failing = render_status(
-            states, settings, now=now, as_json=args.json, today=today, depths=depths
-        )
+            states, settings, now=now, as_json=args.json, today=today, depths=depths,
+            owners=owners, instances=instances,
+        )  # fmt: skip
         print(text)
         return EX_FAIL if failing else EX_OK
 
@@ -342,8 +349,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _configure(settings, level="warning", stream=sys.stderr)
 
     async def main(stop: asyncio.Event) -> int:
+        # sessions: the daemon would refuse a per-transaction pooler; say so here first.
         async with app.runtime(
-            settings, stop, own_database=False, patience=ONE_SHOT_PATIENCE
+            settings, stop, own_database=False, patience=ONE_SHOT_PATIENCE, sessions=True
         ) as rt:
             if rt is None:
                 return EX_TEMPFAIL

@@ -262,6 +262,9 @@ class DaemonSettings:
     log_level: str = "info"
     log_format: str = "auto"
     shutdown_grace: dt.timedelta = dt.timedelta(seconds=8)
+    instance_timeout: dt.timedelta = dt.timedelta(seconds=20)
+    """A daemon whose heartbeat is this old is dead or hung: the others take its streams. It
+    beats every quarter of this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +452,11 @@ def _daemon(t: _Table) -> DaemonSettings:
         log_level=t.get("log_level", to_choice(LOG_LEVELS), default.log_level),
         log_format=t.get("log_format", to_choice(LOG_FORMATS), default.log_format),
         shutdown_grace=t.get("shutdown_grace", to_duration(), default.shutdown_grace),
+        instance_timeout=t.get(
+            "instance_timeout",
+            to_duration(positive=True),
+            default.instance_timeout,
+        ),
     )
     t.reject_unknown(f.name for f in dataclasses.fields(DaemonSettings))
     return result

@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from cdrsync import __version__
+from cdrsync.app.members import BalancedLocks
 from cdrsync.app.runtime import Runtime, runtime
 from cdrsync.app.streams import limiters_for, shared_limiters, stream_name
 from cdrsync.app.supervisor import Supervisor, enabled
@@ -149,7 +150,7 @@ async def run(
     When ``reload`` is set (SIGHUP), ``reloader`` reads the file again and the accounts are
     brought in line with it; a file with errors is refused and the running ones carry on."""
     async with contextlib.AsyncExitStack() as stack:
-        rt = await stack.enter_async_context(runtime(settings, stop))
+        rt = await stack.enter_async_context(runtime(settings, stop, balanced=True))
         if rt is None:
             return
         board = StatusBoard()
@@ -163,6 +164,10 @@ async def run(
 
         grace = settings.daemon.shutdown_grace.total_seconds()
         sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace)
+        if isinstance(rt.locks, BalancedLocks):
+            # Registered first, so it runs last: the heartbeat goes on while streams drain,
+            # then the row is deleted once their locks are given back.
+            sup.watch(await _join(rt.locks, stack))
         stack.push_async_callback(sup.stop_all)
         for account in enabled(settings).values():
             await sup.start(account)
@@ -181,6 +186,23 @@ async def run(
             sd_notify("STOPPING=1")
             await sup.stop_all()
             log.info("daemon.stopped")
+
+
+async def _join(locks: BalancedLocks, stack: contextlib.AsyncExitStack) -> asyncio.Task[None]:
+    """Beat in the background from now on (the task); on the way out stop beating and leave."""
+    quit_beating = asyncio.Event()
+    beating = asyncio.create_task(locks.run(quit_beating), name="heartbeat")
+
+    async def leave() -> None:
+        quit_beating.set()
+        # A crashed heartbeat already stopped the daemon (Supervisor.watch): leave anyway.
+        await asyncio.gather(beating, return_exceptions=True)
+        await locks.leave()
+        log.info("instance.left", instance=locks.me.id)
+
+    stack.push_async_callback(leave)
+    log.info("instance.joined", instance=locks.me.id)
+    return beating
 
 
 async def _serve(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from cdrsync.engine.plan import retry_delay
 from cdrsync.errors import StoreError
 from cdrsync.http.transport import Transport
 from cdrsync.ops.metrics import Metrics
+from cdrsync.store.pooler import check_session_pooling
 from cdrsync.store.store import Store, StreamLocks
 
 if TYPE_CHECKING:
@@ -61,15 +63,24 @@ async def database_dsn(
 
 
 async def connect_store(
-    settings: Settings, dsn: str, stop: asyncio.Event, *, patience: float | None = None
+    settings: Settings,
+    dsn: str,
+    stop: asyncio.Event,
+    *,
+    patience: float | None = None,
+    sessions: bool = False,
 ) -> Store | None:
     """Connect and migrate, retrying while PostgreSQL is unreachable; None if stopped first,
     or once ``patience`` seconds have gone by (one-shot commands: a monitoring check must fail,
-    exit 75, not hang while the database is down)."""
+    exit 75, not hang while the database is down). ``sessions`` (the daemon, whose stream
+    locks are session advisory locks): refuse a pooler that hands sessions out per
+    transaction, before anything runs through it."""
     failures = 0
     give_up = None if patience is None else time.monotonic() + patience
     while not stop.is_set():
         try:
+            if sessions:
+                await check_session_pooling(dsn, settings.database.schema)
             store = await Store.connect(
                 dsn, schema=settings.database.schema, pool_size=settings.database.pool_size
             )
@@ -107,19 +118,32 @@ async def runtime(
     *,
     own_database: bool = True,
     patience: float | None = None,
+    balanced: bool = False,
+    sessions: bool = False,
 ) -> AsyncIterator[Runtime | None]:
     """Open the database, the HTTP client and the lock session; None if stopped while waiting
-    (or after ``patience`` seconds without a database)."""
+    (or after ``patience`` seconds without a database). ``balanced`` (the daemon): the lock
+    session shares the streams out with the other daemons on the database; it and
+    ``sessions`` (``doctor``) refuse a pooler that hands sessions out per transaction."""
     async with contextlib.AsyncExitStack() as stack:
         dsn = await database_dsn(settings, stack, own_database=own_database)
-        store = await connect_store(settings, dsn, stop, patience=patience)
+        store = await connect_store(
+            settings, dsn, stop, patience=patience, sessions=balanced or sessions
+        )
         if store is None:
             yield None
             return
         stack.push_async_callback(store.close)
-        locks = store.lock_session()
-        stack.push_async_callback(locks.close)
         metrics = Metrics()
+        locks = store.lock_session()
+        if balanced:
+            from cdrsync.app.members import BalancedLocks, this_instance
+
+            locks = BalancedLocks(
+                dsn, me=this_instance(dt.datetime.now(dt.UTC)),
+                timeout=settings.daemon.instance_timeout, metrics=metrics, schema=store.schema,
+            )  # fmt: skip
+        stack.push_async_callback(locks.close)
         transport = await stack.enter_async_context(
             Transport.open(user_agent=f"cdrsync/{__version__}", observer=metrics)
         )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from cdrsync.app.members import BalancedLocks
 from cdrsync.app.streams import bounded_stream, build_account
 from cdrsync.errors import StoreError
 
@@ -104,6 +105,8 @@ class Supervisor:
             self._rt, account, stop, clock=self._clock, on_cycle=self._on_cycle
         )
         running = _Running(account, stop, wake=list(built.wake), limiters=built.limiters)
+        if isinstance(self._rt.locks, BalancedLocks):
+            self._rt.locks.offer(stream.name for stream in built.streams)
         for stream in built.streams:
             self._spawn(running, stream.run(), stream.name)
         self._running[account.name] = running
@@ -156,6 +159,11 @@ class Supervisor:
             running.backfills.discard(stream.name)
             return
 
+    def watch(self, task: asyncio.Task[None]) -> None:
+        """A task the daemon cannot do without (the heartbeat): its crash stops the daemon
+        loudly, like a stream's."""
+        task.add_done_callback(self._died)
+
     def _died(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
@@ -176,6 +184,8 @@ class Supervisor:
             self.accounts.pop(name, None)
         if running is None:
             return
+        if forget and isinstance(self._rt.locks, BalancedLocks):
+            self._rt.locks.withdraw(task.get_name() for task in running.tasks)
         running.stop.set()
         if running.tasks:
             _, pending = await asyncio.wait(running.tasks, timeout=self._grace)

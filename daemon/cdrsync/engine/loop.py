@@ -30,13 +30,31 @@ PERMANENT_CAP = 600.0
 
 
 class Owner(Protocol):
-    """What a stream needs of the lock session (``cdrsync.store.lock.StreamLocks``)."""
+    """What a stream needs of the lock session (``cdrsync.store.lock.StreamLocks``, or
+    ``cdrsync.app.members.BalancedLocks`` when daemons share the streams out)."""
 
     @property
     def held(self) -> frozenset[str]: ...
 
+    @property
+    def retry_s(self) -> float:
+        """How soon a stream this process should run, but another holds, asks again."""
+        ...
+
     async def alive(self) -> bool: ...
     async def try_acquire(self, stream: str) -> bool: ...
+    async def release(self, stream: str) -> None: ...
+
+    def keeps(self, stream: str) -> bool:
+        """Whether this process should run ``stream`` (hold it, or take it when free)."""
+        ...
+
+    def changes(self) -> asyncio.Event:
+        """Set when ``keeps`` changes for some stream (a daemon joined, left or died)."""
+        ...
+
+    async def settle(self) -> None:
+        """Return once ``keeps`` can be trusted (the balance knows this process's streams)."""
 
 
 def poll_backoff(exc: CdrsyncError, failures: int, poll: float) -> float:
@@ -87,6 +105,7 @@ class StreamLoop(abc.ABC):
         self._wake = asyncio.Event()
         self._log = logger.bind(vendor=account.vendor, account=account.name, stream=name)
         self._owned_logged: bool | None = None
+        self._balance: asyncio.Event | None = None
         self.finished = False
         """True once a bounded stream has read all it was asked to (never for the others)."""
 
@@ -110,12 +129,18 @@ class StreamLoop(abc.ABC):
         consecutive failures so far. A CdrsyncError is logged and recorded, not raised; any
         other exception is a bug and ends the loop."""
         delay = self._poll_delay()
+        # Taken before deciding: a rebalance while this turn runs then ends the sleep after it.
+        self._balance = self._locks.changes()
         try:
             if await self._own():
                 more = await self.cycle()
                 failures = 0
                 # Inside the try: a stream's idle wait may ask the store, which can fail too.
                 delay = 0.0 if more else await self._idle_delay(delay)
+            elif self._locks.keeps(self.name):
+                # Ours by the balance, but another instance still holds it: it gives it up at
+                # its next window boundary, so ask again soon rather than a poll from now.
+                delay = min(delay, self._locks.retry_s)
         except CdrsyncError as exc:
             failures += 1
             delay = self._backoff(exc, failures, delay)
@@ -135,8 +160,18 @@ class StreamLoop(abc.ABC):
             await self._store.record_cycle(self.name, now=self._clock(), error=str(exc))
 
     async def _own(self) -> bool:
-        """Whether this process owns the stream (one owner per stream across instances)."""
-        if not await self._locks.alive() or self.name not in self._locks.held:
+        """Whether this process owns the stream (one owner per stream across instances).
+
+        Called between cycles only: a stream the balance gives to another instance is handed
+        over here, after the last cycle committed, never in the middle of one."""
+        await self._locks.settle()
+        if not self._locks.keeps(self.name):
+            if self.name in self._locks.held:
+                # Logged first: no cycle of this stream runs here after this line.
+                self._log.info("stream.handed_over")
+                await self._locks.release(self.name)
+            owned = False
+        elif not await self._locks.alive() or self.name not in self._locks.held:
             owned = await self._locks.try_acquire(self.name)
         else:
             owned = True
@@ -150,6 +185,11 @@ class StreamLoop(abc.ABC):
         up: whether the lock session still answers. A session ended on the server (an admin,
         a failover) loses every lock, and another instance may have taken the stream: this
         cycle then stops reading (what was read still commits) and the next turn asks again."""
+        if not self._locks.keeps(self.name):
+            # Another instance joined (or came back) and this stream is its share now: what
+            # was read still commits, and the next turn hands the stream over.
+            self._log.info("stream.handing_over")
+            return False
         if await self._locks.alive():
             return True
         self._log.warning(
@@ -162,15 +202,34 @@ class StreamLoop(abc.ABC):
 
     async def _sleep(self, delay: float, *, wakeable: bool) -> None:
         """Wait ``delay`` seconds, less if the stop event is set (or, if ``wakeable``, a push
-        wakes the stream). The wake event is left as it is: clearing it is the caller's call."""
-        waits = {asyncio.ensure_future(self._stop.wait())}
-        if wakeable:
-            waits.add(asyncio.ensure_future(self._wake.wait()))
-        try:
-            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+        wakes the stream, or the stream is to be handed over or taken over). The wake event is
+        left as it is: clearing it is the caller's call."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while True:
+            moved, self._balance = self._balance or self._locks.changes(), None
+            waits = {
+                asyncio.ensure_future(self._stop.wait()),
+                asyncio.ensure_future(moved.wait()),
+            }
+            if wakeable:
+                waits.add(asyncio.ensure_future(self._wake.wait()))
+            try:
+                await asyncio.wait(
+                    waits, timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+            if not moved.is_set() or self._stop.is_set() or (wakeable and self._wake.is_set()):
+                return
+            if loop.time() >= deadline or self._ownership_moved():
+                return
+
+    def _ownership_moved(self) -> bool:
+        """Whether this stream is held but no longer ours, or ours but not held yet."""
+        return (self.name in self._locks.held) != self._locks.keeps(self.name)
 
     # ------------------------------------------------------------------ hooks
 

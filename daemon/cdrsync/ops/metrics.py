@@ -95,6 +95,25 @@ class Metrics:
             ["vendor", "account", "queue", "state"], registry=r,
         )  # fmt: skip
 
+        self.instance_streams = Gauge(
+            "cdrsync_instance_streams",
+            "Streams per live instance sharing the database: held (locks at its last "
+            "heartbeat) and assigned (its share by the balance).",
+            ["instance", "host", "pid", "state"], registry=r,
+        )  # fmt: skip
+        self.instances_live = Gauge(
+            "cdrsync_instances_live", "Live cdrsync daemons sharing this database.", registry=r
+        )
+
+    def set_instances(self, instances: list[tuple[str, str, int, int, int]]) -> None:
+        """The live instances at the last heartbeat: (id, host, pid, held, assigned) each. An
+        instance gone since is cleared with the rest."""
+        self.instance_streams.clear()
+        self.instances_live.set(len(instances))
+        for instance, host, pid, held, assigned in instances:
+            self.instance_streams.labels(instance, host, str(pid), "held").set(held)
+            self.instance_streams.labels(instance, host, str(pid), "assigned").set(assigned)
+
     def on_push(self, account: str, status: str) -> None:
         """A push was answered with ``status``."""
         self.pushes.labels(account, status).inc()

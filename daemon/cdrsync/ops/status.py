@@ -18,6 +18,8 @@ from cdrsync.model import StreamState
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings, Settings
+    from cdrsync.engine.balance import Member
+    from cdrsync.store.members import Holder
 
 
 def is_active(settings: Settings, account: str) -> bool:
@@ -143,22 +145,31 @@ def render_status(
     as_json: bool = False,
     today: Mapping[tuple[str, str], int] | None = None,
     depths: Depths | None = None,
+    owners: Mapping[str, Holder] | None = None,
+    instances: Sequence[Member] = (),
 ) -> tuple[str, bool]:
     """The status report and whether any stream is failing or lagging (exit code 1).
 
     ``today``: calls first stored since midnight UTC, per (vendor, account); ``depths``: the
-    lookup and outbox queues (the QUEUE column: rows waiting, and of them in doubt)."""
+    lookup and outbox queues (the QUEUE column: rows waiting, and of them in doubt);
+    ``owners``: who holds each stream's lock now (the OWNER column); ``instances``: the live
+    daemons on the database, listed below the table."""
     today = today or {}
+    owners = owners or {}
     rows = [assess(s, settings, now, today.get((s.vendor, s.account), 0), depths) for s in states]
+    for row in rows:
+        row["owner"] = _owner_json(owners.get(row["stream"]))
     unhealthy = any(
         r["health"] in ("failing", "lagging") for r in rows if r["kind"] in ("list", *_QUEUE_OF)
     )
     if as_json:
-        return orjson.dumps({"streams": rows}, option=orjson.OPT_INDENT_2).decode(), unhealthy
+        live = [_instance_json(m, now) for m in instances]
+        data = {"streams": rows, "instances": live}
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode(), unhealthy
     if not rows:
         return "no streams yet: run `cdrsync run` first", False
     header = (
-        "STREAM", "VENDOR", "HEALTH", "WATERMARK", "LAG", "LAST SUCCESS", "TODAY", "ROWS",
+        "STREAM", "VENDOR", "OWNER", "HEALTH", "WATERMARK", "LAG", "LAST SUCCESS", "TODAY", "ROWS",
         "QUEUE", "LAST ERROR",
     )  # fmt: skip
     table = [header]
@@ -167,6 +178,7 @@ def render_status(
             (
                 row["stream"],
                 row["vendor"],
+                _owner_text(owners.get(row["stream"])),
                 row["health"],
                 state.watermark.strftime("%Y-%m-%d %H:%M:%SZ") if state.watermark else "-",
                 f"{row['lag_s']}s" if row["lag_s"] is not None else "-",
@@ -181,7 +193,41 @@ def render_status(
     lines = [
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
     ]
+    if instances:
+        lines += ["", f"{len(instances)} live instance(s):"]
+        lines += [
+            f"  {m.host} pid {m.pid}, started {m.started.strftime('%Y-%m-%d %H:%M:%SZ')}, "
+            f"heartbeat {_ago(m.heartbeat, now)}, {m.owned} stream(s) held"
+            for m in instances
+        ]
     return "\n".join(lines), unhealthy
+
+
+def _owner_text(holder: Holder | None) -> str:
+    """``host:pid`` of the daemon holding the stream; "-" when nobody does."""
+    if holder is None:
+        return "-"
+    if holder.id is None:
+        return "another process"  # cdrsync backfill, or a daemon of an older version
+    return f"{holder.host}:{holder.pid}"
+
+
+def _owner_json(holder: Holder | None) -> dict[str, Any] | None:
+    if holder is None:
+        return None
+    started = holder.started.isoformat() if holder.started else None
+    return {"instance": holder.id, "host": holder.host, "pid": holder.pid, "started": started}
+
+
+def _instance_json(member: Member, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "instance": member.id,
+        "host": member.host,
+        "pid": member.pid,
+        "started": member.started.isoformat(),
+        "heartbeat_age_s": round((now - member.heartbeat).total_seconds(), 1),
+        "streams_held": member.owned,
+    }
 
 
 def _queue_text(queue: Mapping[str, int] | None) -> str:

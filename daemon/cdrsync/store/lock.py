@@ -10,15 +10,25 @@ connection is lost ``held`` empties at once, and the next ``try_acquire`` reconn
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
 from cdrsync.store.queries import QUERIES, server_settings, translate
 
+T = TypeVar("T")
+
 
 class StreamLocks:
-    """The stream locks this process holds, on one dedicated PostgreSQL session."""
+    """The stream locks this process holds, on one dedicated PostgreSQL session.
+
+    Alone it is first come, first served: a stream runs in whichever process takes its lock
+    first. ``cdrsync.app.members.BalancedLocks`` shares the streams out between daemons."""
+
+    retry_s: float = math.inf
+    """How soon a stream this process should run, but another holds, asks again (at most)."""
 
     def __init__(
         self,
@@ -37,6 +47,7 @@ class StreamLocks:
         self._held: set[str] = set()
         # asyncpg runs one operation at a time per connection; streams ask concurrently.
         self._mutex = asyncio.Lock()
+        self._never = asyncio.Event()
 
     @property
     def held(self) -> frozenset[str]:
@@ -44,6 +55,17 @@ class StreamLocks:
         if self._conn is not None and self._conn.is_closed():
             self._held.clear()
         return frozenset(self._held)
+
+    def keeps(self, stream: str) -> bool:
+        """Whether this process should run ``stream`` (hold it, or take it when free)."""
+        return True
+
+    async def settle(self) -> None:
+        """Return once ``keeps`` can be trusted (at once, here)."""
+
+    def changes(self) -> asyncio.Event:
+        """Set when which streams this process should run changes (never, here)."""
+        return self._never
 
     async def open(self) -> None:
         """Connect the lock session (``try_acquire`` also connects on demand)."""
@@ -100,6 +122,24 @@ class StreamLocks:
                 await self._drop()
                 return False
             return True
+
+    async def on_session(
+        self, what: str, work: Callable[[Any], Awaitable[T]], *, limit: float | None = None
+    ) -> T:
+        """Run ``work(connection)`` on the lock session (connected if need be); ``what`` names
+        it in the error. An error the server answers leaves the session as it is; any other
+        failure, or no answer within ``limit`` seconds (a network cut: the streams' probes wait
+        for this session too), drops it, and every lock with it."""
+        async with self._mutex:
+            with translate(what, self._dsn):
+                try:
+                    await self._ensure()
+                    return await asyncio.wait_for(work(self._conn), limit)
+                except asyncpg.PostgresError:
+                    raise
+                except BaseException:
+                    await self._drop()
+                    raise
 
     async def close(self) -> None:
         """Release every lock by ending the session."""

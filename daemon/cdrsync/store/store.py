@@ -24,7 +24,9 @@ import asyncpg
 
 from cdrsync.errors import StoreError
 from cdrsync.model import CallRecord, Reject, StreamState, Window, WriteResult
+from cdrsync.store import members
 from cdrsync.store.lock import StreamLocks
+from cdrsync.store.members import Holder
 from cdrsync.store.queries import (
     ADVANCE_STATE_SQL,
     CREATE_TEMP_SQL,
@@ -295,6 +297,18 @@ class Store:
     def queues(self) -> Queues:
         """The lookup queue and the VCC Live outbox on this store's pool."""
         return Queues(self._pool, self._dsn)
+
+    async def instances(self) -> tuple[list[Any], dt.datetime]:
+        """Every row of table ``instances`` (the daemons) and the database's now."""
+        with translate("read the running instances (table instances)", self._dsn):
+            async with self._pool.acquire() as conn:
+                return await members.registered(conn)
+
+    async def holders(self) -> dict[str, Holder]:
+        """Stream -> the session (daemon) holding its lock now."""
+        with translate("read who holds the stream locks (pg_locks)", self._dsn):
+            async with self._pool.acquire() as conn:
+                return await members.holders(conn, self.schema)
 
     def lock_session(self) -> StreamLocks:
         """A new, unopened holder of this process's stream locks (its own connection)."""

@@ -443,11 +443,13 @@ async def test_status_after_a_run_and_migrate_on_an_empty_database(
         ecode, eout, eerr = await kids.command("status", "--config", str(empty_cfg), "--json")
         mcode, mout, merr = await kids.command("migrate", "--config", str(empty_cfg))
     assert diff == IN_STEP
-    assert (ecode, json.loads(eout)) == (0, {"streams": []}), eout + eerr
+    assert (ecode, json.loads(eout)) == (0, {"streams": [], "instances": []}), eout + eerr
     assert code == 0, out + err
     header, *rows = out.splitlines()
-    assert header.split()[:4] == ["STREAM", "VENDOR", "HEALTH", "WATERMARK"], out
-    assert any(row.split()[:3] == [STREAM, "acefone", "ok"] for row in rows), out
+    assert header.split()[:5] == ["STREAM", "VENDOR", "OWNER", "HEALTH", "WATERMARK"], out
+    # Stopped, the daemon holds nothing and has left: no owner, no live instance listed.
+    assert any(row.split()[:4] == [STREAM, "acefone", "-", "ok"] for row in rows), out
+    assert "live instance" not in out, out
     assert jcode == 0, jout + jerr
     streams = {s["stream"]: s for s in json.loads(jout)["streams"]}
     mark = await watermark(dsn)
@@ -521,11 +523,13 @@ async def _has_rows(dsn: str) -> bool:
 async def test_demo_runs_and_ends_equal_to_the_simulator(tmp_path: Path) -> None:
     """`cdrsync demo` (the README's first command) starts its own PostgreSQL and simulator,
     syncs, and ends by reporting the table equal to the simulator's truth, exit 0."""
+    # No --state-dir: the demo's own temporary directory, as the README's command uses. Under
+    # tmp_path the server's user (as root) is locked out whenever another pytest run resets
+    # /tmp/pytest-of-root to 0700.
     async with children(tmp_path) as kids:
         code, out, err = await kids.command(
-            "demo", "--duration", "4", "--records", "400", "--state-dir", str(tmp_path / "demo"),
-            within=110,
-        )  # fmt: skip
+            "demo", "--duration", "4", "--records", "400", within=110
+        )
     assert code == 0, out[-2000:] + err[-2000:]
     assert "demo: OK" in out
     assert "missing 0, extra 0, stale 0" in out

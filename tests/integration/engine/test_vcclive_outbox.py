@@ -360,6 +360,20 @@ class HalfDeadLocks:
         self._held = frozenset()  # the probe finds out: every lock is lost
         return False
 
+    retry_s = float("inf")  # one instance: nothing is shared out
+
+    def keeps(self, stream: str) -> bool:
+        return True
+
+    def changes(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    async def settle(self) -> None:
+        return None
+
+    async def release(self, stream: str) -> None:
+        self._held = self._held - {stream}
+
     async def try_acquire(self, stream: str) -> bool:
         # As StreamLocks: a lock listed on an open connection is taken as held, no round trip;
         # asked again, the server says another instance has it.

@@ -38,6 +38,20 @@ class Locks:
     async def alive(self) -> bool:
         return True
 
+    retry_s = float("inf")  # one instance: nothing is shared out
+
+    def keeps(self, stream: str) -> bool:
+        return True
+
+    def changes(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    async def settle(self) -> None:
+        return None
+
+    async def release(self, stream: str) -> None:
+        self.held = self.held - {stream}
+
     async def try_acquire(self, stream: str) -> bool:
         got = self.answers.pop(0) if self.answers is not None else True
         if self.answers == []:
@@ -174,3 +188,108 @@ async def test_sleep_ends_on_stop_and_on_a_push_only_when_wakeable(wakeable: boo
     stream._stop.set()
     await asyncio.wait_for(sleep, 1.0)
     assert stream._wake.is_set()
+
+
+class Balanced(Locks):
+    """A lock session that shares the streams out: ``kept`` says whether this instance should
+    run the stream, ``moved`` is set when that changes, and releases are recorded."""
+
+    retry_s = 1.5
+
+    def __init__(self, answers: list[bool] | None, stop: asyncio.Event) -> None:
+        super().__init__(answers, stop)
+        self.kept = True
+        self.moved = asyncio.Event()
+        self.released: list[str] = []
+
+    def keeps(self, stream: str) -> bool:
+        return self.kept
+
+    def changes(self) -> asyncio.Event:
+        return self.moved
+
+    def rebalance(self, kept: bool) -> None:
+        """As a heartbeat does: the event of this balance is set, the next one is fresh."""
+        self.kept = kept
+        moved, self.moved = self.moved, asyncio.Event()
+        moved.set()
+
+    async def release(self, stream: str) -> None:
+        self.released.append(stream)
+        self.held = self.held - {stream}
+        self.stop.set()
+
+
+def balanced_stream(
+    outcomes: list[bool | CdrsyncError], owned: list[bool] | None
+) -> tuple[Scripted, Balanced]:
+    stream = Scripted(outcomes)
+    locks = Balanced(owned, stream._stop)
+    stream.locks = stream._locks = locks
+    return stream, locks
+
+
+async def test_a_stream_given_to_another_instance_is_released_between_cycles() -> None:
+    """When the balance gives a held stream away, the next turn releases its lock (after the
+    cycle that committed) and runs no cycle of it any more."""
+    stream, locks = balanced_stream([False, False], None)
+    cycles: list[frozenset[str]] = []
+
+    async def cycle() -> bool:
+        cycles.append(locks.held)
+        locks.kept = False  # another instance joined during this cycle
+        return False
+
+    stream.cycle = cycle  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        await stream.run()
+
+    assert cycles == [frozenset({"acme:list"})]
+    assert locks.released == ["acme:list"]
+    assert [e["event"] for e in logs] == [
+        "stream.owned", "stream.handed_over", "stream.owned_elsewhere",
+    ]  # fmt: skip
+    assert stream.rests == [(POLL, 0), (POLL, 0)]
+
+
+async def test_a_stream_ours_by_the_balance_but_still_held_elsewhere_asks_again_each_beat() -> None:
+    """Until the old owner lets go, the new one retries every heartbeat, not every poll."""
+    stream, _ = balanced_stream([False], [False, False, True])
+    await stream.run()
+    assert stream.rests[:2] == [(1.5, 0), (1.5, 0)]
+
+
+async def test_a_cycle_between_windows_stops_reading_once_the_stream_is_given_away() -> None:
+    """Between windows, a stream given to another instance stops reading (what was read still
+    commits) without asking the lock session."""
+    stream, locks = balanced_stream([False], None)
+    assert await stream._still_owned()
+    locks.kept = False
+    with structlog.testing.capture_logs() as logs:
+        assert not await stream._still_owned()
+    assert [e["event"] for e in logs] == ["stream.handing_over"]
+
+
+@pytest.mark.parametrize(
+    ("held", "kept_after", "wakes"),
+    [
+        (True, False, True),  # given away: hand it over now
+        (False, True, True),  # given to us: take it now
+        (True, True, False),  # still ours: sleep on
+        (False, False, False),  # still another's: sleep on
+    ],
+)
+async def test_sleep_ends_when_the_balance_moves_this_stream(
+    held: bool, kept_after: bool, wakes: bool
+) -> None:
+    """A rebalance cuts the sleep short only for a stream whose owner it changes."""
+    stream, locks = balanced_stream([False], None)
+    locks.held = frozenset({"acme:list"}) if held else frozenset()
+    locks.kept = held
+    stream._balance = locks.changes()  # as the turn before the sleep takes it
+    sleep = asyncio.ensure_future(StreamLoop._sleep(stream, 3600.0, wakeable=False))
+    locks.rebalance(kept_after)  # may come before the sleep even starts
+    await asyncio.wait({sleep}, timeout=0.05 if not wakes else 10.0)
+    assert sleep.done() is wakes
+    stream._stop.set()
+    await asyncio.wait_for(sleep, 10.0)

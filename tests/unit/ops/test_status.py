@@ -6,11 +6,14 @@ import datetime as dt
 import io
 
 import orjson
+import pytest
 
 from cdrsync.config import parse
+from cdrsync.engine.balance import Member
 from cdrsync.engine.window import Progress
 from cdrsync.model import StreamState
 from cdrsync.ops.status import ProgressPrinter, render_status
+from cdrsync.store.members import Holder
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 SETTINGS = parse(
@@ -149,3 +152,55 @@ def test_streams_of_removed_or_disabled_accounts_are_shown_but_not_judged():
     assert "inactive" in text and not unhealthy
     text, unhealthy = render_status([state(last_error="x", last_error_at=NOW)], disabled, now=NOW)
     assert "inactive" in text and not unhealthy
+
+
+HOLDER_STARTED = NOW - dt.timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    ("holder", "column", "as_json"),
+    [
+        (None, "-", None),
+        (
+            Holder("db1:41:x", "db1", 41, HOLDER_STARTED),
+            "db1:41",
+            {
+                "instance": "db1:41:x",
+                "host": "db1",
+                "pid": 41,
+                "started": HOLDER_STARTED.isoformat(),
+            },
+        ),
+        (
+            Holder(None, None, None, None),
+            "another process",
+            {"instance": None, "host": None, "pid": None, "started": None},
+        ),
+    ],
+)
+def test_owner_of_each_stream_in_table_and_json(holder, column, as_json):
+    """The OWNER column names the daemon (host:pid) holding the stream's lock; --json in full."""
+    owners = {"acme-in/list": holder} if holder else {}
+    text, _ = render_status([state()], SETTINGS, now=NOW, owners=owners)
+    header, row = text.splitlines()
+    assert row[header.index("OWNER") : header.index("HEALTH")].strip() == column
+    data, _ = render_status([state()], SETTINGS, now=NOW, owners=owners, as_json=True)
+    assert orjson.loads(data)["streams"][0]["owner"] == as_json
+
+
+def test_live_instances_are_listed_below_the_table_and_in_json():
+    """Each live daemon shows host, pid, start, heartbeat age and the streams it holds."""
+    member = Member(
+        id="db1:41:x", host="db1", pid=41, started=HOLDER_STARTED, streams=frozenset(),
+        heartbeat=NOW - dt.timedelta(seconds=3), owned=10,
+    )  # fmt: skip
+    text, _ = render_status([state()], SETTINGS, now=NOW, instances=[member])
+    assert text.splitlines()[-2:] == [
+        "1 live instance(s):",
+        "  db1 pid 41, started 2026-11-23 10:00:00Z, heartbeat 3s ago, 10 stream(s) held",
+    ]
+    data, _ = render_status([state()], SETTINGS, now=NOW, instances=[member], as_json=True)
+    assert orjson.loads(data)["instances"] == [
+        {"instance": "db1:41:x", "host": "db1", "pid": 41, "started": HOLDER_STARTED.isoformat(),
+         "heartbeat_age_s": 3.0, "streams_held": 10}
+    ]  # fmt: skip

@@ -458,3 +458,50 @@ ORDER BY granted_at;
 
 -- name: prune_grants
 DELETE FROM rate_grants WHERE granted_at < $1;
+
+-- name: instance_beat
+-- An instance's heartbeat, on its lock session (whose backend the others may end if it hangs).
+INSERT INTO instances AS i (id, host, pid, started, heartbeat, lock_pid, lock_started, streams,
+                            owned)
+SELECT $1, $2, $3, $4, now(), pg_backend_pid(), a.backend_start, $5, $6
+FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()
+ON CONFLICT (id) DO UPDATE SET
+    heartbeat = now(), lock_pid = EXCLUDED.lock_pid, lock_started = EXCLUDED.lock_started,
+    streams = EXCLUDED.streams, owned = EXCLUDED.owned;
+
+-- name: instances
+-- Every registered instance, its heartbeat's age on the database's clock, and whether its lock
+-- session is still connected (a killed process's session ends with its socket).
+SELECT i.id, i.host, i.pid, i.started, i.streams, i.owned, i.heartbeat, now() AS now,
+       EXISTS (SELECT 1 FROM pg_stat_activity a
+               WHERE a.pid = i.lock_pid
+                 -- NULL: another role's session, details hidden without pg_read_all_stats.
+                 AND (a.backend_start IS NULL OR a.backend_start = i.lock_started)) AS connected
+FROM instances i
+ORDER BY i.id;
+
+-- name: instance_reap
+-- Delete one stale instance (only one of the instances that notice it wins the row) and end
+-- its lock session if it is still that one, so its advisory locks are freed.
+WITH gone AS (
+    DELETE FROM instances
+    WHERE id = $1 AND heartbeat < now() - make_interval(secs => $2)
+    RETURNING lock_pid, lock_started
+)
+SELECT coalesce(bool_or(pg_terminate_backend(a.pid)), false) AS ended,
+       (SELECT count(*) FROM gone) AS deleted
+FROM gone JOIN pg_stat_activity a ON a.pid = gone.lock_pid AND a.backend_start = gone.lock_started;
+
+-- name: instance_leave
+DELETE FROM instances WHERE id = $1;
+
+-- name: stream_holders
+-- Which backend holds each stream lock (the two-key advisory locks of try_stream_lock), and the
+-- instance of that session if it is a registered daemon.
+SELECT s.stream, i.id, i.host, i.pid, i.started
+FROM sync_state s
+JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+     AND l.classid = hashtext($1::text)::oid AND l.objid = hashtext(s.stream)::oid
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+LEFT JOIN instances i ON i.lock_pid = l.pid
+ORDER BY s.stream;
