@@ -53,7 +53,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+## the backfill benchmark against the store's ceiling, a plain COPY and dlt (about 25 minutes)
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/backfill.py
 
 ## one `cdrsync run` with 10, 100 and 1 000 Acefone accounts (about 10 minutes; stops by itself)

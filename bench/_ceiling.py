@@ -1,4 +1,5 @@
-"""The benchmark's ceiling: the store's own COPY + upsert of pre-normalized rows, nothing else.
+"""The benchmark's ceiling: the store's own COPY + upsert of pre-normalized rows, nothing else;
+and, under it, a plain COPY of the same rows into ``calls``.
 
 The rows are the simulator's payloads run through ``cdrsync.vendors.acefone.normalize`` before
 the clock starts, grouped as the daemon writes them at best: one window of call start time
@@ -92,6 +93,20 @@ async def write(dsn: str, schema: str, batches: Batches) -> float:
                 await conn.execute(CREATE_TEMP_SQL)
                 await conn.copy_records_to_table(TEMP_TABLE, records=batch, columns=CALL_COLUMNS)
                 await conn.fetchrow(UPSERT_CALLS_SQL, dt.datetime.now(dt.UTC))
+        return time.perf_counter() - began
+    finally:
+        await conn.close()
+
+
+async def write_plain(dsn: str, schema: str, batches: Batches) -> float:
+    """The floor under the ceiling: the same rows and transactions COPied straight into
+    ``calls`` (an empty table, so no conflict to resolve); the seconds it took."""
+    conn = await asyncpg.connect(dsn, server_settings=server_settings(schema))
+    try:
+        began = time.perf_counter()
+        for batch in batches.batches:
+            async with conn.transaction():
+                await conn.copy_records_to_table("calls", records=batch, columns=CALL_COLUMNS)
         return time.perf_counter() - began
     finally:
         await conn.close()

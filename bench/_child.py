@@ -69,13 +69,17 @@ class Simulator:
             text=True,
             start_new_session=True,  # Ctrl-C reaches the benchmark only; it stops us in order
         )
+        self._url = ""
 
     def wait_ready(self) -> str:
-        """Wait for the port line; the base URL."""
+        """Wait for the port line (once); the base URL."""
+        if self._url:
+            return self._url
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("listening "):
             raise RuntimeError(f"the simulator did not start (exit code {self.proc.poll()})")
-        return f"http://127.0.0.1:{int(line.split()[1])}"
+        self._url = f"http://127.0.0.1:{int(line.split()[1])}"
+        return self._url
 
     def cpu_seconds(self) -> float:
         """CPU time the simulator has used so far."""

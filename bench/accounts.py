@@ -38,7 +38,7 @@ import psutil
 
 from _accounts_sim import account_name, token
 from _child import _memory_mb, stop_process
-from backfill import SCHEMA, Postgres
+from _postgres import SCHEMA, Postgres
 
 POOL_SIZE = 10
 PER_SIM = 250

@@ -107,9 +107,11 @@ async def _health_server(
         return web.json_response({"status": "ready", "database": "ok", "stuck_streams": []})
 
     async def metrics(request: web.Request) -> web.Response:
-        # Queue depths are read at scrape time; a database outage leaves the last values.
+        # Queue depths and rejects are read at scrape time; a database outage leaves the
+        # last values.
         with contextlib.suppress(StoreError):
             rt.metrics.set_queues(await rt.store.queues.depths())
+            rt.metrics.set_rejects(await rt.store.reject_counts())
         return web.Response(body=rt.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     # A push bigger than this is refused with 413 before it is read whole.

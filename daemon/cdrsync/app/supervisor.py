@@ -202,6 +202,10 @@ class Supervisor:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*running.tasks, return_exceptions=True)
+        if forget:
+            self._rt.metrics.forget(
+                name, [t.get_name() for t in running.tasks], list(running.limiters)
+            )
         for task in running.tasks:
             try:
                 await self._rt.locks.release(task.get_name())

@@ -6,7 +6,9 @@ attempt (``RequestObserver``), and each stream reports every finished cycle.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -90,6 +92,13 @@ class Metrics:
             "cdrsync_pushes", "Webhook pushes received, by account and HTTP answer.",
             ["account", "status"], registry=r,
         )  # fmt: skip
+        # cdrsync_rejects_total counts sightings: each re-read of the lookback counts a bad
+        # record again. An alert on new bad records needs the distinct count.
+        self.reject_records = Gauge(
+            "cdrsync_reject_records",
+            "Distinct records in the rejects table, by vendor and account (read at scrape time).",
+            ["vendor", "account"], registry=r,
+        )  # fmt: skip
         self.queue = Gauge(
             "cdrsync_queue_rows", "Rows of the lookups queue and the VCC Live outbox, by state.",
             ["vendor", "account", "queue", "state"], registry=r,
@@ -127,10 +136,30 @@ class Metrics:
             for state, rows in states.items():
                 self.queue.labels(vendor, account, queue, state).set(rows)
 
+    def set_rejects(self, counts: dict[tuple[str, str], int]) -> None:
+        """The distinct rejects just read from the database (at scrape time); accounts whose
+        rejects were deleted drop out."""
+        self.reject_records.clear()
+        for (vendor, account), rows in counts.items():
+            self.reject_records.labels(vendor, account).set(rows)
+
     def watch_limiter(self, account: str, group: str, limiter: SlidingWindowLimiter) -> None:
         """Export how much of ``limiter``'s budget the current sliding window has used."""
         self.budget_used.labels(account, group).set_function(lambda: limiter.used(time.monotonic()))
         self.budget_limit.labels(account, group).set(limiter.limit)
+
+    def forget(self, account: str, streams: Iterable[str], groups: Iterable[str]) -> None:
+        """An account was removed or disabled: drop its streams' lag and last-success gauges
+        and its rate budgets. Left behind, their last values would look like a stream that
+        stopped succeeding (an alert firing until the next restart). Counters stay."""
+        for stream in streams:
+            for gauge in (self.lag, self.last_success):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(stream)
+        for group in groups:
+            for gauge in (self.budget_used, self.budget_limit):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(account, group)
 
     def render(self) -> bytes:
         """The text exposition format."""

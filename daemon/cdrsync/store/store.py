@@ -307,6 +307,12 @@ class Store:
         with translate("count rejects", self._dsn):
             return int(await self._pool.fetchval(QUERIES["reject_count"], vendor, account))
 
+    async def reject_counts(self) -> dict[tuple[str, str], int]:
+        """``(vendor, account) -> distinct rejected records stored``."""
+        with translate("count rejects", self._dsn):
+            rows = await self._pool.fetch(QUERIES["reject_counts"])
+        return {(r["vendor"], r["account"]): int(r["rows"]) for r in rows}
+
     @property
     def queues(self) -> Queues:
         """The lookup queue and the VCC Live outbox on this store's pool."""

@@ -555,7 +555,7 @@ async def test_backfill_beside_a_running_daemon_is_run_by_it_within_the_rate_lim
             "backfill", "--config", str(config), "--account", ACCOUNT, "--since",
             since.isoformat(), "--until", today.isoformat(), within=90,
         )  # fmt: skip
-        assert await daemon.wait_event("backfill.finished", within=5), daemon.tail()
+        assert await daemon.wait_event("backfill.finished", within=30), daemon.tail()
         # "Up to now", twice: the second request extends the first (finished by then), the
         # daemon runs it on from where it stopped, and the command ends.
         upto_now = []

@@ -99,6 +99,15 @@ def truth_hashes(sim: OzonetelSimulator) -> dict[str, bytes]:
     }
 
 
+async def pushed(sim: OzonetelSimulator, *, within: float = 30) -> bool:
+    """Wait until the simulator has delivered a push (its calls end on its own clock)."""
+
+    async def some() -> bool:
+        return sim.stats.pushes_sent > 0
+
+    return await eventually(some, timeout=within)
+
+
 async def converged(store: Store, sim: OzonetelSimulator, timeout: float) -> dict[str, list[str]]:
     """Wait until the live traffic has stopped, its last leg is visible and ``calls`` equals
     the simulator's truth; the differences left."""
@@ -159,7 +168,8 @@ async def test_backlog_live_calls_and_pushes_end_equal_to_the_vendor(
     stop_pushes = asyncio.Event()
     async with running_daemon(oz_settings(url, dsn, port)) as daemon:
         pushes = asyncio.create_task(run_pushes(sim, hook_url(port), stop_pushes))
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # live calls for a while (the simulator's clock is the wall's)
+        assert await pushed(sim), "no push was delivered"
         sim.stop_live()
         diff = await converged(store, sim, timeout=40)
         stop_pushes.set()
@@ -168,7 +178,7 @@ async def test_backlog_live_calls_and_pushes_end_equal_to_the_vendor(
         async def confirmed() -> bool:
             return await one(dsn, "SELECT count(*) FROM lookups WHERE state <> 'done'") == 0
 
-        await eventually(confirmed, timeout=5)
+        assert await eventually(confirmed, timeout=30)
         assert not daemon.done()
     assert diff == {"missing": [], "extra": [], "stale": []}
     truth = sim.truth()
@@ -292,8 +302,13 @@ async def test_bulk_budget_is_never_exceeded_by_live_backlog_and_audit_together(
             return bool(mark >= dt.datetime.fromisoformat(kind.removeprefix("history:..")))
 
         finished = await eventually(backlog_done_and_audited, timeout=50, interval=0.5)
-        # Let the live stream and the audit spend the budget a while longer on their own.
-        await asyncio.sleep(3)
+
+        async def a_window_full() -> bool:
+            # The live stream and the audit spend the budget on their own too: wait until some
+            # window was full (counted, not timed: a slow machine sends more slowly).
+            return busiest_window(list(sim.stats.bulk_times), 2.0) >= 4
+
+        full = await eventually(a_window_full, timeout=30, interval=0.2)
         assert not daemon.done()
     times = list(sim.stats.bulk_times)
     assert finished, f"backlog not finished or no audit: {len(times)} bulk, {len(counts)} counts"
@@ -301,7 +316,7 @@ async def test_bulk_budget_is_never_exceeded_by_live_backlog_and_audit_together(
     assert 429 not in sim.stats.responses.get("bulk", {}), sim.stats.responses
     assert busiest_window(times, 2.0) <= 4
     # The budget was the bottleneck: some window was full, so the test proved something.
-    assert busiest_window(times, 2.0) == 4
+    assert full, f"no 2 s window held 4 bulk requests: {len(times)} in all"
 
 
 # ---------------------------------------------------------------------------- c. pushes
@@ -396,16 +411,12 @@ async def test_pushes_land_at_once_bad_ones_are_refused_and_the_api_key_is_never
             # Multipart form data is read too (422: the record was found, and is unusable).
             await post_multipart(http, hook_url(port), orjson.dumps(unusable).decode()),
         ]
-        sent = time.monotonic()
         assert await post_form(http, hook_url(port), orjson.dumps(mine).decode()) == 200
-
-        async def stored() -> bool:
-            query = "SELECT count(*) FROM calls WHERE call_key = $1"
-            return bool(await one(dsn, query, "1234567890123"))
-
-        assert await eventually(stored, timeout=5, interval=0.05)
-        took = time.monotonic() - sent
-        await asyncio.sleep(4)
+        # Stored before it is answered: in calls the moment the vendor has its 200.
+        query = "SELECT count(*) FROM calls WHERE call_key = $1"
+        stored_at_answer = await one(dsn, query, "1234567890123")
+        await asyncio.sleep(4)  # live calls for a while (the simulator's clock is the wall's)
+        assert await pushed(sim), "no push was delivered"
         sim.stop_live()
         stop_pushes.set()
         await pushes
@@ -422,7 +433,7 @@ async def test_pushes_land_at_once_bad_ones_are_refused_and_the_api_key_is_never
         output = child.output()
         tails = kids.tails()
     assert statuses == [403, 400, 422, 422, 422, 422], tails
-    assert took < 2.0
+    assert stored_at_answer == 1
     assert code == 0, tails
     assert sim.stats.pushes_sent > 0
     assert sim.stats.pushes_failed == 0
@@ -460,7 +471,8 @@ async def test_every_pushed_call_gets_a_confirming_lookup_answered_by_callbacks(
     stop_pushes = asyncio.Event()
     async with running_daemon(settings) as daemon:
         pushes = asyncio.create_task(run_pushes(sim, hook_url(port), stop_pushes))
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # live calls for a while (the simulator's clock is the wall's)
+        assert await pushed(sim), "no push was delivered"
         stop_pushes.set()
         await pushes
 
@@ -470,7 +482,7 @@ async def test_every_pushed_call_gets_a_confirming_lookup_answered_by_callbacks(
             soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
             return await one(dsn, query, soon) == 0
 
-        await eventually(settled, timeout=10)
+        assert await eventually(settled, timeout=30)
         assert not daemon.done()
     rows = await fetch(dsn, "SELECT * FROM lookups ORDER BY call_key")
     assert sim.stats.pushes_sent > 0
@@ -544,7 +556,7 @@ async def test_a_call_begun_before_ist_midnight_is_not_lost_by_a_first_start_jus
     async with daemon_at(settings, clock) as daemon:
         await asyncio.sleep(4)
         sim.stop_live()
-        diff = await converged(store, sim, timeout=12)
+        diff = await converged(store, sim, timeout=40)
         assert not daemon.done()
     began_before = [leg.ucid for leg in sim.legs() if leg.live and leg.start < midnight.timestamp()]
     assert began_before, "no live call began before midnight: the test proves nothing"

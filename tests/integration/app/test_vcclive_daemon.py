@@ -94,8 +94,8 @@ async def test_days_webhooks_and_lookups_end_equal_to_the_vendor(
 async def test_a_push_is_visible_at_once_and_bad_pushes_are_refused(
     dsn: str, store: Store, served: list[RunningServer]
 ) -> None:
-    """A disposition webhook is in calls within 2 s; a wrong token, a broken body and an
-    unknown account get 4xx, and the daemon carries on."""
+    """A disposition webhook is in calls once it is answered; a wrong token, a broken body and
+    an unknown account get 4xx, and the daemon carries on."""
     sim = VccSimulator(VccSimConfig(seed=6, backlog=5, live_per_minute=0))
     server = await start_vcclive_server(sim)
     served.append(server)
@@ -119,15 +119,13 @@ async def test_a_push_is_visible_at_once_and_bad_pushes_are_refused(
                 async with http.post(url, data=body) as resp:
                     refused.append(resp.status)
             assert refused == [403, 403, 400, 422, 404, 413]
-            sent = time.monotonic()
             async with http.post(f"{base}/{ACCOUNT}?token={SECRET}", data=orjson.dumps(payload),
                                  headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
                 assert resp.status == 200
-            stored = time.monotonic() - sent
-        assert stored < 2.0
-        assert await sql_value(dsn, "SELECT source FROM calls WHERE call_key = 'push-only-1'") == (
-            "push"
-        )
+            # Stored before it is answered: in calls the moment the vendor has its 200 (a
+            # bound on the request's wall time would measure the machine, not the daemon).
+            source = await sql_value(dsn, "SELECT source FROM calls WHERE call_key = 'push-only-1'")
+        assert source == "push"
         assert await sql_value(dsn, "SELECT count(*) FROM rejects WHERE stream = $1",
                                f"{ACCOUNT}/push") == 1  # fmt: skip
         assert not daemon.done()

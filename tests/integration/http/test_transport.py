@@ -323,7 +323,8 @@ async def test_slow_response_times_out_after_bounded_attempts(
     with pytest.raises(TransientError, match="timed out"):
         await get(transport, server, timeout_s=0.3, policy=RetryPolicy(attempts=2, wait_jitter_s=0))
     assert len(server.arrivals) == 2
-    assert time.monotonic() - started < 3.0
+    # Well under one stall of the vendor (10 s): the attempts were cut, however slow the machine.
+    assert time.monotonic() - started < 8.0
 
 
 async def test_retries_exhausted_propagate_the_last_error(
@@ -426,7 +427,7 @@ async def test_cancellation_propagates_promptly_and_keeps_the_limiter_usable(
     server.script = [server.stall(10.0), server.status(200, {"ok": True})]
     limiter = SlidingWindowLimiter(2, 5.0, margin=0.0)
     task = asyncio.create_task(get(transport, server, limiter=limiter))
-    for _ in range(200):
+    for _ in range(3000):  # until the request is in flight (up to 30 s on a loaded machine)
         if server.arrivals:
             break
         await asyncio.sleep(0.01)
@@ -434,7 +435,8 @@ async def test_cancellation_propagates_promptly_and_keeps_the_limiter_usable(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 0.5
+    # Well under the vendor's 10 s stall: the cancellation did not wait for its answer.
+    assert time.monotonic() - started < 5.0
     assert limiter.used(time.monotonic()) == 1
     assert await asyncio.wait_for(get(transport, server, limiter=limiter), 2.0) == {"ok": True}
 

@@ -290,7 +290,7 @@ async def test_webhooks_reach_the_receiver(vcc: Vcc) -> None:
         run_webhooks(vcc.sim, f"{receiver.base_url}/hooks/cc-hu?token=s3cret", stop)
     )
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             while not (vcc.sim.stats.webhooks_sent and len(received) == vcc.sim.stats.webhooks_sent
                        and len(vcc.sim.hooks_done) == vcc.sim.stats.webhooks_sent):  # fmt: skip
                 await asyncio.sleep(0.02)

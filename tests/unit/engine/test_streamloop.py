@@ -183,7 +183,8 @@ async def test_sleep_ends_on_stop_and_on_a_push_only_when_wakeable(wakeable: boo
     stream = Scripted([False])
     stream._wake.set()
     sleep = asyncio.ensure_future(StreamLoop._sleep(stream, 30.0, wakeable=wakeable))
-    await asyncio.wait({sleep}, timeout=0.05)
+    # Waking is awaited (it may take a loaded machine a while); not waking, a moment only.
+    await asyncio.wait({sleep}, timeout=5.0 if wakeable else 0.05)
     assert sleep.done() is wakeable
     stream._stop.set()
     await asyncio.wait_for(sleep, 1.0)

@@ -203,6 +203,10 @@ FROM rejects
 WHERE ($1::text IS NULL OR vendor = $1::text)
   AND ($2::text IS NULL OR account = $2::text);
 
+-- name: reject_counts
+-- Distinct rejected records per vendor/account (metrics: a reject seen again is not new).
+SELECT vendor, account, count(*)::bigint AS rows FROM rejects GROUP BY vendor, account;
+
 -- name: record_windows
 -- $1 stream, $2 starts, $3 ends, $4 vendor counts (arrays, one entry a window), $5 now.
 INSERT INTO sync_windows (stream, window_start, window_end, vendor_count, read_at, checked_at)
