@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
 import sys
 from collections import Counter
 
 import orjson
 from aiohttp import web
 
+from _child import serve_until_stopped
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import build_app, serve_app
 
@@ -78,19 +76,7 @@ def build(first: int, count: int, t0: float) -> web.Application:
 
 
 async def _serve(app: web.Application) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
-    server = await serve_app(app, "127.0.0.1", 0)
-    print(f"listening {server.port}", flush=True)
-    try:
-        while not stop.is_set() and os.getppid() == parent:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-    finally:
-        await server.close()
+    await serve_until_stopped(lambda: serve_app(app, "127.0.0.1", 0))
 
 
 def main() -> int:

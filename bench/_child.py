@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import psutil
 
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
-from cdrsync.simulator.server import start_server
+from cdrsync.simulator.server import RunningServer, start_server
 
 TOKEN = "bench-token"  # noqa: S105 - a throwaway credential of a local simulator
 
@@ -156,13 +157,15 @@ def run_measured(command: list[str], logs: Path, timeout: float) -> ChildRun:
     return ChildRun(wall, peak, usage.ru_utime + usage.ru_stime, samples)
 
 
-async def _serve(sim: AcefoneSimulator) -> None:
+async def serve_until_stopped(start: Callable[[], Awaitable[RunningServer]]) -> None:
+    """Start a server, print its port, and serve until SIGTERM/SIGINT or until the parent that
+    started this process is gone (a benchmark killed mid-run leaves no simulator behind)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     parent = os.getppid()
-    server = await start_server(sim, "127.0.0.1", 0)
+    server = await start()
     print(f"listening {server.port}", flush=True)
     try:
         while not stop.is_set() and os.getppid() == parent:
@@ -170,6 +173,10 @@ async def _serve(sim: AcefoneSimulator) -> None:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
         await server.close()
+
+
+async def _serve(sim: AcefoneSimulator) -> None:
+    await serve_until_stopped(lambda: start_server(sim, "127.0.0.1", 0))
 
 
 def main() -> int:
