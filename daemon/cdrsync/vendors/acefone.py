@@ -369,7 +369,8 @@ class AcefoneSource:
             more = await self._renewing(window, 2, first.size)
             capped = bool(set(more.keys) - set(first.keys))
         if not capped:
-            self._not_cap = first.size
+            # This window has just these rows: that proves nothing about a cap of this size
+            # (a later window may have more behind a page of it), so ``_not_cap`` stays below.
             return
         log.warning(
             "acefone.limit_capped", account=self._account.name, asked=self.page_size,

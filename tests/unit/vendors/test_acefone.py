@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from cdrsync.errors import BadPageError, ParseError
-from cdrsync.model import CallRecord, Window
-from cdrsync.vendors.acefone import normalize, parse_page, window_params
+from cdrsync.model import CallRecord, Page, Window
+from cdrsync.vendors.acefone import AcefoneSource, normalize, parse_page, window_params
+from support import one_account
 
 IST = zoneinfo.ZoneInfo("Asia/Kolkata")
 FETCHED = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -196,3 +197,44 @@ def test_a_record_nested_too_deeply_costs_one_record_not_the_stream():
     parsed = parse_page(body, account="a", stream="a/list", zone=IST, fetched_at=FETCHED)
     assert [r.call_key for r in parsed.records] == [SAMPLE["id"]]
     assert [r.call_key for r in parsed.rejects] == ["deep"]
+
+
+# ---------------------------------------------------------------------------- client paging
+
+
+class CappedPerPage(AcefoneSource):
+    """An Acefone that caps ``limit`` at ``cap`` without a word and counts per page: serves each
+    window's ``keys`` (newest first) with no HTTP."""
+
+    def __init__(self, cap: int, rows: dict[Window, list[str]]) -> None:
+        account = one_account(
+            {
+                "name": "acme-in",
+                "vendor": "acefone",
+                "base_url": "https://x",
+                "token": "t",
+                "start": "2026-11-01",
+            }
+        )
+        super().__init__(account, transport=None, limiters={}, stream="acme-in/list")  # type: ignore[arg-type]
+        self.cap, self.rows = cap, rows
+
+    async def _renewing(self, window: Window, page: int, limit: int | None) -> Page:
+        served = min(limit or self.page_size, self.cap)
+        keys = tuple(self.rows[window][(page - 1) * served : page * served])
+        return Page(total=len(keys), size=len(keys), records=(), rejects=(), keys=keys)
+
+
+async def test_a_window_of_exactly_the_cap_does_not_hide_the_cap_from_later_windows():
+    """A window holding exactly as many rows as the silent cap proves nothing about the cap: a
+    later window with more rows behind a page of that size still finds it (else, counting per
+    page, that window would close after its first page and lose the rest)."""
+    hour = dt.timedelta(hours=1)
+    exact, busy = Window(FETCHED, FETCHED + hour), Window(FETCHED + hour, FETCHED + 2 * hour)
+    source = CappedPerPage(
+        20, {exact: [f"a{i}" for i in range(20)], busy: [f"b{i}" for i in range(50)]}
+    )
+    assert (await source.fetch_page(exact, 1)).size == 20
+    assert source.page_size == 100  # one window of 20 rows: no cap proven
+    assert (await source.fetch_page(busy, 1)).size == 20
+    assert source.page_size == 20
