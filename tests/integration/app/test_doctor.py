@@ -311,7 +311,12 @@ async def test_doctor_command_prints_a_table_or_json_and_exits_by_the_verdict(
             sys.executable, "-m", "cdrsync", "doctor", "--config", str(config), *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+        finally:
+            if proc.returncode is None:  # timed out or interrupted: not left running
+                proc.kill()
+                await proc.wait()
         assert proc.returncode is not None, err.decode()
         return proc.returncode, out.decode()
 
