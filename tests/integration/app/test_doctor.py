@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -59,6 +60,13 @@ async def doctor(settings: Settings) -> AccountReport:
     async with runtime(settings, asyncio.Event(), own_database=False) as rt:
         assert rt is not None
         return await diagnose(rt, settings.accounts[0], now=dt.datetime.now(dt.UTC))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (for a running daemon's http_listen)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def check(report: AccountReport, name: str) -> tuple[str, str]:
@@ -209,7 +217,9 @@ async def test_doctor_beside_a_running_daemon_stays_within_the_shared_budget(
         **ozonetel_account(url, bulk="4/8s"), "poll_interval": "300ms", "settle": "1s",
         "window": "1h", "history_window": "1d", "lookback": "1h",
     }  # fmt: skip
-    settings = settings_for(dsn, account, http_listen="127.0.0.1:9")
+    # The daemon binds http_listen: a free port, not a fixed one another run (or, below 1024,
+    # the lack of root) could refuse it.
+    settings = settings_for(dsn, account, http_listen=f"127.0.0.1:{free_port()}")
     async with running_daemon(settings):
 
         async def spending() -> bool:
@@ -301,7 +311,12 @@ async def test_doctor_command_prints_a_table_or_json_and_exits_by_the_verdict(
             sys.executable, "-m", "cdrsync", "doctor", "--config", str(config), *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+        finally:
+            if proc.returncode is None:  # timed out or interrupted: not left running
+                proc.kill()
+                await proc.wait()
         assert proc.returncode is not None, err.decode()
         return proc.returncode, out.decode()
 

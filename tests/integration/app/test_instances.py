@@ -127,6 +127,7 @@ async def simulator() -> AsyncIterator[tuple[AcefoneSimulator, RunningServer]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # its waits add up to more than the default 120 s; it asserts < 300
 async def test_instances_share_rebalance_on_join_and_take_over_the_killed_and_the_hung(
     dsn: str, tmp_path: Path, simulator: tuple[AcefoneSimulator, RunningServer]
 ) -> None:

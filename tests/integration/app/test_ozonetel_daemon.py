@@ -231,7 +231,7 @@ async def test_every_shape_of_an_empty_window_ends_equal_to_the_vendor(
             return bool(mark >= split and live >= dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
 
         caught_up = await eventually(both_streams_caught_up, timeout=40, interval=0.3)
-        diff = await converged(store, sim, timeout=10)
+        diff = await converged(store, sim, timeout=30)
         assert not daemon.done()
     assert caught_up, await fetch(dsn, "SELECT stream, watermark, last_error FROM sync_state")
     assert diff == {"missing": [], "extra": [], "stale": []}

@@ -103,6 +103,7 @@ async def lookups_settled(dsn: str) -> bool:
     return bool(rows[0][0] == 0)
 
 
+@pytest.mark.timeout(240)  # its bounded waits add up to more than the default 120 s
 @pytest.mark.parametrize("transfer_legs", [False, True], ids=["own-monitor", "shared-monitor"])
 async def test_each_legs_pushed_looked_up_and_listed_copies_end_as_one_row(
     dsn: str, store: Store, served: list[RunningServer], transfer_legs: bool
@@ -137,10 +138,10 @@ async def test_each_legs_pushed_looked_up_and_listed_copies_end_as_one_row(
         async def all_pushed() -> bool:
             return sim.stats.pushes_sent == len(pushed)
 
-        assert await eventually(all_pushed, timeout=20)
+        assert await eventually(all_pushed, timeout=30)
         stop_pushes.set()
         await pushes
-        assert await eventually(lambda: lookups_settled(dsn), timeout=20)
+        assert await eventually(lambda: lookups_settled(dsn), timeout=30)
         assert not daemon.done()
     assert transfers(pushed) >= 3
     # The reading served: later legs name the first leg (shared) or themselves.
