@@ -276,12 +276,11 @@ class Queues:
     async def take_grant(self, account: str, group: str, *, limit: int, window: float) -> float:
         """Take one grant of ``account``'s ``group`` for every process sharing the database:
         0 when fewer than ``limit`` were taken in the last ``window`` seconds (it is recorded
-        now), else the seconds until one leaves that window. One short transaction under an
-        advisory lock, on the database's clock; it also forgets the group's older grants."""
+        now), else the seconds until one leaves that window. One statement (SQL function
+        ``take_rate_grant``) under an advisory lock, on the database's clock; it also forgets
+        the group's older grants."""
         with translate(f"take a {group} request grant of account {account}", self._dsn):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(QUERIES["grant_lock"], account, group)
-                wait = await conn.fetchval(QUERIES["take_grant"], account, group, limit, window)
+            wait = await self._pool.fetchval(QUERIES["take_grant"], account, group, limit, window)
         return float(wait)
 
     async def grant_ages(self, account: str, group: str, *, within: float) -> list[float]:

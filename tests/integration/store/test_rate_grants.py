@@ -148,6 +148,24 @@ async def test_a_full_window_answers_when_the_oldest_grant_leaves_it(store: Stor
     )
 
 
+async def test_the_grant_function_waits_for_the_limit_th_most_recent_grant(dsn: str) -> None:
+    """With more grants in the window than the limit, take_rate_grant answers the seconds until
+    the limit-th most recent one leaves (not the oldest), records nothing, and forgets a grant
+    already out of the window."""
+    ages = [70, 50, 30, 10]  # seconds ago; a 60 s window holds the last three
+    for age in ages:
+        await sql_value(
+            dsn,
+            "INSERT INTO rate_grants (account, grp, granted_at) "
+            "VALUES ($1, 'list', clock_timestamp() - make_interval(secs => $2))",
+            ACCOUNT, float(age),
+        )  # fmt: skip
+    wait = await sql_value(dsn, "SELECT take_rate_grant($1, 'list', 2, 60.0)", ACCOUNT)
+    assert 28.0 < wait <= 30.0  # the grant of 30 s ago leaves in 30 s; then 1 of 2 remains
+    left = await sql_value(dsn, "SELECT count(*) FROM rate_grants WHERE account = $1", ACCOUNT)
+    assert left == 3  # the 70 s old grant is forgotten, no new one is recorded
+    assert await sql_value(dsn, "SELECT take_rate_grant($1, 'list', 4, 60.0)", ACCOUNT) == 0.0
+
 async def test_without_the_database_the_request_still_goes_out(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -417,41 +417,10 @@ RETURNING id;
 SELECT id, projectid, state, attempts, numberid, payload, error FROM vcclive_outbox
 WHERE account = $1 ORDER BY id;
 
--- name: grant_lock
--- One grant decision at a time per (account, group), across every process sharing the schema;
--- a transaction lock in the single-bigint key space (stream locks use two int4 keys).
-SELECT pg_advisory_xact_lock(
-    hashtextextended('cdrsync.rate:' || current_schema() || ':' || $1::text || '/' || $2::text, 0)
-);
-
 -- name: take_grant
--- Under grant_lock. On the database's clock, which every process shares (clock_timestamp():
--- now() would be the start of a transaction that may have waited for the lock): if fewer than
--- $3 grants fall in the last $4 seconds, insert one and answer 0; otherwise answer the seconds
--- until the $3-th most recent leaves the window. Grants of the group older than the window
--- are deleted on the way (an index range), so the table holds about $3 rows per group.
-WITH clock AS (
-    SELECT clock_timestamp() AS now, make_interval(secs => $4::float8) AS span
-),
-pruned AS (
-    DELETE FROM rate_grants AS g USING clock
-    WHERE g.account = $1 AND g.grp = $2 AND g.granted_at <= clock.now - clock.span
-),
-recent AS (
-    SELECT g.granted_at FROM rate_grants AS g, clock
-    WHERE g.account = $1 AND g.grp = $2 AND g.granted_at > clock.now - clock.span
-    ORDER BY g.granted_at DESC LIMIT $3::int
-),
-blocking AS (
-    SELECT count(*) AS n, min(granted_at) AS oldest FROM recent
-),
-granted AS (
-    INSERT INTO rate_grants (account, grp, granted_at)
-    SELECT $1, $2, clock.now FROM clock, blocking WHERE blocking.n < $3::int
-)
-SELECT CASE WHEN blocking.n < $3::int THEN 0.0::float8
-            ELSE extract(epoch FROM blocking.oldest + clock.span - clock.now)::float8 END
-FROM clock, blocking;
+-- One statement (migration 0009): the sliding-window check and the grant under the group's
+-- advisory lock; answers 0 (granted) or the seconds to wait.
+SELECT take_rate_grant($1::text, $2::text, $3::int, $4::float8);
 
 -- name: grant_ages
 -- Seconds since each grant of the last $3 seconds, on the database's clock, oldest first.
