@@ -66,9 +66,12 @@ class BalancedLocks(StreamLocks):
         metrics: Metrics | None = None,
         schema: str = "cdrsync",
         connect_timeout: float = 10.0,
+        probe_every: float = 0.0,
     ) -> None:
         """Nothing runs until ``beat()`` or ``run()``."""
-        super().__init__(dsn, schema=schema, connect_timeout=connect_timeout)
+        super().__init__(
+            dsn, schema=schema, connect_timeout=connect_timeout, probe_every=probe_every
+        )
         self.me = me
         self._timeout = timeout
         self.retry_s = max(0.2, timeout.total_seconds() / 4)

@@ -21,6 +21,7 @@ from cdrsync.engine.plan import retry_delay
 from cdrsync.errors import StoreError
 from cdrsync.http.transport import Transport
 from cdrsync.ops.metrics import Metrics
+from cdrsync.store.lock import PROBE_EVERY_S
 from cdrsync.store.pooler import check_session_pooling
 from cdrsync.store.store import Store, StreamLocks
 
@@ -135,13 +136,14 @@ async def runtime(
             return
         stack.push_async_callback(store.close)
         metrics = Metrics()
-        locks = store.lock_session()
+        locks = store.lock_session(probe_every=PROBE_EVERY_S)
         if balanced:
             from cdrsync.app.members import BalancedLocks, this_instance
 
             locks = BalancedLocks(
                 dsn, me=this_instance(dt.datetime.now(dt.UTC)),
                 timeout=settings.daemon.instance_timeout, metrics=metrics, schema=store.schema,
+                probe_every=PROBE_EVERY_S,
             )  # fmt: skip
         stack.push_async_callback(locks.close)
         transport = await stack.enter_async_context(

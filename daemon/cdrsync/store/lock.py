@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,10 @@ import asyncpg
 from cdrsync.store.queries import QUERIES, server_settings, translate
 
 T = TypeVar("T")
+
+PROBE_EVERY_S = 2.0
+"""The daemon's lock session answers ``alive()`` from a probe at most this old: a session lost
+on the server is noticed within it (or when its socket closes), not a poll interval later."""
 
 
 class StreamLocks:
@@ -37,12 +42,18 @@ class StreamLocks:
         schema: str = "cdrsync",
         connect_timeout: float = 10.0,
         probe_timeout: float = 2.0,
+        probe_every: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Nothing is opened until ``open()`` or the first ``try_acquire()``."""
+        """Nothing is opened until ``open()`` or the first ``try_acquire()``. ``alive()`` asks
+        the server at most every ``probe_every`` seconds of ``clock``."""
         self._dsn = dsn
         self._schema = schema
         self._connect_timeout = connect_timeout
         self._probe_timeout = probe_timeout
+        self._probe_every = probe_every
+        self._clock = clock
+        self._probed_at = -math.inf  # when the session last answered alive()'s probe
         self._conn: Any = None
         self._held: set[str] = set()
         # asyncpg runs one operation at a time per connection; streams ask concurrently.
@@ -108,7 +119,15 @@ class StreamLocks:
                     raise
 
     async def alive(self) -> bool:
-        """Whether the lock session still answers; False means every lock is lost."""
+        """Whether the lock session still answers; False means every lock is lost.
+
+        Every stream of the daemon asks before each cycle (a thousand streams: about 17 times
+        a second), so a probe that answered less than ``probe_every`` seconds ago (the
+        daemon's: ``PROBE_EVERY_S``) stands for this one: a session ended on the server is then
+        noticed by the first probe after that, or as soon as its socket closes."""
+        if self._conn is not None and not self._conn.is_closed():
+            if self._clock() - self._probed_at < self._probe_every:
+                return True
         async with self._mutex:
             if self._conn is None or self._conn.is_closed():
                 self._held.clear()
@@ -121,6 +140,7 @@ class StreamLocks:
                 # has just ended, mid-protocol) means the same: the locks are not ours.
                 await self._drop()
                 return False
+            self._probed_at = self._clock()
             return True
 
     async def on_session(
@@ -156,6 +176,7 @@ class StreamLocks:
         if self._conn is not None and not self._conn.is_closed():
             return
         self._held.clear()
+        self._probed_at = -math.inf
         self._conn = await asyncpg.connect(
             self._dsn,
             timeout=self._connect_timeout,
@@ -170,6 +191,7 @@ class StreamLocks:
     async def _drop(self) -> None:
         """Forget the session and its locks; closing the socket makes the server free them."""
         self._held.clear()
+        self._probed_at = -math.inf
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             conn.terminate()

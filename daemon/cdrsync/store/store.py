@@ -330,9 +330,13 @@ class Store:
             async with self._pool.acquire() as conn:
                 return await members.holders(conn, self.schema)
 
-    def lock_session(self) -> StreamLocks:
-        """A new, unopened holder of this process's stream locks (its own connection)."""
-        return StreamLocks(self._dsn, schema=self.schema, connect_timeout=self._connect_timeout)
+    def lock_session(self, *, probe_every: float = 0.0) -> StreamLocks:
+        """A new, unopened holder of this process's stream locks (its own connection), whose
+        ``alive()`` trusts a probe up to ``probe_every`` seconds old."""
+        return StreamLocks(
+            self._dsn, schema=self.schema, connect_timeout=self._connect_timeout,
+            probe_every=probe_every,
+        )  # fmt: skip
 
 
 def _unknown_stream(stream: str) -> StoreError:

@@ -14,7 +14,9 @@ from cdrsync.model import CallRecord, Reject
 from cdrsync.store import store as store_module
 from cdrsync.store import upsert as upsert_module
 from cdrsync.store.embedded import EmbeddedPostgres
+from cdrsync.store.lock import StreamLocks
 from cdrsync.store.store import Store, collapse, quote_ident
+from support import sql_value
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
@@ -354,6 +356,36 @@ async def test_stream_locks_are_lost_on_restart(
     finally:
         await locks.close()
 
+
+ACTIVITY_SQL = "SELECT state_change FROM pg_stat_activity WHERE pid = $1"
+
+
+async def test_the_lock_probe_asks_the_server_at_most_every_probe_every(
+    store: Store, dsn: str
+) -> None:
+    """Within probe_every of an answered probe, alive() sends nothing to the server; after
+    it, alive() asks again, and a session ended on the server meanwhile is reported lost."""
+    now = [0.0]
+    locks = StreamLocks(dsn, schema=store.schema, probe_every=5.0, clock=lambda: now[0])
+    await locks.open()
+    try:
+        assert await locks.try_acquire(STREAM)
+        pid = locks._conn.get_server_pid()
+        assert await locks.alive()
+        probed = await sql_value(dsn, ACTIVITY_SQL, pid)
+        now[0] = 4.9
+        assert await locks.alive()
+        assert await sql_value(dsn, ACTIVITY_SQL, pid) == probed  # nothing was sent
+        now[0] = 5.0
+        assert await locks.alive()
+        assert await sql_value(dsn, ACTIVITY_SQL, pid) > probed  # asked again
+
+        await sql_value(dsn, "SELECT pg_terminate_backend($1)", pid)
+        now[0] = 10.0
+        assert not await locks.alive()
+        assert locks.held == frozenset()
+    finally:
+        await locks.close()
 
 async def test_records_postgres_cannot_store_become_rejects_not_a_stuck_batch(store) -> None:
     """A NUL character or an out-of-range number in one record sends that record to rejects;
