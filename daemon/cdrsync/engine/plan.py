@@ -198,6 +198,27 @@ def audit_span(
     return watermark - horizon, watermark, now - interval
 
 
+def audit_next_due(
+    *,
+    due: int,
+    least_checked: dt.datetime | None,
+    asked_at: dt.datetime,
+    interval: dt.timedelta,
+) -> dt.datetime | None:
+    """When a window can next be due for the audit, after asking at ``asked_at`` found ``due``
+    windows due and ``least_checked`` the oldest check of the stream's windows (None: none
+    recorded); None means ask again next cycle.
+
+    A window is due once its last check is older than ``interval``. A check only ever moves
+    forward, and a window recorded later is checked when it is recorded, after ``asked_at``,
+    so until ``least_checked + interval`` no window can be due and the query can be skipped.
+    Windows found due may stay due (a re-read that fails), so then the next cycle asks again."""
+    if due:
+        return None
+    oldest = asked_at if least_checked is None else min(least_checked, asked_at)
+    return oldest + interval
+
+
 def retry_delay(failures: int, *, base: float = 1.0, cap: float = 60.0) -> float:
     """Seconds a stream waits after ``failures`` consecutive failed cycles (exponential, capped)."""
     if failures <= 0:

@@ -24,6 +24,7 @@ import structlog
 from cdrsync.engine.batchqueue import RowQueue, run_pipeline
 from cdrsync.engine.loop import Owner, StreamLoop
 from cdrsync.engine.plan import (
+    audit_next_due,
     audit_span,
     check_complete,
     check_paged,
@@ -208,6 +209,8 @@ class WindowStream(StreamLoop):
         self._on_cycle = hooks.on_cycle
         self._windows_done_total = 0
         self._rows_total = 0
+        # No window can be due for the audit before this (None: ask); see audit_next_due.
+        self._audit_next: dt.datetime | None = None
 
     # ------------------------------------------------------------------ one cycle
 
@@ -233,7 +236,9 @@ class WindowStream(StreamLoop):
         windows = planned[: self._max_windows]
         tally = _Cycle(windows=len(windows), reread_from=now - self._lookback)
         audit = None
-        if self._audit_on and len(windows) == len(planned):  # catch up first; audit after
+        quiet = self._audit_next is not None and now < self._audit_next
+        # Catch up first, audit after; and no query while no window can be due.
+        if self._audit_on and len(windows) == len(planned) and not quiet:
             audit = audit_span(
                 watermark=state.watermark,
                 now=now,
@@ -333,9 +338,14 @@ class WindowStream(StreamLoop):
         ends: a call longer than the lookback surfaces in a window the lookback no longer
         re-reads. One one-record request per window keeps it cheap."""
         since, until, checked_before = span
-        due = await self._store.windows_due(
+        due, least_checked = await self._store.windows_due(
             self.name, since=since, until=until, checked_before=checked_before,
             limit=self._audit_per_cycle,
+        )  # fmt: skip
+        interval = self._account.audit_interval
+        self._audit_next = audit_next_due(
+            due=len(due), least_checked=least_checked, asked_at=checked_before + interval,
+            interval=interval,
         )  # fmt: skip
         for window, recorded in due:
             tally.audited += 1

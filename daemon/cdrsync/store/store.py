@@ -266,17 +266,21 @@ class Store:
         until: dt.datetime,
         checked_before: dt.datetime,
         limit: int,
-    ) -> list[tuple[Window, int]]:
+    ) -> tuple[list[tuple[Window, int]], dt.datetime | None]:
         """Recorded windows inside ``[since, until]`` whose count was last checked before
-        ``checked_before``, least recently checked first, with their recorded vendor count.
-        Windows that ended before ``since`` are forgotten."""
+        ``checked_before``, newest first, with their recorded vendor count; and the oldest
+        check of all the stream's windows kept (None when it has none). Windows that ended
+        before ``since`` are forgotten. One statement."""
         with translate(f"read the windows due for audit of stream {stream}", self._dsn):
-            async with self._pool.acquire() as conn:
-                await conn.execute(QUERIES["forget_windows"], stream, since)
-                rows = await conn.fetch(
-                    QUERIES["windows_due"], stream, since, until, checked_before, limit
-                )
-        return [(Window(r["window_start"], r["window_end"]), int(r["vendor_count"])) for r in rows]
+            rows = await self._pool.fetch(
+                QUERIES["windows_due"], stream, since, until, checked_before, limit
+            )
+        due = [
+            (Window(r["window_start"], r["window_end"]), int(r["vendor_count"]))
+            for r in rows
+            if r["window_start"] is not None
+        ]
+        return due, rows[0]["least_checked"] if rows else None
 
     async def window_checked(self, stream: str, window: Window, *, now: dt.datetime) -> None:
         """The vendor still counts what was recorded for ``window``: checked at ``now``."""

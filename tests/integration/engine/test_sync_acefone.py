@@ -276,6 +276,35 @@ async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, 
         assert diff["missing"]
 
 
+async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(
+    dsn, store, monkeypatch
+):
+    """After an audit found no window due, the cycles inside the audit interval do not query
+    the due windows at all; once the oldest check is an interval old, the audit runs again and
+    re-counts closed windows."""
+    async with clocked(dsn, seed=21, backlog=100, backlog_days=0.05, late_fraction=0.0) as c:
+        settings = c.settings(lookback="10m", window="1h", audit_interval="10m")
+        async with owned_stream(c, settings) as stream:
+            asked = []
+            windows_due = stream._store.windows_due
+
+            async def counted(*args, **kwargs):
+                asked.append(c.clock.utc())
+                return await windows_due(*args, **kwargs)
+
+            monkeypatch.setattr(stream._store, "windows_due", counted)
+            start = c.clock.utc()
+            with structlog.testing.capture_logs() as logs:
+                for step in (0, 60, 60, 600):  # seconds before each cycle
+                    c.clock.now += step
+                    await asyncio.wait_for(stream.cycle(), 30)
+    done = [e for e in logs if e["event"] == "sync.cycle_done"]
+    assert len(done) == 4
+    # The first cycle has no watermark to audit behind; the second finds nothing due (every
+    # window was read a minute ago); the third, inside the interval, does not ask.
+    assert [round((at - start).total_seconds()) for at in asked] == [60, 720]
+    assert done[3]["audited"] > 0
+
 @contextlib.asynccontextmanager
 async def owned_stream(c: Clocked, settings, **options) -> AsyncIterator[WindowStream]:
     """The account's window stream at the fake time, owned by this process, for the block."""

@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from cdrsync.engine.plan import (
+    audit_next_due,
     audit_span,
     check_complete,
     check_paged,
@@ -95,6 +96,20 @@ def test_audit_span_table(watermark, horizon, expected):
     got = audit_span(watermark=watermark, now=t(12), horizon=horizon, interval=15 * M)
     assert got == expected
 
+
+@pytest.mark.parametrize(
+    ("due", "least_checked", "expected"),
+    [
+        (2, t(11), None),  # some were due: they may stay due, ask again next cycle
+        (0, t(11, 50), t(12, 5)),  # the oldest check leaves the interval first
+        (0, None, t(12, 15)),  # nothing recorded yet: a window recorded now, due after it
+        (0, t(12, 30), t(12, 15)),  # a check after the question: the question bounds it
+    ],
+)
+def test_audit_next_due_table(due, least_checked, expected):
+    """No window can be due for the audit before its oldest check is an interval old."""
+    got = audit_next_due(due=due, least_checked=least_checked, asked_at=t(12), interval=15 * M)
+    assert got == expected
 
 def test_plan_windows_until_bounds_a_backfill():
     """A bounded stream never plans past its end."""

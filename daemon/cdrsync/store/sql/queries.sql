@@ -219,20 +219,31 @@ ON CONFLICT (stream, window_start, window_end) DO UPDATE SET
 
 -- name: windows_due
 -- $1 stream, $2 oldest start, $3 latest end, $4 checked before, $5 how many.
+-- Windows that fell out of the audit horizon (ending before $2) are forgotten on the way.
 -- Newest first: late calls surface mostly in recent windows. A window checked now is not due
 -- again for an interval, so older windows get their turn (the per-cycle budget is sized for it).
-SELECT window_start, window_end, vendor_count
-FROM sync_windows
-WHERE stream = $1 AND window_start >= $2 AND window_end <= $3 AND checked_at < $4
-ORDER BY window_start DESC
-LIMIT $5;
+-- One row with NULL window columns when none is due. least_checked: the oldest check of the
+-- windows kept, due or not (the stream skips the query until one can be due).
+WITH forgotten AS (
+    DELETE FROM sync_windows WHERE stream = $1 AND window_end < $2
+),
+kept AS (
+    SELECT window_start, window_end, vendor_count, checked_at
+    FROM sync_windows WHERE stream = $1 AND window_end >= $2
+),
+due AS (
+    SELECT window_start, window_end, vendor_count FROM kept
+    WHERE window_start >= $2 AND window_end <= $3 AND checked_at < $4
+    ORDER BY window_start DESC
+    LIMIT $5
+)
+SELECT due.window_start, due.window_end, due.vendor_count,
+       (SELECT min(checked_at) FROM kept) AS least_checked
+FROM (SELECT) AS one LEFT JOIN due ON true
+ORDER BY due.window_start DESC;
 
 -- name: window_checked
 UPDATE sync_windows SET checked_at = $4 WHERE stream = $1 AND window_start = $2 AND window_end = $3;
-
--- name: forget_windows
--- Windows that fell out of the audit horizon are not checked again.
-DELETE FROM sync_windows WHERE stream = $1 AND window_end < $2;
 
 -- name: rows_since
 -- Calls first stored since $1, per vendor and account (for `cdrsync status`: rows today).
