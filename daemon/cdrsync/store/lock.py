@@ -125,9 +125,9 @@ class StreamLocks:
         a second), so a probe that answered less than ``probe_every`` seconds ago (the
         daemon's: ``PROBE_EVERY_S``) stands for this one: a session ended on the server is then
         noticed by the first probe after that, or as soon as its socket closes."""
-        if self._conn is not None and not self._conn.is_closed():
-            if self._clock() - self._probed_at < self._probe_every:
-                return True
+        fresh = self._clock() - self._probed_at < self._probe_every
+        if fresh and self._conn is not None and not self._conn.is_closed():
+            return True
         async with self._mutex:
             if self._conn is None or self._conn.is_closed():
                 self._held.clear()

@@ -63,6 +63,9 @@ __all__ = [
     "validate_schema",
 ]
 
+ADVANCE_WINDOW_SQL = QUERIES["advance_window_state"]
+"""A window stream's batch ends with it: the state advanced and the windows read recorded."""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -223,23 +226,30 @@ class Store:
         """
         cursor_json = None if cursor is None else json.dumps(dict(cursor), sort_keys=True)
         set_cursor = cursor is not None or advance_to is not None
+        # One row per window: a window read twice in a batch is recorded once.
+        read = {(w.start, w.end): n for w, n in windows}
+        starts, ends, counts = [s for s, _ in read], [e for _, e in read], list(read.values())
+
+        def advance(inserted: int, updated: int) -> tuple[Any, ...]:
+            return (
+                stream, inserted, updated, advance_to, cursor_json, set_cursor, now,
+                starts, ends, counts,
+            )  # fmt: skip
+
+        inserted = updated = 0
         with translate(f"write {len(records)} calls of stream {stream}", self._dsn):
-            async with self._pool.acquire() as conn, conn.transaction():
-                inserted, updated = await upsert_in(conn, records, rejects, now)
-                found = await conn.fetchval(
-                    ADVANCE_STATE_SQL, stream, inserted, updated, advance_to, cursor_json,
-                    set_cursor, now,
-                )  # fmt: skip
-                if found is None:
-                    raise _unknown_stream(stream)
-                if windows:
-                    # One row per window: a window read twice in a batch is recorded once.
-                    windows = list({(w.start, w.end): (w, n) for w, n in windows}.values())
-                    await conn.execute(
-                        QUERIES["record_windows"], stream,
-                        [w.start for w, _ in windows], [w.end for w, _ in windows],
-                        [count for _, count in windows], now,
-                    )  # fmt: skip
+            if not records and not rejects:
+                # Nothing to upsert: the state and the windows in one statement, which is a
+                # transaction by itself (one round trip instead of four).
+                found = await self._pool.fetchval(ADVANCE_WINDOW_SQL, *advance(0, 0))
+            else:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    inserted, updated = await upsert_in(conn, records, rejects, now)
+                    found = await conn.fetchval(ADVANCE_WINDOW_SQL, *advance(inserted, updated))
+                    if found is None:
+                        raise _unknown_stream(stream)  # rolls the rows back
+        if found is None:
+            raise _unknown_stream(stream)
         return WriteResult(
             inserted=inserted,
             updated=updated,

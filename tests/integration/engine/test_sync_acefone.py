@@ -276,9 +276,7 @@ async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, 
         assert diff["missing"]
 
 
-async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(
-    dsn, store, monkeypatch
-):
+async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(dsn, store, monkeypatch):
     """After an audit found no window due, the cycles inside the audit interval do not query
     the due windows at all; once the oldest check is an interval old, the audit runs again and
     re-counts closed windows."""
@@ -304,6 +302,7 @@ async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(
     # window was read a minute ago); the third, inside the interval, does not ask.
     assert [round((at - start).total_seconds()) for at in asked] == [60, 720]
     assert done[3]["audited"] > 0
+
 
 @contextlib.asynccontextmanager
 async def owned_stream(c: Clocked, settings, **options) -> AsyncIterator[WindowStream]:

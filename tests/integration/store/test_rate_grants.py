@@ -166,6 +166,7 @@ async def test_the_grant_function_waits_for_the_limit_th_most_recent_grant(dsn: 
     assert left == 3  # the 70 s old grant is forgotten, no new one is recorded
     assert await sql_value(dsn, "SELECT take_rate_grant($1, 'list', 4, 60.0)", ACCOUNT) == 0.0
 
+
 async def test_without_the_database_the_request_still_goes_out(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from cdrsync.errors import ConfigError, StoreError
-from cdrsync.model import CallRecord, Reject
+from cdrsync.model import CallRecord, Reject, Window
 from cdrsync.store import store as store_module
 from cdrsync.store import upsert as upsert_module
 from cdrsync.store.embedded import EmbeddedPostgres
@@ -150,11 +150,33 @@ FAULTS = {
         "FROM cdrsync_calls_in",
         "FROM cdrsync_calls_in WHERE 1 / (length(call_key) - length(call_key)) = 1",
     ),
-    "ADVANCE_STATE_SQL": (
+    "ADVANCE_WINDOW_SQL": (
         "WHERE stream",
         "WHERE 1 / (length($1::text) - length($1::text)) = 1 AND stream",
     ),
 }
+
+
+async def test_a_batch_without_records_advances_and_records_its_windows_together(
+    store: Store, *, stream: str, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window read with nothing new moves the watermark and records the window for the
+    audit; when recording the window fails, the watermark stays too."""
+    first, second = Window(T0, T0 + dt.timedelta(hours=1)), Window(T0, T0 + dt.timedelta(hours=2))
+    await store.write_batch(stream, [], now=T0, advance_to=first.end, windows=[(first, 4)])
+    state = await store.load_state(stream)
+    assert state is not None and state.watermark == first.end
+    recorded = await rows(dsn, "SELECT window_end, vendor_count FROM sync_windows")
+    assert [tuple(r) for r in recorded] == [(first.end, 4)]
+
+    broken = store_module.ADVANCE_WINDOW_SQL.replace("LEAST(c,", "LEAST(c / 0,", 1)
+    monkeypatch.setattr(store_module, "ADVANCE_WINDOW_SQL", broken)
+    with pytest.raises(StoreError, match="could not write 0 calls"):
+        await store.write_batch(stream, [], now=T0, advance_to=second.end, windows=[(second, 5)])
+    monkeypatch.undo()
+    state = await store.load_state(stream)
+    assert state is not None and state.watermark == first.end
+    assert len(await rows(dsn, "SELECT * FROM sync_windows")) == 1
 
 
 @pytest.mark.parametrize("step", sorted(FAULTS))
@@ -386,6 +408,7 @@ async def test_the_lock_probe_asks_the_server_at_most_every_probe_every(
         assert locks.held == frozenset()
     finally:
         await locks.close()
+
 
 async def test_records_postgres_cannot_store_become_rejects_not_a_stuck_batch(store) -> None:
     """A NUL character or an out-of-range number in one record sends that record to rejects;

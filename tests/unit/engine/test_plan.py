@@ -111,6 +111,7 @@ def test_audit_next_due_table(due, least_checked, expected):
     got = audit_next_due(due=due, least_checked=least_checked, asked_at=t(12), interval=15 * M)
     assert got == expected
 
+
 def test_plan_windows_until_bounds_a_backfill():
     """A bounded stream never plans past its end."""
     got = plan_windows(

@@ -155,6 +155,34 @@ UPDATE sync_state SET
 WHERE stream = $1::text
 RETURNING stream;
 
+-- name: advance_window_state
+-- The end of a window stream's batch, in one statement: advance_state ($1..$7), and the
+-- windows read completely recorded with the vendor's count for the audit ($8 starts, $9 ends,
+-- $10 counts: arrays, one entry a window, empty for none; read and checked at $7).
+WITH advanced AS (
+    UPDATE sync_state SET
+        rows_inserted = rows_inserted + $2::bigint,
+        rows_updated = rows_updated + $3::bigint,
+        watermark = GREATEST(watermark, $4::timestamptz),
+        cursor = CASE WHEN $6::boolean THEN $5::jsonb ELSE cursor END,
+        updated_at = $7::timestamptz
+    WHERE stream = $1::text
+    RETURNING stream
+),
+recorded AS (
+    INSERT INTO sync_windows AS w (
+        stream, window_start, window_end, vendor_count, read_at, checked_at
+    )
+    SELECT a.stream, s, e, LEAST(c, 2147483647)::int, $7::timestamptz, $7::timestamptz
+    FROM advanced AS a,
+         unnest($8::timestamptz[], $9::timestamptz[], $10::bigint[]) AS t (s, e, c)
+    ON CONFLICT (stream, window_start, window_end) DO UPDATE SET
+        vendor_count = EXCLUDED.vendor_count,
+        read_at = EXCLUDED.read_at,
+        checked_at = EXCLUDED.checked_at
+)
+SELECT stream FROM advanced;
+
 -- name: ensure_stream
 INSERT INTO sync_state (stream, vendor, account, kind)
 VALUES ($1, $2, $3, $4)
@@ -206,16 +234,6 @@ WHERE ($1::text IS NULL OR vendor = $1::text)
 -- name: reject_counts
 -- Distinct rejected records per vendor/account (metrics: a reject seen again is not new).
 SELECT vendor, account, count(*)::bigint AS rows FROM rejects GROUP BY vendor, account;
-
--- name: record_windows
--- $1 stream, $2 starts, $3 ends, $4 vendor counts (arrays, one entry a window), $5 now.
-INSERT INTO sync_windows (stream, window_start, window_end, vendor_count, read_at, checked_at)
-SELECT $1, s, e, LEAST(c, 2147483647)::int, $5, $5  -- a vendor's absurd count must not stall
-FROM unnest($2::timestamptz[], $3::timestamptz[], $4::bigint[]) AS t (s, e, c)
-ON CONFLICT (stream, window_start, window_end) DO UPDATE SET
-    vendor_count = EXCLUDED.vendor_count,
-    read_at = EXCLUDED.read_at,
-    checked_at = EXCLUDED.checked_at;
 
 -- name: windows_due
 -- $1 stream, $2 oldest start, $3 latest end, $4 checked before, $5 how many.
