@@ -296,9 +296,34 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from cdrsync.config import render
 
     settings = _load(args.config)
+    pooling = _check_pooling(settings)  # ConfigError (exit 78) behind a per-transaction pooler
     print(render(settings))
-    print(f"# {args.config}: OK, {len(settings.accounts)} account(s)", file=sys.stderr)
+    print(f"# {args.config}: OK, {len(settings.accounts)} account(s); {pooling}", file=sys.stderr)
     return EX_OK
+
+
+POOLER_CHECK_TIMEOUT = 5.0
+"""Seconds check-config waits for PostgreSQL before it skips the pooler check."""
+
+
+def _check_pooling(settings: Any) -> str:
+    """The pooler check of ``run`` and ``doctor``, when ``database.dsn`` is reachable: raises
+    ConfigError behind a per-transaction pooler; else says what was found, for stderr."""
+    from cdrsync.errors import StoreError
+    from cdrsync.store.pooler import check_session_pooling
+
+    if settings.database.dsn is None:
+        return "database: the embedded PostgreSQL (no pooler)"
+    check = check_session_pooling(
+        settings.database.dsn.reveal(), settings.database.schema,
+        connect_timeout=POOLER_CHECK_TIMEOUT,
+    )  # fmt: skip
+    try:
+        asyncio.run(check)
+    except StoreError as exc:
+        # check-config validates the file; a database that is down is not a config error.
+        return f"pooler check skipped (PostgreSQL not reachable: {exc})"
+    return "database.dsn keeps its sessions (no per-transaction pooler)"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -194,3 +194,27 @@ async def test_doctor_says_the_same_behind_a_transaction_pool(dsn: str, tmp_path
         code, out, err = await kids.command("doctor", "--config", str(config))
     assert code == 78, out + err
     assert "pool_mode = session" in err, out + err
+
+
+async def test_check_config_says_the_same_behind_a_transaction_pool(
+    dsn: str, tmp_path: Path
+) -> None:
+    """check-config refuses a transaction pool (78), passes direct, skips an unreachable DSN."""
+    if "host=" not in dsn:
+        pytest.skip("the test's pooler reaches PostgreSQL over the embedded server's socket")
+    sim = [account_table("http://127.0.0.1:9")]
+    async with pooler(dsn, "transaction") as through, children(tmp_path) as kids:
+        pooled = write_config(tmp_path / "pooled.toml", through, sim)
+        direct = write_config(tmp_path / "direct.toml", dsn, sim)
+        down = write_config(tmp_path / "down.toml", "postgresql://cdrsync@127.0.0.1:1/x", sim)
+        results = [
+            await kids.command("check-config", "--config", str(config), within=60)
+            for config in (pooled, direct, down)
+        ]
+    (pooled_code, _, pooled_err), (direct_code, _, direct_err), (down_code, _, down_err) = results
+    assert pooled_code == 78, pooled_err
+    assert "pool_mode = session" in pooled_err, pooled_err
+    assert direct_code == 0, direct_err
+    assert "no per-transaction pooler" in direct_err, direct_err
+    assert down_code == 0, down_err
+    assert "pooler check skipped" in down_err, down_err
