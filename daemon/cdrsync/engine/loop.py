@@ -177,6 +177,9 @@ class StreamLoop(abc.ABC):
             owned = False
         elif not await self._locks.alive() or self.name not in self._locks.held:
             owned = await self._locks.try_acquire(self.name)
+            # Held again after a gap (or for the first time): another instance may have run
+            # the stream meanwhile, so what this one remembers of it is stale.
+            self._ownership_taken()
         else:
             owned = True
         if owned != self._owned_logged:
@@ -253,6 +256,10 @@ class StreamLoop(abc.ABC):
 
     def _turn_starts(self) -> None:  # noqa: B027 - an optional hook, empty on purpose
         """Called before each turn (a stream that clears its wake-ups here overrides it)."""
+
+    def _ownership_taken(self) -> None:  # noqa: B027 - an optional hook, empty on purpose
+        """Called when a turn takes the stream's lock rather than finding it still held (a
+        stream that remembers its state between cycles forgets it here)."""
 
     def _poll_delay(self) -> float:
         """Seconds between cycles when nothing is waiting: the account's poll interval."""

@@ -38,7 +38,7 @@ from cdrsync.engine.plan import (
     too_deep,
 )
 from cdrsync.errors import CdrsyncError
-from cdrsync.model import CallRecord, Page, Reject, Window, WriteResult
+from cdrsync.model import CallRecord, Page, Reject, StreamState, Window, WriteResult
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
@@ -211,6 +211,9 @@ class WindowStream(StreamLoop):
         self._rows_total = 0
         # No window can be due for the audit before this (None: ask); see audit_next_due.
         self._audit_next: dt.datetime | None = None
+        # The state the last cycle left, as record_cycle returned it: only this process
+        # writes the stream while it holds the lock, so the next cycle need not read it again.
+        self._known: StreamState | None = None
 
     # ------------------------------------------------------------------ one cycle
 
@@ -218,7 +221,7 @@ class WindowStream(StreamLoop):
         """One pass over the planned windows. True when more windows wait (catching up)."""
         began = time.monotonic()
         now = self._clock()
-        state = await self._store.load_state(self.name)
+        state, self._known = self._known or await self._store.load_state(self.name), None
         if state is None:
             state = await self._store.ensure_stream(
                 self.name, vendor=self._account.vendor, account=self._account.name, kind=self.kind
@@ -248,7 +251,7 @@ class WindowStream(StreamLoop):
         error = await self._pipeline(windows, tally, audit)
         if error is None:
             # One statement counts the cycle and reads where the writer left the watermark.
-            state = await self._store.record_cycle(self.name, now=self._clock())
+            state = self._known = await self._store.record_cycle(self.name, now=self._clock())
         else:
             state = await self._store.load_state(self.name) or state
         if self._until is not None and state.watermark is not None:
@@ -276,6 +279,10 @@ class WindowStream(StreamLoop):
         if error is not None:
             raise error
         return len(planned) > len(windows) and tally.incomplete is None
+
+    def _ownership_taken(self) -> None:
+        """The lock was taken again: read the state afresh next cycle."""
+        self._known = None
 
     def _horizon(self, now: dt.datetime, watermark: dt.datetime | None) -> dt.datetime:
         """The start of this cycle's plan: the stream's start, or the vendor's horizon when

@@ -277,9 +277,7 @@ async def test_window_audit_catches_calls_listed_after_the_lookback(dsn, store, 
 
 
 async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(dsn, store, monkeypatch):
-    """After an audit found no window due, the cycles inside the audit interval do not query
-    the due windows at all; once the oldest check is an interval old, the audit runs again and
-    re-counts closed windows."""
+    """No due-window query runs until the oldest check is an audit interval old; then it does."""
     async with clocked(dsn, seed=21, backlog=100, backlog_days=0.05, late_fraction=0.0) as c:
         settings = c.settings(lookback="10m", window="1h", audit_interval="10m")
         async with owned_stream(c, settings) as stream:
@@ -302,6 +300,31 @@ async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(dsn, st
     # window was read a minute ago); the third, inside the interval, does not ask.
     assert [round((at - start).total_seconds()) for at in asked] == [60, 720]
     assert done[3]["audited"] > 0
+
+
+async def test_a_stream_that_keeps_its_lock_reads_its_state_once(dsn, store, monkeypatch):
+    """Holding its lock, a stream reads its state once, and again after taking the lock anew."""
+    async with clocked(dsn, seed=3, backlog=50, backlog_days=0.05, late_fraction=0.0) as c:
+        settings = c.settings(lookback="10m", window="1h")
+        async with owned_stream(c, settings) as stream:
+            loads = []
+            load_state = stream._store.load_state
+
+            async def counted(name):
+                loads.append(name)
+                return await load_state(name)
+
+            monkeypatch.setattr(stream._store, "load_state", counted)
+            for _ in range(3):
+                await asyncio.wait_for(stream.cycle(), 30)
+                c.clock.now += 60
+            assert len(loads) == 1
+            await stream._locks.release(stream.name)
+            assert await stream._own()  # taken again
+            await asyncio.wait_for(stream.cycle(), 30)
+            assert len(loads) == 2
+            stored = await load_state(stream.name)
+    assert stored is not None and stored.cycles == 4
 
 
 @contextlib.asynccontextmanager

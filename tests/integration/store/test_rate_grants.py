@@ -149,9 +149,7 @@ async def test_a_full_window_answers_when_the_oldest_grant_leaves_it(store: Stor
 
 
 async def test_the_grant_function_waits_for_the_limit_th_most_recent_grant(dsn: str) -> None:
-    """With more grants in the window than the limit, take_rate_grant answers the seconds until
-    the limit-th most recent one leaves (not the oldest), records nothing, and forgets a grant
-    already out of the window."""
+    """A full budget answers the wait until the limit-th newest grant leaves, recording none."""
     ages = [70, 50, 30, 10]  # seconds ago; a 60 s window holds the last three
     for age in ages:
         await sql_value(

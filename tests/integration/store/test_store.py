@@ -160,8 +160,7 @@ FAULTS = {
 async def test_a_batch_without_records_advances_and_records_its_windows_together(
     store: Store, *, stream: str, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A window read with nothing new moves the watermark and records the window for the
-    audit; when recording the window fails, the watermark stays too."""
+    """An empty batch moves the watermark and records its window together, or neither."""
     first, second = Window(T0, T0 + dt.timedelta(hours=1)), Window(T0, T0 + dt.timedelta(hours=2))
     await store.write_batch(stream, [], now=T0, advance_to=first.end, windows=[(first, 4)])
     state = await store.load_state(stream)
@@ -385,8 +384,7 @@ ACTIVITY_SQL = "SELECT state_change FROM pg_stat_activity WHERE pid = $1"
 async def test_the_lock_probe_asks_the_server_at_most_every_probe_every(
     store: Store, dsn: str
 ) -> None:
-    """Within probe_every of an answered probe, alive() sends nothing to the server; after
-    it, alive() asks again, and a session ended on the server meanwhile is reported lost."""
+    """alive() asks the server at most every probe_every, and then reports a lost session."""
     now = [0.0]
     locks = StreamLocks(dsn, schema=store.schema, probe_every=5.0, clock=lambda: now[0])
     await locks.open()
