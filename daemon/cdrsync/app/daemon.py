@@ -165,7 +165,7 @@ async def run(
                 sd_notify(f"STATUS={line}")
 
         grace = settings.daemon.shutdown_grace.total_seconds()
-        sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace)
+        sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace, on_forget=board.forget)
         if isinstance(rt.locks, BalancedLocks):
             # Registered first, so it runs last: the heartbeat goes on while streams drain,
             # then the row is deleted once their locks are given back.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,9 +77,12 @@ class Supervisor:
     """Starts, stops and restarts accounts' streams; ``accounts`` is what runs right now."""
 
     def __init__(
-        self, rt: Runtime, *, clock: Clock, on_cycle: CycleHook | None, grace: float
-    ) -> None:
+        self, rt: Runtime, *, clock: Clock, on_cycle: CycleHook | None, grace: float,
+        on_forget: Callable[[list[str]], None] | None = None,
+    ) -> None:  # fmt: skip
+        """``on_forget(streams)``: the streams of an account a reload removed have stopped."""
         self._rt = rt
+        self._on_forget = on_forget
         self._clock = clock
         self._on_cycle = on_cycle
         self._grace = grace
@@ -216,9 +219,10 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*running.tasks, return_exceptions=True)
         if forget:
-            self._rt.metrics.forget(
-                name, [t.get_name() for t in running.tasks], list(running.limiters)
-            )
+            streams = [t.get_name() for t in running.tasks]
+            self._rt.metrics.forget(name, streams, list(running.limiters))
+            if self._on_forget is not None:
+                self._on_forget(streams)
         for task in running.tasks:
             try:
                 await self._rt.locks.release(task.get_name())

@@ -263,6 +263,15 @@ class StatusBoard:
             self._stale = True
         return self.line()
 
+    def forget(self, streams: Iterable[str]) -> None:
+        """Streams that no longer run (their account was removed or disabled by a reload):
+        left in, they would be counted, and a failing or lagging one shown, until a restart."""
+        for stream in streams:
+            self._lags.pop(stream, None)
+            self._failing.discard(stream)
+            if self._worst is not None and self._worst[1] == stream:
+                self._worst, self._stale = None, True
+
     def line(self) -> str:
         """E.g. ``3 streams, 1 failing; max lag 63s (acme-in/list); 1204 rows written``."""
         if self._stale:
