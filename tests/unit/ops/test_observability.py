@@ -297,3 +297,24 @@ def test_status_line_forgets_streams_a_reload_removed(forgotten, expected):
         board.update(stream, ok=ok, lag_s=lag, rows=0)
     board.forget(forgotten)
     assert board.line() == expected
+
+
+def test_a_line_logged_while_a_reload_adds_secrets_is_still_masked():
+    """A log line scrubbed while ``add`` builds the new secret index (a reload, with streams
+    logging meanwhile) still has the old secrets masked."""
+    scrubber = SecretScrubber(["old-secret-AAAA"])
+    seen: list[str] = []
+
+    class LogsMidway(str):
+        """A new secret whose indexing logs a line: the instant the index is being built."""
+
+        __slots__ = ()
+
+        def __getitem__(self, key):
+            if not seen:
+                seen.append(scrubber.scrub("401 for old-secret-AAAA"))
+            return str.__getitem__(self, key)
+
+    scrubber.add([LogsMidway("a-much-longer-new-secret-BBBB")])
+    assert seen == ["401 for ***"]
+    assert scrubber.scrub("old-secret-AAAA a-much-longer-new-secret-BBBB") == "*** ***"
