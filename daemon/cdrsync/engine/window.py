@@ -108,10 +108,13 @@ AuditSpan = tuple[dt.datetime, dt.datetime, dt.datetime]
 
 @dataclass(frozen=True, slots=True)
 class _Recorded:
-    """A marker in the read queue: record ``window`` (whose parts are done) with ``count``."""
+    """A marker in the read queue: record ``window`` (whose parts are done) with ``count``;
+    with ``summed``, ``count`` is the rows closed before the split, and the window is recorded
+    with the rows its parts closed (there was no window count to record)."""
 
     window: Window
     count: int
+    summed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,20 +424,28 @@ class WindowStream(StreamLoop):
 
         A whole grid window is recorded with the vendor's count once read, for the audit; a
         grid window that had to be split is recorded, with the count that made it split, after
-        all its parts are complete."""
+        all its parts are complete. When the count is per page (Acefone, ``count_mode`` page)
+        a split has no window count: the window is recorded with the rows its parts closed,
+        so the audit still re-counts it (it may then re-read it each audit interval: a count
+        read in max_page_depth pages falls short of it)."""
         pending: list[Window | _Recorded] = [window]
+        closed = 0  # rows of the parts closed so far
         while pending:
             part = pending.pop(0)
             if isinstance(part, _Recorded):
-                await queue.put(_Batch((), (), None, part.window, part.count))
+                count = closed - part.count if part.summed else part.count
+                await queue.put(_Batch((), (), None, part.window, count))
                 continue
             verdict, total = await self._read_part(part, queue, tally)
             if verdict == "split":
                 tally.splits += 1
                 after: list[Window | _Recorded] = [*split_window(part)]
-                if self._on_grid(part) and total is not None:
-                    after.append(_Recorded(part, total))
+                if self._on_grid(part):
+                    marker = _Recorded(part, total) if total is not None else None
+                    after.append(marker or _Recorded(part, closed, summed=True))
                 pending[0:0] = after
+            elif verdict == "complete":
+                closed += total or 0
             elif verdict == "incomplete":
                 tally.incomplete = part
                 return False
