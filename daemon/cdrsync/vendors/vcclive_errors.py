@@ -10,7 +10,8 @@ a malformed request), else by its words:
 - "not_yet": not found / not processed yet: the 5-minute x 20 schedule goes on;
 - anything unrecognised is read as "not yet" too: the schedule is bounded (20 attempts), and
   giving up on the first answer of an unknown wording could lose a call for good.
-When errors disagree, the worst wins: auth, then permission, then malformed.
+A 400-like code whose words say "not found" is read as "not yet". When errors disagree, the
+worst wins: auth, then permission, then malformed.
 """
 
 from __future__ import annotations
@@ -60,14 +61,13 @@ def _text(item: Any) -> str:
 
 def error_kind(item: Any) -> CdrErrorKind:
     """One error (an object with ``code``/``message``, or a string): what it stands for."""
-    code = _code(item)
-    if code is not None and code in _BY_CODE:
-        return _BY_CODE[code]
     text = _text(item)
-    for kind, words in _BY_WORDS:
-        if any(word in text for word in words):
-            return kind
-    return "not_yet"
+    said = next((kind for kind, words in _BY_WORDS if any(w in text for w in words)), None)
+    code = _code(item)
+    by_code = _BY_CODE.get(code) if code is not None else None
+    if by_code == "malformed" and said == "not_yet":
+        return "not_yet"  # "not found" under a 400: most likely the uuid is not there yet
+    return by_code or said or "not_yet"
 
 
 def cdr_errors_kind(errors: Any) -> CdrErrorKind:

@@ -796,6 +796,8 @@ def test_lookup_months_table(doc, received, context):
         (["Access denied to project 3"], "permission"),
         ([{"code": 400, "message": "invalid request: month must be an integer"}], "malformed"),
         (["uuid is required"], "malformed"),
+        ([{"code": 400, "message": "CDR not found"}], "not_yet"),
+        ([{"code": 401, "message": "user not found"}], "auth"),
         ({"uuid": "invalid uuid"}, "malformed"),
         ({"code": 401, "message": "Unauthorized"}, "auth"),
         ([{"code": 404, "message": "not found"}, {"code": 401, "message": "no"}], "auth"),
