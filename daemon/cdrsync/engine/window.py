@@ -295,8 +295,8 @@ class WindowStream(StreamLoop):
         # The rows in memory (queued, being written, and the window being read) stay within
         # three write targets, however many calls a window holds: a backfill's windows grow
         # with the account's call volume (issue 11: the peak RSS rose from 104 to 119 MB when
-        # the same rows came in windows five times as dense). Three, not two: with less the
-        # reader stalls behind the writer on sparse windows.
+        # the same rows came in windows five times as dense). Three, not two: the room sparse
+        # windows had before (one batch being written, two queued); two measured slower.
         queue: RowQueue[_Batch] = RowQueue(3 * self._write_rows, hold=True)
 
         def stopping() -> None:
