@@ -19,6 +19,7 @@ Pure parsing and normalizing first, then a thin client. Vendor behaviour this an
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import time
@@ -33,7 +34,7 @@ from cdrsync import jsontext
 from cdrsync.errors import RECORD_ERRORS, AuthError, BadPageError, ParseError
 from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import CallRecord, Page, Reject, Window
-from cdrsync.vendors import localtime
+from cdrsync.vendors import acefone_split, localtime
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
@@ -169,9 +170,18 @@ def _lower(value: Any) -> str | None:
 
 
 def normalize(
-    record: Mapping[str, Any], *, account: str, zone: dt.tzinfo, fetched_at: dt.datetime
+    record: Mapping[str, Any],
+    *,
+    account: str,
+    zone: dt.tzinfo,
+    fetched_at: dt.datetime,
+    stored: tuple[str, bytes] | None = None,
 ) -> CallRecord:
-    """One Acefone record as a CallRecord; ``ParseError`` says what is wrong with it."""
+    """One Acefone record as a CallRecord; ``ParseError`` says what is wrong with it.
+
+    ``stored``: ``raw`` and its content hash, when the record's own bytes are stored as the
+    vendor sent them (``acefone_split.plain``); ``record`` then needs only the fields read
+    here. Without it ``raw`` is the record written as sorted-key JSON."""
     get = record.get
     key = _text(get("id"))
     if key is None:
@@ -186,11 +196,13 @@ def normalize(
     ended_at = _local(end_stamp, "end_stamp", zone) if end_stamp not in (None, "") else None
     duration_s = _int(record, "call_duration")
     talk_s = _int(record, "answered_seconds")
-    raw = jsontext.canonical(record)
-    if b"\\u0000" in raw:
-        # PostgreSQL stores no NUL character in text or jsonb; kept, it would fail the whole
-        # batch on every cycle. The record goes to rejects instead.
-        raise ParseError("record contains a NUL character, which PostgreSQL cannot store")
+    if stored is None:
+        raw = jsontext.canonical(record)
+        if b"\\u0000" in raw:
+            # PostgreSQL stores no NUL character in text or jsonb; kept, it would fail the
+            # whole batch on every cycle. The record goes to rejects instead.
+            raise ParseError("record contains a NUL character, which PostgreSQL cannot store")
+        stored = (raw.decode(), digest(raw))
     # Positional, in CALL_COLUMNS order: keyword construction of a 27-field tuple per call was
     # a measurable share of a backfill's CPU.
     return CallRecord._make(
@@ -210,8 +222,7 @@ def normalize(
             _ring_seconds(get("agent_ring_time")),
             *_texts(record, _TEXT_FIELDS),
             started_local.date(),
-            raw.decode(),
-            digest(raw),
+            *stored,
             fetched_at,
             "list",
         )
@@ -227,8 +238,7 @@ def normalize_item(
     return normalize(item, account=account, zone=zone, fetched_at=fetched_at)
 
 
-def _count(body: Mapping[str, Any]) -> int:
-    value = body.get("count")
+def _count(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().isdigit():
@@ -236,11 +246,26 @@ def _count(body: Mapping[str, Any]) -> int:
     raise BadPageError(f"Acefone page has no usable count ({str(value)[:20]!r}); fetching it again")
 
 
+def record_hash(data: bytes) -> bytes:
+    """The content hash ``parse_page`` gives the record whose bytes on a page are ``data``."""
+    if acefone_split.plain(data):
+        return digest(data)
+    return digest(jsontext.canonical(jsontext.loads(data)))
+
+
+class _Undecodable(Exception):
+    """A record the split page holds that the full decode refuses: the page is read whole."""
+
+
 def parse_page(
     body: bytes, *, account: str, stream: str, zone: dt.tzinfo, fetched_at: dt.datetime
 ) -> Page:
     """A whole list page. A page that is not valid JSON raises ``BadPageError`` (it is fetched
     again); a single bad record becomes a ``Reject`` and the rest of the page is kept."""
+    parts = acefone_split.split(body)
+    if parts is not None:
+        with contextlib.suppress(_Undecodable):
+            return _parse_split(*parts, account=account, stream=stream, zone=zone, at=fetched_at)
     try:
         doc = jsontext.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -249,22 +274,65 @@ def parse_page(
         ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise BadPageError("Acefone page has no results list; fetching it again")
-    total = _count(doc)
+    return _parse_items(
+        _count(doc.get("count")), [(item, None) for item in doc["results"]],
+        account=account, stream=stream, zone=zone, at=fetched_at,
+    )  # fmt: skip
+
+
+def _parse_split(
+    count: Any, items: list[Any], *, account: str, stream: str, zone: dt.tzinfo, at: dt.datetime
+) -> Page:
+    total = _count(count)
+    decoded: list[tuple[Any, tuple[str, bytes] | None]] = []
+    for item in items:
+        data = bytes(item)
+        try:
+            text = data.decode()  # PostgreSQL takes UTF-8 only; the full decode refuses the page
+        except UnicodeDecodeError:
+            raise _Undecodable from None
+        values = acefone_split.fields(data) if acefone_split.plain(data) else None
+        if values is not None:
+            decoded.append((values, (text, digest(data))))
+            continue
+        try:
+            decoded.append((jsontext.loads(data), None))
+        except orjson.JSONDecodeError:
+            raise _Undecodable from None
+    return _parse_items(total, decoded, account=account, stream=stream, zone=zone, at=at)
+
+
+def _parse_items(
+    total: int,
+    items: list[tuple[Any, tuple[str, bytes] | None]],
+    *,
+    account: str,
+    stream: str,
+    zone: dt.tzinfo,
+    at: dt.datetime,
+) -> Page:
+    """``items``: each record decoded (whole, or just the fields read) with its own bytes when
+    they are stored as they are."""
     records: list[CallRecord] = []
     rejects: list[Reject] = []
     keys: list[str] = []
-    for item in doc["results"]:
+    for item, stored in items:
         key = _text(item.get("id")) if isinstance(item, dict) else None
         if key is not None:
             keys.append(key)
         try:
-            records.append(normalize_item(item, account=account, zone=zone, fetched_at=fetched_at))
+            if stored is None:
+                records.append(normalize_item(item, account=account, zone=zone, fetched_at=at))
+            else:
+                records.append(
+                    normalize(item, account=account, zone=zone, fetched_at=at, stored=stored)
+                )
         except RECORD_ERRORS as exc:
-            payload = jsontext.reject_text(item)
-            rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
+            payload = stored[0] if stored is not None else jsontext.reject_text(item)
+            rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, at))
     return Page(
         total=total,
-        size=len(doc["results"]),
+        size=len(items),
         records=tuple(records),
         rejects=tuple(rejects),
         keys=tuple(keys),
