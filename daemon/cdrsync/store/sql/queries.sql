@@ -36,7 +36,7 @@ CREATE TEMP TABLE IF NOT EXISTS cdrsync_calls_in (LIKE calls INCLUDING DEFAULTS)
 -- raw holds the best copy's record, raw_other every other source's. A row changes only when
 -- a copy brings something new: a higher source; the same source with other content and not
 -- older than the stored copy; a lower source with another record than the one kept for it,
--- not older than that one. An unchanged re-read writes nothing.
+-- not older than that one. An unchanged re-read writes nothing, whatever its key order.
 WITH up AS (
     INSERT INTO calls AS c (
         vendor, account, call_key, call_id, call_uuid, direction, status,
@@ -111,6 +111,9 @@ WITH up AS (
     OR (
         EXCLUDED.source = c.source
         AND c.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+        -- The hash is of the vendor's bytes (Acefone), or of sorted-key JSON (older versions):
+        -- the same record with its keys reordered, or hashed the older way, is equal as jsonb.
+        AND c.raw IS DISTINCT FROM EXCLUDED.raw
         AND c.fetched_at <= EXCLUDED.fetched_at
     ) OR (
         source_rank(EXCLUDED.source) < source_rank(c.source)
