@@ -20,11 +20,12 @@ Pure parsing and normalizing first, then a thin client. Vendor behaviour this an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import time
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -258,14 +259,26 @@ class _Undecodable(Exception):
 
 
 def parse_page(
-    body: bytes, *, account: str, stream: str, zone: dt.tzinfo, fetched_at: dt.datetime
+    body: bytes,
+    *,
+    account: str,
+    stream: str,
+    zone: dt.tzinfo,
+    fetched_at: dt.datetime,
+    known: Container[bytes] = frozenset(),
 ) -> Page:
     """A whole list page. A page that is not valid JSON raises ``BadPageError`` (it is fetched
-    again); a single bad record becomes a ``Reject`` and the rest of the page is kept."""
+    again); a single bad record becomes a ``Reject`` and the rest of the page is kept.
+
+    ``known``: content hashes of stored list copies; a record whose bytes hash to one of them
+    is identical to its copy and is only counted (``Page.unchanged``) and keyed."""
     parts = acefone_split.split(body)
     if parts is not None:
+        count, items = parts
         with contextlib.suppress(_Undecodable):
-            return _parse_split(*parts, account=account, stream=stream, zone=zone, at=fetched_at)
+            return _parse_split(
+                count, items, known, account=account, stream=stream, zone=zone, at=fetched_at
+            )
     try:
         doc = jsontext.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -281,25 +294,45 @@ def parse_page(
 
 
 def _parse_split(
-    count: Any, items: list[Any], *, account: str, stream: str, zone: dt.tzinfo, at: dt.datetime
+    count: Any,
+    items: list[Any],
+    known: Container[bytes],
+    *,
+    account: str,
+    stream: str,
+    zone: dt.tzinfo,
+    at: dt.datetime,
 ) -> Page:
     total = _count(count)
     decoded: list[tuple[Any, tuple[str, bytes] | None]] = []
+    skipped: list[str] = []
     for item in items:
         data = bytes(item)
+        content_hash = digest(data)
+        if content_hash in known:
+            # The very bytes of a stored list copy: the same record, nothing to normalize.
+            key = _text(acefone_split.key(data))
+            if key is not None:
+                skipped.append(key)
+                continue
         try:
             text = data.decode()  # PostgreSQL takes UTF-8 only; the full decode refuses the page
         except UnicodeDecodeError:
             raise _Undecodable from None
         values = acefone_split.fields(data) if acefone_split.plain(data) else None
         if values is not None:
-            decoded.append((values, (text, digest(data))))
+            decoded.append((values, (text, content_hash)))
             continue
         try:
             decoded.append((jsontext.loads(data), None))
         except orjson.JSONDecodeError:
             raise _Undecodable from None
-    return _parse_items(total, decoded, account=account, stream=stream, zone=zone, at=at)
+    page = _parse_items(total, decoded, account=account, stream=stream, zone=zone, at=at)
+    if not skipped:
+        return page
+    return dataclasses.replace(
+        page, size=len(items), keys=(*skipped, *page.keys), unchanged=len(skipped)
+    )
 
 
 def _parse_items(
@@ -381,6 +414,17 @@ class AcefoneSource:
         self._count_is_total = False
         self._not_cap = 0
         """Page sizes up to this are known not to be a cap on ``limit`` (a larger page came)."""
+        self._known: dict[Window, frozenset[bytes]] = {}
+        """Per window being read: hashes of its stored list copies (``remember``)."""
+
+    def remember(self, window: Window, hashes: frozenset[bytes]) -> None:
+        """Records of ``window`` whose bytes hash to one of ``hashes`` are stored already: its
+        pages only count and key them (``Page.unchanged``) until ``forget(window)``."""
+        self._known[window] = hashes
+
+    def forget(self, window: Window) -> None:
+        """Stop skipping the stored records of ``window``."""
+        self._known.pop(window, None)
 
     async def fetch_page(self, window: Window, page: int) -> Page:
         """One page of the window; a rejected login token is renewed once."""
@@ -467,6 +511,7 @@ class AcefoneSource:
                 stream=self._stream,
                 zone=self._zone,
                 fetched_at=fetched_at,
+                known=self._known.get(window, frozenset()),
             )
 
         return await self._transport.request(

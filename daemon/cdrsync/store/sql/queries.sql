@@ -200,6 +200,13 @@ SELECT pg_advisory_unlock(hashtext($1::text), hashtext($2::text));
 -- name: call_hashes
 SELECT call_key, content_hash FROM calls WHERE vendor = $1 AND account = $2;
 
+-- name: list_hashes
+-- The content hashes of one account's list copies that started in [$3, $4): a re-read skips
+-- every record whose bytes hash to one of them. Copies from a push or a lookup are left out:
+-- a list record must still be merged into those.
+SELECT content_hash FROM calls
+WHERE vendor = $1 AND account = $2 AND source = 'list' AND started_at >= $3 AND started_at < $4;
+
 -- name: reject_count
 SELECT count(*)
 FROM rejects
