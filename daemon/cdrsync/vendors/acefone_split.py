@@ -89,7 +89,7 @@ def split(body: bytes) -> tuple[Any, list[msgspec.Raw]] | None:
 #   is rejected by the full decode, as before.
 # One C pass maps digits and "." to "0", "E" to "e", signs to "s" and "[" to "{".
 _SHAPE = bytes.maketrans(b"0123456789.E+-[", b"00000000000ess{")
-_EXPONENTS = (b"e00000", b"es00000")
+_EXPONENTS = (b"0e00000", b"0es00000")  # a digit (or ".") always stands before the "e"
 _BEFORE_NUMBER = frozenset(b":,{ s\t\r\n")
 _MAX_BRACKETS = 255
 _MAX_BYTES = 16_000
@@ -105,7 +105,7 @@ def _huge_exponent(shape: bytes) -> bool:
             start = at
             while start > 0 and shape[start - 1] == 0x30:
                 start -= 1
-            if start < at and shape[start - 1] in _BEFORE_NUMBER:
+            if shape[start - 1] in _BEFORE_NUMBER:
                 return True
             at = shape.find(pattern, at + 1)
     return False
