@@ -151,6 +151,9 @@ VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
                     # "auto" (default, the account's setting being unknown): start with the
                     # apiKey header, on a refusal try the token once and keep what works.
                     "auth": (to_choice(("apikey", "token", "auto")), "auto"),
+                    # generateToken refused the credentials: not asked again for this long
+                    # (it allows 10 tokens an hour; a reload with new credentials asks at once).
+                    "token_refusal_hold": (_POSITIVE, "1h"),
                     # The bulk API serves the last 15 days only (older dates come back empty).
                     "retention": (_POSITIVE, "15d"),
                     # The backlog stream reads whole IST days: the fewest requests at 2/min.

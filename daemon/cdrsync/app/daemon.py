@@ -165,7 +165,7 @@ async def run(
                 sd_notify(f"STATUS={line}")
 
         grace = settings.daemon.shutdown_grace.total_seconds()
-        sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace)
+        sup = Supervisor(rt, clock=clock, on_cycle=cycled, grace=grace, on_forget=board.forget)
         if isinstance(rt.locks, BalancedLocks):
             # Registered first, so it runs last: the heartbeat goes on while streams drain,
             # then the row is deleted once their locks are given back.
@@ -264,7 +264,17 @@ async def _reload(sup: Supervisor, current: Settings, reloader: Reloader | None)
             action="changes to [database] and [daemon] take effect at the next restart",
         )  # fmt: skip
         new = dataclasses.replace(new, database=current.database, daemon=current.daemon)
-    changes = await sup.apply(new)
+    try:
+        changes = await sup.apply(new)
+    except StoreError as exc:
+        # Building the new accounts' streams needs PostgreSQL; apply() changed nothing yet.
+        log.warning(
+            "config.reload_failed", error=str(exc),
+            action="the running configuration is kept, nothing of the new one was applied; "
+            "send SIGHUP again once PostgreSQL is reachable",
+        )  # fmt: skip
+        sd_notify("READY=1", "STATUS=reload failed (database unreachable); running as before")
+        return current
     log.info(
         "config.reloaded", added=list(changes.added), removed=list(changes.removed),
         restarted=list(changes.restarted), streams=sup.stream_names,

@@ -131,8 +131,6 @@ async def build_account(
 ) -> AccountStreams:
     """Every stream of one account, sharing one set of limiters."""
     limiters = await shared_limiters(rt, account)
-    for group, limiter in limiters.items():
-        rt.metrics.watch_limiter(account.name, group, limiter)
     built = AccountStreams(limiters=limiters)
     if account.vendor == "vcclive":
         built.streams += _vcclive(

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from cdrsync.app.members import BalancedLocks
-from cdrsync.app.streams import bounded_stream, build_account
+from cdrsync.app.streams import AccountStreams, bounded_stream, build_account
 from cdrsync.engine.loop import StreamLoop
 from cdrsync.engine.spread import first_due
 from cdrsync.errors import StoreError
@@ -77,9 +77,12 @@ class Supervisor:
     """Starts, stops and restarts accounts' streams; ``accounts`` is what runs right now."""
 
     def __init__(
-        self, rt: Runtime, *, clock: Clock, on_cycle: CycleHook | None, grace: float
-    ) -> None:
+        self, rt: Runtime, *, clock: Clock, on_cycle: CycleHook | None, grace: float,
+        on_forget: Callable[[list[str]], None] | None = None,
+    ) -> None:  # fmt: skip
+        """``on_forget(streams)``: the streams of an account a reload removed have stopped."""
         self._rt = rt
+        self._on_forget = on_forget
         self._clock = clock
         self._on_cycle = on_cycle
         self._grace = grace
@@ -103,10 +106,23 @@ class Supervisor:
     async def start(self, account: AccountSettings, *, starting: int = 1) -> None:
         """Build and start every stream of ``account``; ``starting`` accounts start together,
         so first cycles are spread (``engine.spread``)."""
+        self._launch(account, *await self._build(account), starting=starting)
+
+    async def _build(self, account: AccountSettings) -> tuple[asyncio.Event, AccountStreams]:
+        """``account``'s streams, not started: everything that needs the database (its
+        limiters' grants, its stream rows) is done here, so starting them needs none."""
         stop = asyncio.Event()
         built = await build_account(
             self._rt, account, stop, clock=self._clock, on_cycle=self._on_cycle
         )
+        return stop, built
+
+    def _launch(
+        self, account: AccountSettings, stop: asyncio.Event, built: AccountStreams, *,
+        starting: int,
+    ) -> None:  # fmt: skip
+        for group, limiter in built.limiters.items():
+            self._rt.metrics.watch_limiter(account.name, group, limiter)
         running = _Running(account, stop, wake=list(built.wake), limiters=built.limiters)
         if isinstance(self._rt.locks, BalancedLocks):
             self._rt.locks.offer(stream.name for stream in built.streams)
@@ -203,9 +219,10 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*running.tasks, return_exceptions=True)
         if forget:
-            self._rt.metrics.forget(
-                name, [t.get_name() for t in running.tasks], list(running.limiters)
-            )
+            streams = [t.get_name() for t in running.tasks]
+            self._rt.metrics.forget(name, streams, list(running.limiters))
+            if self._on_forget is not None:
+                self._on_forget(streams)
         for task in running.tasks:
             try:
                 await self._rt.locks.release(task.get_name())
@@ -217,16 +234,21 @@ class Supervisor:
         await asyncio.gather(*(self.stop(name, forget=False) for name in list(self._running)))
 
     async def apply(self, settings: Settings) -> Changes:
-        """Make the running accounts those of ``settings``."""
-        changes = plan_changes(self.accounts, enabled(settings))
+        """Make the running accounts those of ``settings``, all or nothing: every account to
+        (re)start is built first (the only step that needs the database), so a ``StoreError``
+        (PostgreSQL unreachable) leaves every account running as it was. Built early, a
+        restarted account's limiters miss the grants its old streams take until they stop:
+        the database gate (``rate_grants``) still counts them before each scarce request."""
         wanted = enabled(settings)
+        changes = plan_changes(self.accounts, wanted)
+        starting = (*changes.restarted, *changes.added)
+        built = {name: await self._build(wanted[name]) for name in starting}
         for name in changes.removed:
             await self.stop(name)
         for name in changes.restarted:
             await self.stop(name, forget=False)
-        starting = (*changes.restarted, *changes.added)
         for name in starting:
-            await self.start(wanted[name], starting=len(starting))
+            self._launch(wanted[name], *built[name], starting=len(starting))
         return changes
 
     async def watch_backfills(self, stop: asyncio.Event, every: float = 2.0) -> None:

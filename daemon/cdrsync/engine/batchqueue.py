@@ -2,7 +2,10 @@
 pipeline that runs the two together.
 
 Bounding by rows, not by batches, keeps memory flat however dense the vendor's windows are: a
-window of 4 000 calls takes the room of forty windows of 100.
+window of 4 000 calls takes the room of forty windows of 100. With ``hold`` the bound also
+covers the rows the writer has taken and not yet committed (until ``done``), and the reader can
+wait for room before it reads a window (``wait_room``): then the rows in memory stay within the
+bound whatever the window size, not the bound plus a window being written plus one being read.
 """
 
 from __future__ import annotations
@@ -18,18 +21,31 @@ T = TypeVar("T", bound=Sized)
 
 
 class RowQueue(Generic[T]):
-    """FIFO of batches holding at most ``max_rows`` rows (one batch always fits, however big)."""
+    """FIFO of batches holding at most ``max_rows`` rows (one batch always fits, however big).
 
-    def __init__(self, max_rows: int) -> None:
+    With ``hold``, rows the consumer took count against ``max_rows`` until it calls ``done``."""
+
+    def __init__(self, max_rows: int, *, hold: bool = False) -> None:
         self._max_rows = max_rows
+        self._hold = hold
         self._items: deque[T | None] = deque()
         self._rows = 0
+        self._held = 0
         self._changed = asyncio.Condition()
 
     @property
     def rows(self) -> int:
         """Rows waiting now."""
         return self._rows
+
+    @property
+    def held(self) -> int:
+        """Rows the consumer took and has not reported ``done`` (always 0 without ``hold``)."""
+        return self._held
+
+    def _fits(self, size: int) -> bool:
+        used = self._rows + self._held
+        return not size or not used or used + size <= self._max_rows
 
     def empty(self) -> bool:
         """Whether nothing waits."""
@@ -46,10 +62,9 @@ class RowQueue(Generic[T]):
         """Add ``item`` (None ends the stream) once there is room for its rows."""
         size = len(item) if item is not None else 0
         async with self._changed:
-            # An empty item (the end marker, a window record) takes no room and never waits.
-            await self._changed.wait_for(
-                lambda: not size or not self._items or self._rows + size <= self._max_rows
-            )
+            # An empty item (the end marker, a window record) takes no room and never waits;
+            # any item fits when nothing else is queued or held.
+            await self._changed.wait_for(lambda: self._fits(size))
             self._items.append(item)
             self._rows += size
             self._changed.notify_all()
@@ -62,9 +77,25 @@ class RowQueue(Generic[T]):
             self._changed.notify_all()
             return item
 
+    async def wait_room(self, rows: int) -> None:
+        """Wait until ``rows`` more would fit (at once if nothing is queued or held): a reader
+        calls it before it reads a window of about ``rows`` rows into memory."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._fits(rows))
+
+    async def done(self) -> None:
+        """The consumer has finished with every item it took (committed them): their rows no
+        longer count against ``max_rows``."""
+        async with self._changed:
+            self._held = 0
+            self._changed.notify_all()
+
     def _take(self) -> T | None:
         item = self._items.popleft()
-        self._rows -= len(item) if item is not None else 0
+        size = len(item) if item is not None else 0
+        self._rows -= size
+        if self._hold:
+            self._held += size
         return item
 
 

@@ -40,6 +40,7 @@ class SecretScrubber:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
+        self._by_prefix: dict[str, list[str]] = {}
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
@@ -47,12 +48,16 @@ class SecretScrubber:
         # Longest first so that a secret containing another is masked whole; very short values
         # would mask ordinary words, so they are left to the patterns.
         known = {s for s in (*self._secrets, *secrets) if len(s) >= _PREFIX}
-        self._secrets = sorted(known, key=len, reverse=True)
+        ordered = sorted(known, key=len, reverse=True)
         # By their first characters: a thousand accounts bring a thousand tokens, and looking
         # for each in every string of every event cost more than the rest of the logging.
-        self._by_prefix: dict[str, list[str]] = {}
-        for secret in self._secrets:  # longest first within each prefix, too
-            self._by_prefix.setdefault(secret[:_PREFIX], []).append(secret)
+        index: dict[str, list[str]] = {}
+        for secret in ordered:  # longest first within each prefix, too
+            index.setdefault(secret[:_PREFIX], []).append(secret)
+        # Swapped in whole, in one assignment: a line logged meanwhile (a reload adds secrets
+        # while the streams log, from other threads too) is scrubbed by the old index or by
+        # the new one, never by a half-built one that misses the old secrets.
+        self._secrets, self._by_prefix = ordered, index
 
     def scrub(self, text: str) -> str:
         """``text`` with every known secret and secret-looking value masked."""
@@ -262,6 +267,15 @@ class StatusBoard:
         elif worst is not None and worst[1] == stream:
             self._stale = True
         return self.line()
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Streams that no longer run (their account was removed or disabled by a reload):
+        left in, they would be counted, and a failing or lagging one shown, until a restart."""
+        for stream in streams:
+            self._lags.pop(stream, None)
+            self._failing.discard(stream)
+            if self._worst is not None and self._worst[1] == stream:
+                self._worst, self._stale = None, True
 
     def line(self) -> str:
         """E.g. ``3 streams, 1 failing; max lag 63s (acme-in/list); 1204 rows written``."""

@@ -118,6 +118,9 @@ class VccFaults:
     add_fault: float = 0.0
     add_fault_next: int = 0
     """Answer the next N adds with 503 after storing them (a lost answer, deterministic)."""
+    cdr_errors: tuple[Any, ...] = ()
+    """Answer every ``GET /v2/cdr/Y/M/{uuid}`` with HTTP 200 and these ``errors`` (objects or
+    strings: a refusal)."""
 
     def rate(self, group: str) -> tuple[int, float] | None:
         """The (requests, period_s) limit of an endpoint group, None when unlimited."""

@@ -110,7 +110,7 @@ _GATE_KEY = web.AppKey("vcclive_gate", Gate)
 
 def _envelope(
     response: Any,
-    errors: list[dict[str, Any]] | None = None,
+    errors: list[Any] | None = None,
     *,
     status: int = 200,
     headers: dict[str, str] | None = None,
@@ -197,6 +197,8 @@ async def _cdrs(request: web.Request) -> web.Response:
 async def _cdr(request: web.Request) -> web.Response:
     """GET /v2/cdr/{year}/{month}/{uuid}: 404 until the call is processed."""
     sim, m = request.app[_SIM_KEY], request.match_info
+    if sim.faults.cdr_errors:
+        return _envelope(None, list(sim.faults.cdr_errors))
     cdr = sim.lookup_cdr(_int(m["year"], "year"), _int(m["month"], "month"), m["uuid"])
     if cdr is None:
         sim.stats.cdr_404 += 1  # "not yet", whichever way not_yet says it

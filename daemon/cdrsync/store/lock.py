@@ -1,10 +1,17 @@
 """Stream ownership across cdrsync instances: session advisory locks on one connection.
 
 Several instances may share one database; a stream runs only in the instance holding its lock.
-The locks live on a dedicated connection (never a pooled one: the pool resets sessions with
-``pg_advisory_unlock_all()`` on release), so they vanish with it when the process dies, the
-network drops or PostgreSQL restarts, and another instance can take the streams over. When the
-connection is lost ``held`` empties at once, and the next ``try_acquire`` reconnects.
+The locks live on a dedicated connection, never a pooled one: a session lock belongs to the
+connection that took it, and a pooled connection goes back to the pool and on to other work
+(and would outlive the session's loss unnoticed). So they vanish with it when the process dies,
+the network drops or PostgreSQL restarts, and another instance can take the streams over. When
+the connection is lost ``held`` empties at once, and the next ``try_acquire`` reconnects.
+
+Every statement on the session is bounded (``try_acquire`` and ``release`` by the connect
+timeout, ``alive`` by ``probe_timeout``): on a silently dropped network no answer comes until
+TCP gives up (many minutes), and meanwhile every stream's probe and the heartbeat would wait
+for the session. A statement without an answer in time ends the session: it counts as lost,
+with every lock, exactly as a closed connection does.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from cdrsync.errors import StoreError
 from cdrsync.store.queries import QUERIES, server_settings, translate
 
 T = TypeVar("T")
@@ -81,9 +89,8 @@ class StreamLocks:
             with translate(f"take the lock of stream {stream}", self._dsn):
                 try:
                     await self._ensure()
-                    got = bool(
-                        await self._conn.fetchval(QUERIES["try_stream_lock"], self._schema, stream)
-                    )
+                    query = self._conn.fetchval(QUERIES["try_stream_lock"], self._schema, stream)
+                    got = bool(await self._bounded(query, f"take the lock of stream {stream}"))
                 except BaseException:
                     await self._drop()
                     raise
@@ -101,7 +108,8 @@ class StreamLocks:
                 return
             with translate(f"release the lock of stream {stream}", self._dsn):
                 try:
-                    await self._conn.fetchval(QUERIES["stream_unlock"], self._schema, stream)
+                    query = self._conn.fetchval(QUERIES["stream_unlock"], self._schema, stream)
+                    await self._bounded(query, f"release the lock of stream {stream}")
                 except BaseException:
                     # A session we cannot talk to may still hold the lock: end it for sure.
                     await self._drop()
@@ -151,6 +159,20 @@ class StreamLocks:
                     await asyncio.wait_for(conn.close(), self._probe_timeout)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
                     conn.terminate()
+
+    async def _bounded(self, statement: Awaitable[T], what: str) -> T:
+        """``statement``'s answer, or a ``StoreError`` (the session dropped, every lock lost)
+        when none comes within the connect timeout."""
+        try:
+            return await asyncio.wait_for(statement, self._connect_timeout)
+        except TimeoutError:
+            await self._drop()
+            raise StoreError(
+                f"could not {what}: the stream lock session did not answer within "
+                f"{self._connect_timeout:g} s (the network to PostgreSQL may have dropped); the "
+                "session is treated as lost with every stream lock, so its streams pause and "
+                "cdrsync reconnects. If it repeats, check the network to database.dsn"
+            ) from None
 
     async def _ensure(self) -> None:
         if self._conn is not None and not self._conn.is_closed():

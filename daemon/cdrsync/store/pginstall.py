@@ -79,10 +79,13 @@ def ensure_copy(site: Path, cache: Path) -> Path:
     listing = _listing(site)
     version = _wheel_version()
     fingerprint = hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
-    _make_cache_dir(cache)
-    final = cache / f"postgres-{version}-{fingerprint}"
+    # The resolved path from here on: what was checked is what is built in and run from. A
+    # symlink (``CDRSYNC_EMBEDDED_PG_DIR`` in a sticky /tmp, owned by its maker) could be
+    # re-pointed between the check and the build or the start.
+    resolved = _make_cache_dir(cache)
+    final = resolved / f"postgres-{version}-{fingerprint}"
     if not final.exists():
-        _build(site, cache, final)
+        _build(site, resolved, final)
     _verify(final, listing)
     return final
 
@@ -107,7 +110,8 @@ def _listing(root: Path) -> list[tuple[str, int, bool]]:
     return sorted(found)
 
 
-def _make_cache_dir(cache: Path) -> None:
+def _make_cache_dir(cache: Path) -> Path:
+    """``cache`` made if missing and checked; its resolved path (no symlink left in it)."""
     try:
         cache.mkdir(mode=0o755, parents=True, exist_ok=True)
     except OSError as exc:
@@ -126,6 +130,7 @@ def _make_cache_dir(cache: Path) -> None:
     mode = resolved.stat().st_mode
     if mode & 0o055 != 0o055:
         resolved.chmod(stat.S_IMODE(mode) | 0o055)
+    return resolved
 
 
 def _build(site: Path, cache: Path, final: Path) -> None:

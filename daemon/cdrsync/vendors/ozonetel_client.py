@@ -53,6 +53,9 @@ class _TokenSlot:
     """``auth = "auto"``: the mode that last worked ("apikey" or "token"); None: not tried."""
     lock: asyncio.Lock | None = None
     loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+    refused_until: float = 0.0  # time.monotonic()
+    """generateToken refused these credentials: no token is asked for before this."""
+    refusal: str = ""
 
     def fresh(self) -> str | None:
         if self.token is not None and time.monotonic() < self.expires - TOKEN_REFRESH_MARGIN_S:
@@ -148,6 +151,7 @@ class _Client:
         self._policy = RetryPolicy(attempts=account.retry_attempts)
         self._auth = str(account.option("auth"))
         self._tokens = _slot(account, self._api_key)
+        self._refusal_hold_s = account.option("token_refusal_hold").total_seconds()
 
     @property
     def _token_mode(self) -> bool:
@@ -223,6 +227,10 @@ class _Client:
         async with slot.guard():
             if (token := slot.fresh()) is not None:
                 return token
+            if slot.refused_until > time.monotonic():
+                # Refused before: asking again would spend one of the hour's 10 tokens on the
+                # same answer (the slot is per key and username: new credentials ask at once).
+                raise AuthError(slot.refusal)
             limiter = self._limiters["token"]
             if (left := limiter.paused_until() - time.monotonic()) > 0:
                 # Raised, not waited for inside the request: the stream backs off, logs this
@@ -240,9 +248,29 @@ class _Client:
                     pause_s=limiter.period, error=str(error),
                 )  # fmt: skip
                 raise error from None
+            except AuthError as exc:
+                raise self._refused(exc) from None
             slot.token, slot.expires = token, time.monotonic() + TOKEN_LIFE_S
             log.info("ozonetel.token_renewed", account=self._account.name)
             return token
+
+    def _refused(self, exc: AuthError) -> AuthError:
+        """generateToken refused the credentials (a wrong key or username): remember it for
+        ``token_refusal_hold`` and say so once; until then no token is asked for (each refused
+        request spent one of the hour's 10 tokens, and then the stream waited for the limit)."""
+        slot = self._tokens
+        slot.refused_until = time.monotonic() + self._refusal_hold_s
+        resume = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._refusal_hold_s)
+        slot.refusal = (
+            f"{exc}. generateToken is not asked again before {resume:%Y-%m-%d %H:%M:%S} UTC "
+            "(token_refusal_hold); fix username or api_key and reload (systemctl reload "
+            "cdrsync) to try at once"
+        )
+        log.warning(
+            "ozonetel.token_refused", account=self._account.name,
+            hold_s=self._refusal_hold_s, error=slot.refusal,
+        )  # fmt: skip
+        return AuthError(slot.refusal)
 
     async def _generate(self, limiter: SlidingWindowLimiter) -> str:
         """A new token from generateToken; transient failures are retried, a rate limit not."""

@@ -12,7 +12,8 @@ clients. Vendor behaviour answered here
   until then. VCC advises asking 5 minutes after the webhook and then every 5 minutes, 20 times
   in all (``lookup_schedule``); "not yet" before the last attempt is normal, not an error. How
   it is said is undocumented: a 404, an empty ``response`` and a 200 whose ``errors`` say so
-  all mean "not yet" (never given up on the first answer);
+  all mean "not yet" (never given up on the first answer); errors that refuse the credentials,
+  a permission or a malformed request do not (``vcclive_errors``);
 - the path's month is the month of the call's local start, which the Call Disposition webhook
   carries as ``call_start_time`` (its ``timestamp`` is the disposition's time). Without it a
   webhook on the first day of a month may be for a call of the month before: both are asked
@@ -42,6 +43,7 @@ from cdrsync.model import (
     Page,
     Reject,
 )
+from cdrsync.vendors.vcclive_errors import cdr_errors_kind
 from cdrsync.vendors.vcclive_parse import (
     VENDOR,
     Refused,
@@ -399,9 +401,10 @@ class VccLookups(_Client):
                 )
             except Refused as exc:
                 # The docs do not say how "not processed yet" is answered: a 200 whose errors
-                # say "not found" is read as that too. Any refusal of one uuid is retried on
-                # the schedule (bounded: 20 attempts) rather than given up on its first answer.
-                return f'vendor says "{exc.said}"'
+                # say "not found" (or nothing recognisable) is read as that too, and retried on
+                # the schedule (bounded: 20 attempts). A real refusal is not: asking again
+                # would spend 20 requests over 100 minutes on the same answer.
+                return self._refusal(exc)
 
             except RECORD_ERRORS as exc:
                 payload = response.body.decode("utf-8", errors="replace")
@@ -414,6 +417,29 @@ class VccLookups(_Client):
         return await self._send(
             "GET", path, group="lookup", name="cdr", parse=parse, accept=NOT_FOUND
         )
+
+    def _refusal(self, exc: Refused) -> str:
+        """How VCC said "not yet"; a refusal of the credentials is an ``AuthError`` (the
+        stream waits), one of this lookup (permission, malformed) a ``PermanentError`` (the
+        lookup ends with the reason)."""
+        kind = cdr_errors_kind(exc.errors)
+        endpoint = self._endpoint("cdr")
+        if kind == "auth":
+            raise AuthError(
+                f'{endpoint}: VCC Live refused the credentials (vendor says "{exc.said}"); '
+                "lookups wait: check the account's username and api_key"
+            )
+        if kind == "permission":
+            raise PermanentError(
+                f'{endpoint}: VCC Live denied this CDR (vendor says "{exc.said}"); the lookup '
+                "ends: give the API token access to the call's project to have it looked up"
+            )
+        if kind == "malformed":
+            raise PermanentError(
+                f'{endpoint}: VCC Live called the request malformed (vendor says "{exc.said}");'
+                " the lookup ends: the call's uuid or month is not one VCC accepts"
+            )
+        return f'vendor says "{exc.said}"'
 
     async def _record(self, item: LookupItem, now: dt.datetime) -> LookupOutcome:
         ids = _record_ids(item)

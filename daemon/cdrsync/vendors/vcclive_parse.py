@@ -68,11 +68,13 @@ def _error_text(errors: Any) -> str:
 
 
 class Refused(PermanentError):
-    """A VCC Live answer whose ``errors`` is filled; ``said`` is the vendor's text."""
+    """A VCC Live answer whose ``errors`` is filled; ``said`` is the vendor's text, ``errors``
+    the errors as sent (``vcclive_errors`` reads them)."""
 
-    def __init__(self, message: str, said: str) -> None:
+    def __init__(self, message: str, said: str, errors: Any = None) -> None:
         super().__init__(message)
         self.said = said
+        self.errors = errors
 
 
 def unwrap(body: bytes, *, endpoint: str) -> Any:
@@ -99,6 +101,7 @@ def unwrap(body: bytes, *, endpoint: str) -> Any:
             f'{endpoint}: VCC Live refused the request (vendor says: "{said}"); '
             "not retried, check the account, project and request",
             said,
+            errors,
         )
     return doc.get("response")
 

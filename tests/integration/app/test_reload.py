@@ -5,9 +5,11 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 from test_daemon_process import quiet_simulator, serve, served, start_before  # type: ignore[import-not-found]  # a sibling module pytest puts on sys.path
 
 from cdrsync.simulator.server import RunningServer
+from cdrsync.store.embedded import EmbeddedPostgres
 from cdrsync.store.store import Store
 from process_support import account_table, children, fetch, write_config
 from support import eventually
@@ -70,4 +72,50 @@ async def test_sighup_adds_removes_and_restarts_accounts_and_refuses_a_bad_file(
             assert not await other.try_acquire("acc-b/list")
         finally:
             await other.close()
+        assert await child.terminate(15) == 0, kids.tails()
+
+
+@pytest.mark.timeout(300)
+async def test_sighup_while_postgres_is_down_applies_nothing_and_keeps_running(
+    dsn: str, tmp_path: Path, served: list[RunningServer], restartable_pg: EmbeddedPostgres
+) -> None:
+    """A SIGHUP during a database outage is refused as a whole (logged, the old accounts run
+    on, the daemon does not exit); a SIGHUP once the database is back applies the file."""
+    url = await serve(served, quiet_simulator(300, 1.0, seed=37))
+    start = start_before(1.0)
+    path = tmp_path / "cdrsync.toml"
+    first = account_table(url, start=start, name="acc-a")
+    second = account_table(url, start=start, name="acc-b")
+    third = account_table(url, start=start, name="acc-c")
+    write_config(path, dsn, [first, second])
+    async with children(tmp_path) as kids:
+        child = await kids.daemon(path, label="reload-outage")
+        assert await child.wait_event("sync.cycle_done", within=30, stream="acc-b/list")
+
+        # acc-a restarted, acc-b removed, acc-c added: none of it may happen half-way.
+        write_config(path, dsn, [{**first, "poll_interval": "500ms"}, third])
+        restartable_pg.stop()
+        try:
+            child.proc.send_signal(signal.SIGHUP)
+            failed = await child.wait_event("config.reload_failed", within=30)
+            assert failed is not None, kids.tails()
+            assert "send SIGHUP again" in failed["action"]
+            assert child.running
+        finally:
+            restartable_pg.restart()
+        seen = len(child.named("sync.cycle_done", stream="acc-b/list"))
+
+        async def old_accounts_sync() -> bool:
+            return len(child.named("sync.cycle_done", stream="acc-b/list")) > seen
+
+        assert await eventually(old_accounts_sync, timeout=90), kids.tails()
+        assert not child.named("config.reloaded")
+        assert not [e for e in child.events() if str(e.get("stream", "")).startswith("acc-c")]
+
+        child.proc.send_signal(signal.SIGHUP)
+        reloaded = await child.wait_event("config.reloaded", within=30)
+        assert reloaded is not None, kids.tails()
+        assert (reloaded["added"], reloaded["removed"], reloaded["restarted"]) == (
+            ["acc-c"], ["acc-b"], ["acc-a"],
+        )  # fmt: skip
         assert await child.terminate(15) == 0, kids.tails()

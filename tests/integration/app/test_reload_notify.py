@@ -49,6 +49,17 @@ class NotifySocket:
             await asyncio.sleep(0.05)
         return None
 
+    async def matching(self, start: int, prefix: str, *, within: float, child: Child) -> int | None:
+        """Like ``after``, for the first line that starts with ``prefix``."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and child.running:
+            self._drain()
+            for index in range(start, len(self.lines)):
+                if self.lines[index].startswith(prefix):
+                    return index
+            await asyncio.sleep(0.05)
+        return None
+
 
 def now_usec() -> int:
     """CLOCK_MONOTONIC in microseconds, the clock MONOTONIC_USEC= is read from."""
@@ -98,3 +109,32 @@ async def test_each_sighup_is_framed_by_reloading_and_ready(
         ]
         assert len(stamps) == 1, lines
         assert before <= stamps[0] <= after, (before, stamps, after)
+
+
+async def test_status_line_drops_the_streams_a_reload_removed(
+    dsn: str, tmp_path: Path, served: list[RunningServer]
+) -> None:
+    """After a reload removes an account, systemd's STATUS= line counts only the streams that
+    still run (not the removed account's, until a restart)."""
+    url = await serve(served, quiet_simulator(200, 0.5, seed=47))
+    path = tmp_path / "cdrsync.toml"
+    first = account_table(url, start=start_before(0.5), name="acc-a", poll_interval="500ms")
+    second = account_table(url, start=start_before(0.5), name="acc-b")
+    write_config(path, dsn, [first, second])
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.setblocking(False)
+        notify = NotifySocket(sock)
+        async with children(tmp_path) as kids:
+            child = await kids.daemon(path, env={"NOTIFY_SOCKET": address})
+            both = await notify.matching(0, "STATUS=2 streams", within=60, child=child)
+            assert both is not None, child.tail()
+            write_config(path, dsn, [first])
+            start = len(notify.lines)
+            child.proc.send_signal(signal.SIGHUP)
+            assert await child.wait_event("config.reloaded", within=30, removed=["acc-b"])
+            # acc-a's next cycles report again: the line counts acc-a's stream alone.
+            cycle = await notify.matching(start, "STATUS=1 streams", within=60, child=child)
+            assert cycle is not None, (notify.lines[start:], child.tail())
+            assert await child.terminate(15) == 0, child.tail()

@@ -445,6 +445,31 @@ async def test_window_audit_works_under_both_readings_of_count(dsn, store, count
     assert diff == IN_STEP
 
 
+@pytest.mark.parametrize("count_mode", ["total", "page"])
+async def test_window_audit_covers_windows_that_were_split(dsn, store, count_mode):
+    """A window too deep to page (split into parts) is recorded for the audit under both
+    readings of count, so a call listed after the lookback in it is still fetched."""
+    async with clocked(
+        dsn, seed=21, backlog=300, backlog_days=0.05, late_fraction=0.2,
+        late_delay_s=(2000.0, 3000.0), count_mode=count_mode,
+    ) as c:  # fmt: skip
+        settings = c.settings(
+            lookback="10m", window="30m", audit_interval="1m", max_page_depth=2, page_size=20
+        )
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings)
+        assert sum(e.get("splits", 0) for e in logs if e["event"] == "sync.cycle_done") > 0
+        c.clock.now += 3600  # the late calls are listed now, in windows an hour old
+        assert differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT))[
+            "missing"
+        ]
+        for _ in range(3):
+            await c.cycle(settings)
+            c.clock.now += 90
+        diff = differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT))
+    assert diff == IN_STEP
+
+
 # ---------------------------------------------------------------------------- stored skips
 
 

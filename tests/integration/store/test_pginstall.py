@@ -124,6 +124,27 @@ def test_a_spoiled_copy_is_not_run(cache: Path, spoil, expected: str) -> None:
     assert f"remove {copy}" in str(caught.value)
 
 
+def test_a_cache_named_by_a_symlink_runs_from_the_checked_directory(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CDRSYNC_EMBEDDED_PG_DIR naming a symlink in the sticky /tmp: the binaries are run from
+    the directory that was checked, so re-pointing the link afterwards changes nothing."""
+    link = Path(tempfile.gettempdir()) / f"{cache.name}-link"
+    elsewhere = Path(tempfile.mkdtemp(prefix="cdrsync-test-elsewhere-"))
+    link.symlink_to(cache)
+    try:
+        monkeypatch.setenv(pginstall.CACHE_ENV, str(link))
+        binaries = pginstall.bin_dir(as_root=True)
+        link.unlink()
+        link.symlink_to(elsewhere)  # the link's owner points it at a directory of its own
+        assert (binaries / "initdb").is_file()
+        assert binaries.is_relative_to(cache.resolve())
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        link.unlink(missing_ok=True)
+        shutil.rmtree(elsewhere, ignore_errors=True)
+
+
 START_SERVER = textwrap.dedent(
     """
     import asyncio, json, sys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,9 @@ from cdrsync.model import CallRecord, Reject
 from cdrsync.store import store as store_module
 from cdrsync.store import upsert as upsert_module
 from cdrsync.store.embedded import EmbeddedPostgres
+from cdrsync.store.lock import StreamLocks
 from cdrsync.store.store import Store, collapse, quote_ident
+from netfault import freezable_proxy
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
@@ -353,6 +356,30 @@ async def test_stream_locks_are_lost_on_restart(
         assert await locks.alive()
     finally:
         await locks.close()
+
+
+async def test_lock_session_silent_network_is_a_lost_session_not_a_hang(dsn: str) -> None:
+    """With the network to PostgreSQL silently dropped, try_acquire and release fail within
+    the connect timeout and the session counts as lost (every lock with it), instead of
+    blocking every stream's probe and the heartbeat until TCP gives up."""
+    async with freezable_proxy(dsn) as proxy:
+        locks = StreamLocks(proxy.dsn, connect_timeout=1.0)
+        try:
+            assert await locks.try_acquire(STREAM)
+            proxy.freeze()
+            with pytest.raises(StoreError, match="treated as lost"):
+                await asyncio.wait_for(locks.try_acquire("other"), 60)
+            assert locks.held == frozenset()
+            proxy.thaw()
+            assert await locks.try_acquire("third")  # a new session
+            proxy.freeze()
+            with pytest.raises(StoreError, match="treated as lost"):
+                await asyncio.wait_for(locks.release("third"), 60)
+            assert locks.held == frozenset()
+            assert not await locks.alive()
+        finally:
+            proxy.thaw()
+            await locks.close()
 
 
 async def test_records_postgres_cannot_store_become_rejects_not_a_stuck_batch(store) -> None:

@@ -332,6 +332,27 @@ async def test_auto_auth_refused_in_both_modes_names_the_setting(
     assert wrong not in str(caught.value)
 
 
+async def test_refused_generate_token_is_not_asked_again_until_new_credentials(
+    served: Served, transport: Transport
+):
+    """With auth = "auto" and a wrong key, generateToken is asked once, not every cycle, the
+    refusal is logged once with what to do, and new credentials ask again at once."""
+    sim, server = await served(auth="token")
+    wrong = account(server.base_url, api_key="wrong-key-7654321")
+    with capture_logs() as logs:
+        for _ in range(3):  # three cycles of the stream
+            source = OzonetelSource(wrong, transport, limiters(), "oz/list")
+            with pytest.raises(AuthError, match="refused both auth modes"):
+                await source.count(MORNING)
+    assert sim.stats.requests["token"] == 1
+    refused = [e for e in logs if e["event"] == "ozonetel.token_refused"]
+    assert len(refused) == 1
+    assert "fix username or api_key and reload" in refused[0]["error"]
+    fixed = OzonetelSource(account(server.base_url), transport, limiters(), "oz/list")
+    assert await fixed.count(MORNING) > 0
+    assert (sim.stats.requests["token"], sim.stats.tokens_issued) == (2, 1)
+
+
 async def test_wrong_api_key_never_reaches_errors_or_logs(served: Served, transport: Transport):
     """A refused key is an AuthError; neither it nor the message nor any log line shows the key."""
     _, server = await served()

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 
 from cdrsync.config import AccountSettings
-from cdrsync.errors import AuthError, PermanentError, RateLimited, TransientError
+from cdrsync.engine.lookup import on_error
+from cdrsync.errors import AuthError, CdrsyncError, PermanentError, RateLimited, TransientError
 from cdrsync.http.limiter import LimiterSet
 from cdrsync.http.transport import Response, RetryPolicy, Transport
 from cdrsync.model import LookupItem
@@ -329,3 +330,29 @@ async def test_every_not_yet_answer_keeps_the_schedule_going(
     late = vcc.clock.utc() + dt.timedelta(hours=2)
     last = await lookups.perform(cdr_item("no-such-call", T0, 19, created), late)
     assert (last.state, last.note) == ("gave_up", "no CDR after 20 attempts")
+
+
+@pytest.mark.parametrize(
+    ("errors", "raised", "words"),
+    [
+        ([{"code": 401, "message": "Authentication failed"}], AuthError, "username and api_key"),
+        ([{"code": 403, "message": "Permission denied"}], PermanentError, "give the API token"),
+        (["invalid uuid format"], PermanentError, "malformed"),
+    ],
+)
+async def test_cdr_refusal_ends_the_lookup_at_once(
+    vcc: Vcc, errors: list[Any], raised: type[CdrsyncError], words: str
+) -> None:
+    """A 200 whose errors refuse credentials, permission or the request is not "not yet": the
+    first answer ends the lookup (or, for credentials, the stream waits) with the reason."""
+    vcc.sim.set_faults(cdr_errors=tuple(errors))
+    lookups: VccLookups = vcc.client(VccLookups)
+    created = vcc.clock.utc() - dt.timedelta(minutes=5)
+    with pytest.raises(raised, match=words) as caught:
+        await lookups.perform(cdr_item("some-call", T0, 0, created), vcc.clock.utc())
+    assert not isinstance(caught.value, TransientError)
+    assert vcc.sim.stats.requests == {"cdr": 1}
+    if raised is PermanentError:  # the lookup stream ends the lookup, saying why
+        outcome = on_error(caught.value, vcc.clock.utc())
+        assert outcome.state == "gave_up"
+        assert outcome.note is not None and words in outcome.note

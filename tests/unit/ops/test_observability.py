@@ -278,3 +278,43 @@ def test_no_prefix_off_the_journal(tmp_path, journal):
 def test_syslog_priority_table(levelno, priority):
     """Python log levels map onto the syslog priorities journald understands."""
     assert syslog_priority(levelno) == priority
+
+
+@pytest.mark.parametrize(
+    ("forgotten", "expected"),
+    [
+        # The worst and failing stream is removed: the next worst is shown.
+        (["b"], "2 streams, 0 failing; max lag 30s (c); 0 rows written"),
+        (["a", "c"], "1 streams, 1 failing; max lag 90s (b); 0 rows written"),
+        (["a", "b", "c"], "0 streams, 0 failing; 0 rows written"),
+        (["not-running"], "3 streams, 1 failing; max lag 90s (b); 0 rows written"),
+    ],
+)
+def test_status_line_forgets_streams_a_reload_removed(forgotten, expected):
+    """Streams of an account removed by a reload leave the summary: count, failures, lag."""
+    board = StatusBoard()
+    for stream, ok, lag in [("a", True, 5.0), ("b", False, 90.0), ("c", True, 30.0)]:
+        board.update(stream, ok=ok, lag_s=lag, rows=0)
+    board.forget(forgotten)
+    assert board.line() == expected
+
+
+def test_a_line_logged_while_a_reload_adds_secrets_is_still_masked():
+    """A log line scrubbed while ``add`` builds the new secret index (a reload, with streams
+    logging meanwhile) still has the old secrets masked."""
+    scrubber = SecretScrubber(["old-secret-AAAA"])
+    seen: list[str] = []
+
+    class LogsMidway(str):
+        """A new secret whose indexing logs a line: the instant the index is being built."""
+
+        __slots__ = ()
+
+        def __getitem__(self, key):
+            if not seen:
+                seen.append(scrubber.scrub("401 for old-secret-AAAA"))
+            return str.__getitem__(self, key)
+
+    scrubber.add([LogsMidway("a-much-longer-new-secret-BBBB")])
+    assert seen == ["401 for ***"]
+    assert scrubber.scrub("old-secret-AAAA a-much-longer-new-secret-BBBB") == "*** ***"

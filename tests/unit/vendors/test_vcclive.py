@@ -33,6 +33,7 @@ from cdrsync.vendors.vcclive import (
     records_path,
     unwrap,
 )
+from cdrsync.vendors.vcclive_errors import cdr_errors_kind
 
 BUD = zoneinfo.ZoneInfo("Europe/Budapest")
 FETCHED = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -779,3 +780,30 @@ _RECEIVED = dt.datetime(2026, 12, 1, 0, 20, tzinfo=dt.UTC)  # 01:20 on Dec 1 in 
 def test_lookup_months_table(doc, received, context):
     """A webhook's CDR is looked up in its call's month; unknown near a month's start, both."""
     assert lookup_months(doc, BUD, received) == context
+
+
+@pytest.mark.parametrize(
+    ("errors", "kind"),
+    [
+        ([{"code": 404, "message": "CDR not found"}], "not_yet"),
+        (["CDR is not processed yet"], "not_yet"),
+        ([{"message": "No data"}], "not_yet"),
+        ([{"code": "404", "message": "whatever"}], "not_yet"),
+        (["something VCC never documented"], "not_yet"),  # unknown: bounded retries, no loss
+        ([{"code": 401, "message": "Authentication failed"}], "auth"),
+        (["Invalid token"], "auth"),
+        ([{"code": 403, "message": "x"}], "permission"),
+        (["Access denied to project 3"], "permission"),
+        ([{"code": 400, "message": "invalid request: month must be an integer"}], "malformed"),
+        (["uuid is required"], "malformed"),
+        ([{"code": 400, "message": "CDR not found"}], "not_yet"),
+        ([{"code": 401, "message": "user not found"}], "auth"),
+        ({"uuid": "invalid uuid"}, "malformed"),
+        ({"code": 401, "message": "Unauthorized"}, "auth"),
+        ([{"code": 404, "message": "not found"}, {"code": 401, "message": "no"}], "auth"),
+        ([{"code": 400, "message": "bad"}, {"code": 403, "message": "no"}], "permission"),
+    ],
+)
+def test_cdr_errors_tell_a_refusal_from_not_yet(errors: Any, kind: str) -> None:
+    """VCC Live's errors under HTTP 200: credentials, permission, malformed, else not yet."""
+    assert cdr_errors_kind(errors) == kind
