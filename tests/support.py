@@ -10,13 +10,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from cdrsync.app import daemon as app
 from cdrsync.config import AccountSettings, Settings, parse
 from cdrsync.simulator.acefone import AcefoneSimulator
 from cdrsync.store.store import Store
-from cdrsync.vendors.acefone import digest
+from cdrsync.vendors.acefone import record_hash
 
 ACCOUNT = "acme-in"
 
@@ -63,9 +61,7 @@ def truth_hashes(sim: AcefoneSimulator, at: float | None = None) -> dict[str, by
     """The simulator's well-formed records as call_key -> content hash of their current version."""
     bad = sim.malformed_ids(at)
     return {
-        key: digest(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
-        for key, payload in sim.truth(at).items()
-        if key not in bad
+        key: record_hash(text.encode()) for key, text in sim.iter_truth_json(at) if key not in bad
     }
 
 

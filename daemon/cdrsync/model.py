@@ -104,6 +104,9 @@ class Page:
     rejects: tuple[Reject, ...]
     keys: tuple[str, ...]
     """Every key on the page, malformed records' keys included when they have one."""
+    unchanged: int = 0
+    """Records left out of ``records`` as identical to their stored list copy (their bytes
+    hash to its ``content_hash``): received, counted in ``keys``, not normalized again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from cdrsync.engine.plan import (
 )
 from cdrsync.errors import CdrsyncError
 from cdrsync.model import CallRecord, Page, Reject, StreamState, Window, WriteResult
+from cdrsync.vendors import SkipsStored
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
@@ -50,6 +51,9 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], dt.datetime]
 T = TypeVar("T")
 FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.UTC)
+# A window's stored copies are looked up this far around it: a call's start time read in the
+# account's zone may fall an hour off the window's own bounds around a DST change.
+STORED_MARGIN = dt.timedelta(hours=1)
 
 
 def utcnow() -> dt.datetime:
@@ -84,6 +88,8 @@ class _Batch:
     window: Window | None = None
     """A whole grid window read completely: recorded with ``vendor_count`` for the audit."""
     vendor_count: int | None = None
+    unchanged: int = 0
+    """Records received identical to their stored list copies (``Page.unchanged``)."""
 
     def __len__(self) -> int:
         return len(self.records) + len(self.rejects)
@@ -102,6 +108,8 @@ class _Cycle:
     """Windows ending after this are read again by the next cycle (inside the lookback)."""
     incomplete: Window | None = None
     written: WriteResult = field(default_factory=WriteResult)
+    skipped: int = 0
+    """Of ``written.unchanged``: records left out before normalizing (bytes already stored)."""
 
 
 AuditSpan = tuple[dt.datetime, dt.datetime, dt.datetime]
@@ -272,6 +280,7 @@ class WindowStream(StreamLoop):
             inserted=tally.written.inserted,
             updated=tally.written.updated,
             unchanged=tally.written.unchanged,
+            skipped=tally.skipped,
             rejected=tally.written.rejected,
             watermark=state.watermark.isoformat() if state.watermark else None,
             lag_s=round(lag, 1) if lag is not None else None,
@@ -397,7 +406,9 @@ class WindowStream(StreamLoop):
             except CdrsyncError as exc:
                 return exc
             await queue.done()
-            tally.written += result
+            skipped = sum(done.unchanged for done in batches)
+            tally.written += result + WriteResult(unchanged=skipped)
+            tally.skipped += skipped
             self._rows_total += result.written
             for done in batches:
                 if done.advance_to is not None:
@@ -459,7 +470,7 @@ class WindowStream(StreamLoop):
                 count = closed - part.count if part.summed else part.count
                 await queue.put(_Batch((), (), None, part.window, count))
                 continue
-            verdict, total = await self._read_part(part, queue, tally)
+            verdict, total = await self._read_skipping_stored(part, queue, tally)
             if verdict == "split":
                 tally.splits += 1
                 after: list[Window | _Recorded] = [*split_window(part)]
@@ -476,6 +487,25 @@ class WindowStream(StreamLoop):
 
     def _on_grid(self, window: Window) -> bool:
         return on_grid(window, self._step, self._start)
+
+    async def _read_skipping_stored(
+        self, window: Window, queue: RowQueue[_Batch], tally: _Cycle
+    ) -> tuple[str, int | None]:
+        """``_read_part``; a source that can skip records identical to their stored list copies
+        (Acefone) is told their hashes first, so an unchanged re-read normalizes nothing."""
+        if not isinstance(self._source, SkipsStored):
+            return await self._read_part(window, queue, tally)
+        hashes = await self._store.list_hashes(
+            self._account.vendor,
+            self._account.name,
+            window.start - STORED_MARGIN,
+            window.end + STORED_MARGIN,
+        )
+        self._source.remember(window, hashes)
+        try:
+            return await self._read_part(window, queue, tally)
+        finally:
+            self._source.forget(window)
 
     async def _read_part(
         self, window: Window, queue: RowQueue[_Batch], tally: _Cycle
@@ -501,12 +531,15 @@ class WindowStream(StreamLoop):
                 verdict = check_complete(totals, received, reread_later=reread_later)
             records = [r for p in pages for r in p.records]
             rejects = [r for p in pages for r in p.rejects]
+            unchanged = sum(p.unchanged for p in pages)
             if verdict.closes:
                 # A provisional close records what was received: if the vendor later counts
                 # more, the audit reads the window again.
                 grid = self._on_grid(window)
                 count = verdict.expected if verdict.exact else verdict.received
-                batch = _Batch(records, rejects, window.end, window if grid else None, count)
+                batch = _Batch(
+                    records, rejects, window.end, window if grid else None, count, unchanged
+                )
                 await queue.put(batch)
                 if not verdict.exact:
                     self._log.info(
@@ -517,7 +550,7 @@ class WindowStream(StreamLoop):
                     )
                 return "complete", count
             # Rows of a short read are real rows: keep them, but do not close the window.
-            await queue.put(_Batch(records, rejects, None))
+            await queue.put(_Batch(records, rejects, None, unchanged=unchanged))
             tally.rereads += 1
             self._log.warning(
                 "sync.window_drift",

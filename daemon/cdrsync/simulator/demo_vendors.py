@@ -26,7 +26,7 @@ from cdrsync.simulator.ozonetel_server import run_pushes, start_ozonetel_server
 from cdrsync.simulator.server import RunningServer, start_server
 from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
 from cdrsync.simulator.vcclive_server import run_webhooks, start_vcclive_server
-from cdrsync.vendors.acefone import digest
+from cdrsync.vendors.acefone import digest, record_hash
 from cdrsync.vendors.ozonetel import scrub
 
 if TYPE_CHECKING:
@@ -155,7 +155,10 @@ class AcefoneDemo:
 def expected_hashes(sim: AcefoneSimulator) -> dict[str, bytes]:
     """The Acefone simulator's truth as call_key -> content hash (malformed records excluded)."""
     bad = sim.malformed_ids()
-    return {key: _hash(payload) for key, payload in sim.truth().items() if key not in bad}
+    # Acefone's hash is of the record's bytes as served (vendors.acefone.record_hash).
+    return {
+        key: record_hash(text.encode()) for key, text in sim.iter_truth_json() if key not in bad
+    }
 
 
 @dataclass(slots=True)

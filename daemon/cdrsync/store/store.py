@@ -316,6 +316,14 @@ class Store:
             rows = await self._pool.fetch(QUERIES["call_hashes"], vendor, account)
         return {row["call_key"]: bytes(row["content_hash"]) for row in rows}
 
+    async def list_hashes(
+        self, vendor: str, account: str, start: dt.datetime, end: dt.datetime
+    ) -> frozenset[bytes]:
+        """The content hashes of one account's list copies of calls started in [start, end)."""
+        with translate(f"read the stored hashes of {vendor} account {account}", self._dsn):
+            rows = await self._pool.fetch(QUERIES["list_hashes"], vendor, account, start, end)
+        return frozenset(bytes(row["content_hash"]) for row in rows)
+
     async def reject_count(self, vendor: str | None = None, account: str | None = None) -> int:
         """How many distinct rejected records are stored (for one vendor and/or account)."""
         with translate("count rejects", self._dsn):

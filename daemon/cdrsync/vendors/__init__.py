@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
@@ -31,6 +31,21 @@ class WindowSource(Protocol):
 
     async def count(self, window: Window) -> int:
         """The vendor's count of calls in ``window``, as cheaply as the API allows."""
+        ...
+
+
+@runtime_checkable
+class SkipsStored(Protocol):
+    """A window source that can leave out records identical to their stored list copies."""
+
+    vendor: str
+
+    def remember(self, window: Window, hashes: frozenset[bytes]) -> None:
+        """Skip ``window``'s records whose bytes hash to one of ``hashes``."""
+        ...
+
+    def forget(self, window: Window) -> None:
+        """Stop skipping ``window``'s stored records."""
         ...
 
 

@@ -20,255 +20,47 @@ Pure parsing and normalizing first, then a thin client. Vendor behaviour this an
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 import zoneinfo
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
-from cdrsync import jsontext
-from cdrsync.errors import RECORD_ERRORS, AuthError, BadPageError, ParseError
+from cdrsync.errors import AuthError, BadPageError
 from cdrsync.http.transport import RetryPolicy
-from cdrsync.model import CallRecord, Page, Reject, Window
-from cdrsync.vendors import localtime
+from cdrsync.model import Page, Window
+from cdrsync.vendors.acefone_parse import (
+    VENDOR,
+    digest,
+    normalize,
+    normalize_item,
+    parse_page,
+    record_hash,
+    window_params,
+)
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings
     from cdrsync.http.limiter import SlidingWindowLimiter
     from cdrsync.http.transport import Response, Transport
 
-VENDOR = "acefone"
-LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
-INT4_MAX = 2**31 - 1
+__all__ = [
+    "VENDOR",
+    "AcefoneSource",
+    "digest",
+    "normalize",
+    "normalize_item",
+    "parse_page",
+    "record_hash",
+    "window_params",
+]
+
 # Refresh a login token this long before Acefone's one-hour expiry.
 TOKEN_REFRESH_MARGIN_S = 300.0
 
 log = structlog.get_logger(__name__)
-
-
-# ---------------------------------------------------------------------------- pure: requests
-
-
-def window_params(window: Window, page: int, page_size: int, zone: dt.tzinfo) -> dict[str, str]:
-    """Query parameters for one page of a window, in the account's local time."""
-    return {
-        "from_date": window.start.astimezone(zone).strftime(LOCAL_FORMAT),
-        "to_date": window.end.astimezone(zone).strftime(LOCAL_FORMAT),
-        "page": str(page),
-        "limit": str(page_size),
-    }
-
-
-# ---------------------------------------------------------------------------- pure: parsing
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = (value if type(value) is str else str(value)).strip()
-    return text or None
-
-
-# The text columns of ``calls`` after ``description``, in CALL_COLUMNS order, with the Acefone
-# field each one comes from. Read in one loop: a function call per field was a tenth of a
-# record's normalization.
-_TEXT_FIELDS = (
-    "agent_name",
-    "agent_number",
-    "client_number",
-    "did_number",
-    "department_name",
-    "hangup_cause",
-    "recording_url",
-    "service",
-    "description",
-)
-
-
-def _texts(record: Mapping[str, Any], fields: tuple[str, ...]) -> list[str | None]:
-    out: list[str | None] = []
-    get = record.get
-    for field in fields:
-        value = get(field)
-        if value is None:
-            out.append(None)
-        elif type(value) is str:
-            out.append(value.strip() or None)
-        else:
-            out.append(_text(value))
-    return out
-
-
-def _int(record: Mapping[str, Any], field: str) -> int | None:
-    value = record.get(field)
-    if type(value) is int and -INT4_MAX <= value <= INT4_MAX:  # the common case, first
-        return value
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise ParseError(f"{field} is a boolean, expected a number of seconds")
-    number: int | None = None
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
-    if number is None:
-        raise ParseError(f"{field}={str(value)[:40]!r} is not a whole number")
-    if not -INT4_MAX <= number <= INT4_MAX:
-        # The column is a PostgreSQL integer: a wild value would fail the whole batch, every
-        # cycle, instead of rejecting this one record.
-        raise ParseError(f"{field}={number} is out of range for seconds")
-    return number
-
-
-def _local(value: Any, field: str, zone: dt.tzinfo) -> dt.datetime:
-    text = value.strip() if type(value) is str else str(value).strip()
-    return localtime.to_utc(localtime.parse_naive(text, field), text, field, zone)
-
-
-def _ring_seconds(value: Any) -> int | None:
-    # Acefone sends agent_ring_time as a string of seconds, or "N.A." when no agent rang.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
-def _answered_at(
-    record: Mapping[str, Any], ended_at: dt.datetime | None, talk_s: int | None
-) -> dt.datetime | None:
-    # call_flow carries an entry {"anstime": <epoch>, "time": <epoch>}: an absolute instant, so it
-    # needs no time-zone assumption. Fall back to end minus talk time.
-    flow = record.get("call_flow")
-    if isinstance(flow, list):
-        for step in flow:
-            if isinstance(step, dict) and "anstime" in step:
-                try:
-                    return dt.datetime.fromtimestamp(int(step["anstime"]), dt.UTC)
-                except (TypeError, ValueError, OverflowError, OSError):
-                    break
-    if ended_at is not None and talk_s:
-        return ended_at - dt.timedelta(seconds=talk_s)
-    return None
-
-
-def digest(raw: bytes) -> bytes:
-    """The content hash of a record's canonical JSON."""
-    return hashlib.blake2b(raw, digest_size=16).digest()
-
-
-def _lower(value: Any) -> str | None:
-    text = _text(value)
-    return text.lower() if text else None
-
-
-def normalize(
-    record: Mapping[str, Any], *, account: str, zone: dt.tzinfo, fetched_at: dt.datetime
-) -> CallRecord:
-    """One Acefone record as a CallRecord; ``ParseError`` says what is wrong with it."""
-    get = record.get
-    key = _text(get("id"))
-    if key is None:
-        raise ParseError("record has no id")
-    date, time_ = get("date"), get("time")
-    if date in (None, "") or time_ in (None, ""):
-        raise ParseError("record has no start date/time")
-    started_text = f"{date} {time_}".strip()
-    started_local = localtime.parse_naive(started_text, "date+time")
-    started_at = localtime.to_utc(started_local, started_text, "date+time", zone)
-    end_stamp = get("end_stamp")
-    ended_at = _local(end_stamp, "end_stamp", zone) if end_stamp not in (None, "") else None
-    duration_s = _int(record, "call_duration")
-    talk_s = _int(record, "answered_seconds")
-    raw = jsontext.canonical(record)
-    if b"\\u0000" in raw:
-        # PostgreSQL stores no NUL character in text or jsonb; kept, it would fail the whole
-        # batch on every cycle. The record goes to rejects instead.
-        raise ParseError("record contains a NUL character, which PostgreSQL cannot store")
-    # Positional, in CALL_COLUMNS order: keyword construction of a 27-field tuple per call was
-    # a measurable share of a backfill's CPU.
-    return CallRecord._make(
-        (
-            VENDOR,
-            account,
-            key,
-            _text(get("call_id")),
-            _text(get("uuid")),
-            _lower(get("direction")),
-            _lower(get("status")),
-            started_at,
-            _answered_at(record, ended_at, talk_s),
-            ended_at,
-            duration_s,
-            talk_s,
-            _ring_seconds(get("agent_ring_time")),
-            *_texts(record, _TEXT_FIELDS),
-            started_local.date(),
-            raw.decode(),
-            digest(raw),
-            fetched_at,
-            "list",
-        )
-    )
-
-
-def normalize_item(
-    item: Any, *, account: str, zone: dt.tzinfo, fetched_at: dt.datetime
-) -> CallRecord:
-    """``normalize`` for any JSON value a page holds (a non-object is a ParseError)."""
-    if not isinstance(item, dict):
-        raise ParseError("record is not a JSON object")
-    return normalize(item, account=account, zone=zone, fetched_at=fetched_at)
-
-
-def _count(body: Mapping[str, Any]) -> int:
-    value = body.get("count")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    raise BadPageError(f"Acefone page has no usable count ({str(value)[:20]!r}); fetching it again")
-
-
-def parse_page(
-    body: bytes, *, account: str, stream: str, zone: dt.tzinfo, fetched_at: dt.datetime
-) -> Page:
-    """A whole list page. A page that is not valid JSON raises ``BadPageError`` (it is fetched
-    again); a single bad record becomes a ``Reject`` and the rest of the page is kept."""
-    try:
-        doc = jsontext.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadPageError(
-            f"Acefone page is not valid JSON ({exc.msg}); fetching it again"
-        ) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise BadPageError("Acefone page has no results list; fetching it again")
-    total = _count(doc)
-    records: list[CallRecord] = []
-    rejects: list[Reject] = []
-    keys: list[str] = []
-    for item in doc["results"]:
-        key = _text(item.get("id")) if isinstance(item, dict) else None
-        if key is not None:
-            keys.append(key)
-        try:
-            records.append(normalize_item(item, account=account, zone=zone, fetched_at=fetched_at))
-        except RECORD_ERRORS as exc:
-            payload = jsontext.reject_text(item)
-            rejects.append(Reject(VENDOR, account, stream, key, str(exc), payload, fetched_at))
-    return Page(
-        total=total,
-        size=len(doc["results"]),
-        records=tuple(records),
-        rejects=tuple(rejects),
-        keys=tuple(keys),
-    )
 
 
 def _login_token(response: Response) -> tuple[str, float]:
@@ -313,6 +105,17 @@ class AcefoneSource:
         self._count_is_total = False
         self._not_cap = 0
         """Page sizes up to this are known not to be a cap on ``limit`` (a larger page came)."""
+        self._known: dict[Window, frozenset[bytes]] = {}
+        """Per window being read: hashes of its stored list copies (``remember``)."""
+
+    def remember(self, window: Window, hashes: frozenset[bytes]) -> None:
+        """Records of ``window`` whose bytes hash to one of ``hashes`` are stored already: its
+        pages only count and key them (``Page.unchanged``) until ``forget(window)``."""
+        self._known[window] = hashes
+
+    def forget(self, window: Window) -> None:
+        """Stop skipping the stored records of ``window``."""
+        self._known.pop(window, None)
 
     async def fetch_page(self, window: Window, page: int) -> Page:
         """One page of the window; a rejected login token is renewed once."""
@@ -399,6 +202,7 @@ class AcefoneSource:
                 stream=self._stream,
                 zone=self._zone,
                 fetched_at=fetched_at,
+                known=self._known.get(window, frozenset()),
             )
 
         return await self._transport.request(

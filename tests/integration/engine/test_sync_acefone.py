@@ -7,7 +7,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 import pytest
 import structlog
@@ -18,6 +19,7 @@ from cdrsync.engine.window import WindowStream
 from cdrsync.errors import StoreError
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
+from cdrsync.vendors.acefone import record_hash
 from support import (
     ACCOUNT,
     acefone_settings,
@@ -517,3 +519,76 @@ async def test_window_audit_covers_windows_that_were_split(dsn, store, count_mod
             c.clock.now += 90
         diff = differences(truth_hashes(c.sim), await store.call_hashes("acefone", ACCOUNT))
     assert diff == IN_STEP
+
+
+# ---------------------------------------------------------------------------- stored skips
+
+
+def cycle_done(logs: list[MutableMapping[str, Any]]) -> dict[str, int]:
+    """The totals of the cycles logged in ``logs`` (``sync.cycle_done`` events)."""
+    done = [e for e in logs if e["event"] == "sync.cycle_done"]
+    assert done
+    keys = ("inserted", "updated", "unchanged", "skipped", "rejected")
+    return {k: sum(int(e[k]) for e in done) for k in keys}
+
+
+async def test_an_unchanged_reread_normalizes_and_writes_nothing(dsn, store):
+    """A re-read of an unchanged range skips every record before normalizing it (the cycle's
+    ``skipped``): every record is still counted as received and unchanged, none is written."""
+    async with clocked(dsn, seed=21, backlog=300, backlog_days=0.05, late_fraction=0.0) as c:
+        settings = c.settings(lookback="1d")
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings)
+        first = cycle_done(logs)
+        before = await sql_value(dsn, "SELECT max(updated_at) FROM calls")
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings)
+        after = await sql_value(dsn, "SELECT max(updated_at) FROM calls")
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    # Received: every call once, plus those on a window's end second, which both windows list.
+    received = first["inserted"] + first["unchanged"]
+    assert first["inserted"] == len(truth_hashes(c.sim)) > 0
+    assert cycle_done(logs) == {
+        "inserted": 0, "updated": 0, "unchanged": received, "skipped": received, "rejected": 0
+    }  # fmt: skip
+    assert after == before
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
+
+
+async def test_a_changed_record_among_unchanged_ones_is_written(dsn, store):
+    """Records changed since the last read are normalized and written; the rest are skipped."""
+    async with clocked(
+        dsn, seed=22, backlog=300, backlog_days=0.05, late_fraction=0.0,
+        change_fraction=0.2, change_delay_s=(60.0, 120.0),
+    ) as c:  # fmt: skip
+        settings = c.settings(lookback="1d")
+        await c.cycle(settings)
+        first = truth_hashes(c.sim)
+        c.clock.now += 200
+        later = truth_hashes(c.sim)
+        changed = sum(1 for k, h in later.items() if first.get(k, h) != h)
+        assert changed > 0
+        with structlog.testing.capture_logs() as logs:
+            await c.cycle(settings)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    totals = cycle_done(logs)
+    assert (totals["inserted"], totals["updated"]) == (len(later.keys() - first.keys()), changed)
+    assert totals["skipped"] >= len(first) - changed > 0
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
+
+
+async def test_a_call_stored_from_a_push_is_still_merged_by_the_list(dsn, store, make_call):
+    """A stored copy from a push is never skipped by a re-read, even when its hash equals the
+    list record's: the list copy is merged in and becomes the row's source."""
+    async with clocked(dsn, seed=23, backlog=50, backlog_days=0.02, late_fraction=0.0) as c:
+        key, text = next(iter(c.sim.iter_truth_json()))
+        pushed = make_call(key, account=ACCOUNT, started_at=c.clock.utc() - dt.timedelta(hours=1))
+        pushed = pushed._replace(source="push", content_hash=record_hash(text.encode()))
+        push_stream = f"{ACCOUNT}/push"
+        await store.ensure_stream(push_stream, vendor="acefone", account=ACCOUNT, kind="push")
+        await store.write_batch(push_stream, [pushed], now=c.clock.utc())
+        await c.cycle(c.settings(lookback="1d"))
+        source = await sql_value(dsn, "SELECT source FROM calls WHERE call_key = $1", key)
+        stored = await store.call_hashes("acefone", ACCOUNT)
+    assert source == "list"
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP

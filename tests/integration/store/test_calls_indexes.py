@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
+from cdrsync.store.queries import QUERIES
 from conftest import build_call
 
 GUIDE = Path(__file__).parents[3] / "docs" / "queries.md"
@@ -44,3 +45,24 @@ async def test_the_last_days_queries_read_the_start_time_index_on_a_long_history
     finally:
         await conn.close()
     assert "calls_started_at_brin" in plan, plan
+
+
+async def test_a_windows_stored_hashes_are_read_from_their_index(dsn, store):
+    """The stored-hash lookup of one window reads the partial index of list copies, not the
+    whole table (the BRIN index reads every page VACUUM has not summarized yet)."""
+    await store.ensure_stream("main/list", vendor="acefone", account="main", kind="window")
+    calls = [build_call(f"k{n}", started_at=NOW - dt.timedelta(minutes=n)) for n in range(0, 3000)]
+    await store.write_batch("main/list", calls, now=NOW)
+    start, end = NOW - dt.timedelta(hours=2), NOW - dt.timedelta(hours=1)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": "cdrsync"})
+    try:
+        await conn.execute("ANALYZE calls")
+        plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {QUERIES['list_hashes']}", "acefone", "main", start, end
+        )
+    finally:
+        await conn.close()
+    assert "calls_list_started_at_idx" in plan, plan
+    assert await store.list_hashes("acefone", "main", start, end) == {
+        c.content_hash for c in calls if c.started_at and start <= c.started_at < end
+    }

@@ -11,6 +11,7 @@ import pytest
 
 from cdrsync.errors import BadPageError, ParseError
 from cdrsync.model import CallRecord, Page, Window
+from cdrsync.vendors import acefone_split
 from cdrsync.vendors.acefone import AcefoneSource, normalize, parse_page, window_params
 from support import one_account
 
@@ -238,3 +239,22 @@ async def test_a_window_of_exactly_the_cap_does_not_hide_the_cap_from_later_wind
     assert source.page_size == 100  # one window of 20 rows: no cap proven
     assert (await source.fetch_page(busy, 1)).size == 20
     assert source.page_size == 20
+
+
+@pytest.mark.parametrize(
+    ("data", "plain"),
+    [
+        (b'{"id":"a","n":1.5e300,"s":"ab12e45678"}', True),  # a hex id is not an exponent
+        (b'{"id":"a","url":"https:\\/\\/x"}', True),  # escaped slashes are stored as they are
+        (b'{"id":"a","n":1e99999}', False),  # beyond PostgreSQL's numeric
+        (b'{"id":"a","n":[0, -2.5E+12345]}', False),
+        (b'{"id":"a","n" : 1e-10000}', False),
+        (b'{"id":"a","s":"\\u0000"}', False),  # jsonb refuses NUL; the full decode rejects it
+        (b'{"id":"a","s":"\\u00e9"}', False),  # any escape: the full decode canonicalizes it
+        (b'{"id":"a","d":' + b"[" * 256 + b"]" * 256 + b"}", False),  # maybe too deep
+        (b'{"id":"a","s":"' + b"x" * 16_000 + b'"}', False),  # long enough for a huge number
+    ],
+)
+def test_which_record_bytes_are_stored_as_they_are(data, plain):
+    """Only bytes PostgreSQL's jsonb takes as they are skip the full decode."""
+    assert acefone_split.plain(data) is plain

@@ -36,7 +36,7 @@ CREATE TEMP TABLE IF NOT EXISTS cdrsync_calls_in (LIKE calls INCLUDING DEFAULTS)
 -- raw holds the best copy's record, raw_other every other source's. A row changes only when
 -- a copy brings something new: a higher source; the same source with other content and not
 -- older than the stored copy; a lower source with another record than the one kept for it,
--- not older than that one. An unchanged re-read writes nothing.
+-- not older than that one. An unchanged re-read writes nothing, whatever its key order.
 WITH up AS (
     INSERT INTO calls AS c (
         vendor, account, call_key, call_id, call_uuid, direction, status,
@@ -111,6 +111,9 @@ WITH up AS (
     OR (
         EXCLUDED.source = c.source
         AND c.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+        -- The hash is of the vendor's bytes (Acefone), or of sorted-key JSON (older versions):
+        -- the same record with its keys reordered, or hashed the older way, is equal as jsonb.
+        AND c.raw IS DISTINCT FROM EXCLUDED.raw
         AND c.fetched_at <= EXCLUDED.fetched_at
     ) OR (
         source_rank(EXCLUDED.source) < source_rank(c.source)
@@ -224,6 +227,13 @@ SELECT pg_advisory_unlock(hashtext($1::text), hashtext($2::text));
 
 -- name: call_hashes
 SELECT call_key, content_hash FROM calls WHERE vendor = $1 AND account = $2;
+
+-- name: list_hashes
+-- The content hashes of one account's list copies that started in [$3, $4): a re-read skips
+-- every record whose bytes hash to one of them. Copies from a push or a lookup are left out:
+-- a list record must still be merged into those.
+SELECT content_hash FROM calls
+WHERE vendor = $1 AND account = $2 AND source = 'list' AND started_at >= $3 AND started_at < $4;
 
 -- name: reject_count
 SELECT count(*)
@@ -447,7 +457,7 @@ SELECT id, projectid, state, attempts, numberid, payload, error FROM vcclive_out
 WHERE account = $1 ORDER BY id;
 
 -- name: take_grant
--- One statement (migration 0009): the sliding-window check and the grant under the group's
+-- One statement (migration 0010): the sliding-window check and the grant under the group's
 -- advisory lock; answers 0 (granted) or the seconds to wait.
 SELECT take_rate_grant($1::text, $2::text, $3::int, $4::float8);
 

@@ -1,4 +1,4 @@
--- cdrsync schema, version 9: a scarce rate grant is one statement (issue 10, part 2).
+-- cdrsync schema, version 10: a scarce rate grant is one statement (issue 10, part 2).
 -- Until now each grant was a transaction of four round trips (BEGIN, an advisory lock, the
 -- check-and-insert, COMMIT): with a thousand Acefone accounts, whose 60 list requests a minute
 -- count as scarce, a quarter of the daemon's statements. The function does the same under the
