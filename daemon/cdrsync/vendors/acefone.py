@@ -153,10 +153,13 @@ class AcefoneSource:
             self._count_is_total = True
         if self.count_per_page or (page - 1) * limit + got.size <= got.total:
             return
+        self._note_per_page(page=page, rows=(page - 1) * limit + got.size, count=got.total)
+
+    def _note_per_page(self, *, page: int, rows: int, count: int) -> None:
         self.count_per_page = True  # logged once per account's stream (one source each)
         log.warning(
             "acefone.count_per_page", account=self._account.name, stream=self._stream,
-            page=page, rows_through_page=(page - 1) * limit + got.size, count=got.total,
+            page=page, rows_through_page=rows, count=count,
             effect="count is the rows of one page, not the window's: windows are paged until "
             "a short page and the window audit counts rows by reading them",
         )  # fmt: skip
@@ -166,6 +169,8 @@ class AcefoneSource:
         prove the cap: by a total ``count``, else by asking page 2 at the short page's size
         (only while neither a larger page nor a total count has ruled the cap out)."""
         capped = first.total > first.size
+        if not capped and not self._count_is_total and not self.count_per_page:
+            await self._learn_reading(window, first)
         if not capped and self._count_is_total:
             return  # a total count equal to the rows: the window simply has this many
         if not capped:
@@ -181,6 +186,20 @@ class AcefoneSource:
             "for this account to save the probe",
         )  # fmt: skip
         self.page_size = first.size
+
+    async def _learn_reading(self, window: Window, first: Page) -> None:
+        """Which reading of ``count`` this Acefone uses, learned once, on the first short page
+        of two rows or more: a one-record page of the same window counts the window (total)
+        or that one record (per page). Without it, a live window growing by a call a cycle
+        never shows a count above its rows, so every cycle would ask page 2 to rule out a cap
+        (measured: 40 % of a thousand accounts' list requests)."""
+        if first.size < 2:
+            return
+        probe = await self._renewing(window, 1, 1)
+        self._learn_count(1, 1, probe)
+        if probe.size == 1 and probe.total == 1:
+            # One record counted one while the window holds two or more: a per-page count.
+            self._note_per_page(page=1, rows=first.size, count=probe.total)
 
     async def _renewing(self, window: Window, page: int, limit: int | None) -> Page:
         try:

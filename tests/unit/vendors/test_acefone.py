@@ -241,6 +241,47 @@ async def test_a_window_of_exactly_the_cap_does_not_hide_the_cap_from_later_wind
     assert source.page_size == 20
 
 
+class CountingTotal(CappedPerPage):
+    """An Acefone that honours ``limit`` and counts the whole window, logging each request."""
+
+    def __init__(self, rows: dict[Window, list[str]]) -> None:
+        super().__init__(10_000, rows)
+        self.asked: list[tuple[int, int]] = []
+
+    async def _renewing(self, window: Window, page: int, limit: int | None) -> Page:
+        size = limit or self.page_size
+        self.asked.append((page, size))
+        keys = tuple(self.rows[window][(page - 1) * size : page * size])
+        return Page(total=len(self.rows[window]), size=len(keys), records=(), rejects=(), keys=keys)
+
+
+async def test_a_growing_live_window_under_a_total_count_is_not_probed_every_cycle():
+    """A live window that grows by a call a cycle costs one request a cycle once the count is
+    known to be the window's total: the reading is learned once (a one-record page), not
+    re-proved by asking page 2 on every cycle."""
+    window = Window(FETCHED, FETCHED + dt.timedelta(hours=1))
+    source = CountingTotal({window: []})
+    for calls in range(2, 12):
+        source.rows[window] = [f"c{i}" for i in range(calls)]
+        source.asked.clear()
+        assert (await source.fetch_page(window, 1)).size == calls
+        if calls == 2:
+            assert source.asked == [(1, 100), (1, 1)]  # the one-time learning probe
+        else:
+            assert source.asked == [(1, 100)]
+    assert source.page_size == 100 and not source.count_per_page
+
+
+async def test_a_per_page_count_is_learned_from_the_one_record_page():
+    """Counting per page, the one-record page counts one of a window of three: the source knows
+    the count is per page (and keeps asking page 2 behind short pages, as the cap test above
+    shows) without waiting for a window longer than a page."""
+    window = Window(FETCHED, FETCHED + dt.timedelta(hours=1))
+    source = CappedPerPage(10_000, {window: ["a", "b", "c"]})
+    assert (await source.fetch_page(window, 1)).size == 3
+    assert source.count_per_page
+
+
 @pytest.mark.parametrize(
     ("data", "plain"),
     [
