@@ -304,6 +304,34 @@ async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(dsn, st
     assert done[3]["audited"] > 0
 
 
+async def test_a_window_straddling_the_audit_horizon_does_not_keep_the_audit_asking(
+    dsn, store, monkeypatch
+):
+    """A window that began before the audit horizon can never come due again: once the windows
+    that can are checked, the due-window query waits an interval, as without such a window."""
+    async with clocked(dsn, seed=22, backlog=100, backlog_days=0.1, late_fraction=0.0) as c:
+        settings = c.settings(
+            lookback="10m", window="1h", audit_interval="10m", audit_horizon="90m"
+        )
+        async with owned_stream(c, settings) as stream:
+            asked = []
+            windows_due = stream._store.windows_due
+
+            async def counted(*args, **kwargs):
+                asked.append(c.clock.utc())
+                return await windows_due(*args, **kwargs)
+
+            monkeypatch.setattr(stream._store, "windows_due", counted)
+            start = c.clock.utc()
+            for step in (0, 60, 660, 60, 60, 60):  # seconds before each cycle
+                c.clock.now += step
+                await asyncio.wait_for(stream.cycle(), 30)
+    # Asked on the second cycle (the first has nothing behind it), once the interval is over
+    # (a window is due) and on the cycle after (a window found due may still be due); then not
+    # again within the interval, though the straddling window's check is older than it.
+    assert [round((at - start).total_seconds()) for at in asked] == [60, 720, 780]
+
+
 async def test_a_stream_that_keeps_its_lock_reads_its_state_once(dsn, store, monkeypatch):
     """Holding its lock, a stream reads its state once, and again after taking the lock anew."""
     async with clocked(dsn, seed=3, backlog=50, backlog_days=0.05, late_fraction=0.0) as c:

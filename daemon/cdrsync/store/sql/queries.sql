@@ -251,7 +251,9 @@ SELECT vendor, account, count(*)::bigint AS rows FROM rejects GROUP BY vendor, a
 -- Newest first: late calls surface mostly in recent windows. A window checked now is not due
 -- again for an interval, so older windows get their turn (the per-cycle budget is sized for it).
 -- One row with NULL window columns when none is due. least_checked: the oldest check of the
--- windows kept, due or not (the stream skips the query until one can be due).
+-- windows that can still come due (the stream skips the query until one can be due); a window
+-- straddling $2 never can ($2 only moves forward), and counted it would keep the query running
+-- on every cycle of a live stream, whose horizon start falls inside a window.
 WITH forgotten AS (
     DELETE FROM sync_windows WHERE stream = $1 AND window_end < $2
 ),
@@ -266,7 +268,7 @@ due AS (
     LIMIT $5
 )
 SELECT due.window_start, due.window_end, due.vendor_count,
-       (SELECT min(checked_at) FROM kept) AS least_checked
+       (SELECT min(checked_at) FROM kept WHERE window_start >= $2) AS least_checked
 FROM (SELECT) AS one LEFT JOIN due ON true
 ORDER BY due.window_start DESC;
 
