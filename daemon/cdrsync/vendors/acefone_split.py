@@ -83,8 +83,10 @@ def split(body: bytes) -> tuple[Any, list[msgspec.Raw]] | None:
 # (escapes, surrogate pairs, number shapes) but skips the fields it does not read, so:
 # - a ``\\u`` escape: ``\\u0000`` is refused by jsonb (and an Acefone record carrying it is
 #   rejected, as before); any other escape is left to the full decode too, to be safe;
-# - a number whose exponent has 5 digits or more (``1e999999``), or a record long enough to hold
-#   a number of over 16383 digits: beyond PostgreSQL's numeric, it would fail the whole batch;
+# - a number whose exponent has 5 digits or more (``1e999999``), or a record long enough for a
+#   number's fraction digits plus a 4-digit negative exponent to pass numeric's 16383 after the
+#   point (``0.<7000 digits>e-9999``): beyond PostgreSQL's numeric, it would fail the whole
+#   batch. Acefone's records are about 2 KB; a longer one just takes the full decode;
 # - more than 255 brackets: orjson writes back at most 255 levels, and a record nested deeper
 #   is rejected by the full decode, as before.
 # One C pass maps digits and "." to "0", "E" to "e", signs to "s" and "[" to "{".
@@ -92,7 +94,7 @@ _SHAPE = bytes.maketrans(b"0123456789.E+-[", b"00000000000ess{")
 _EXPONENTS = (b"0e00000", b"0es00000")  # a digit (or ".") always stands before the "e"
 _BEFORE_NUMBER = frozenset(b":,{ s\t\r\n")
 _MAX_BRACKETS = 255
-_MAX_BYTES = 16_000
+_MAX_BYTES = 6_000
 
 
 def _huge_exponent(shape: bytes) -> bool:

@@ -70,6 +70,7 @@ async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream
             record("nul", b'"a\\u0000b"'),
             record("huge", b"1e999999"),
             record("tiny", b"-1.5E-123456"),
+            record("long", b"0." + b"1" * 7000 + b"e-9999"),  # 17 000 digits after the point
             record("escaped", b'"caf\\u00e9 \\ud83d\\ude00"'),
             record("spaced", b'[ 1 , 2.5e3 , {"a" : null} ]'),
         ]
@@ -78,13 +79,14 @@ async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream
 
     result = await store.write_batch(stream, list(parsed.records), now=T0)
 
-    assert result.inserted == 5
+    assert result.inserted == 6
     rows = await stored(dsn)
     extras = {key: orjson.loads(row["raw"])["extra"] for key, row in rows.items()}
     assert extras == {
         "plain": "x",
         "huge": "1e999999",
         "tiny": 0.0,  # underflows to zero, as orjson reads it
+        "long": 0.0,
         "escaped": "caf\u00e9 \U0001f600",
         "spaced": [1, 2500.0, {"a": None}],
     }

@@ -294,6 +294,8 @@ async def test_a_per_page_count_is_learned_from_the_one_record_page():
         (b'{"id":"a","s":"\\u00e9"}', False),  # any escape: the full decode canonicalizes it
         (b'{"id":"a","d":' + b"[" * 256 + b"]" * 256 + b"}", False),  # maybe too deep
         (b'{"id":"a","s":"' + b"x" * 16_000 + b'"}', False),  # long enough for a huge number
+        (b'{"id":"a","n":0.' + b"1" * 7_000 + b"e-9999}", False),  # 17 000 digits after the point
+        (b'{"id":"a","s":"' + b"x" * 5_900 + b'"}', True),
     ],
 )
 def test_which_record_bytes_are_stored_as_they_are(data, plain):
