@@ -275,7 +275,10 @@ class StatusBoard:
             self._lags.pop(stream, None)
             self._failing.discard(stream)
             if self._worst is not None and self._worst[1] == stream:
-                self._worst, self._stale = None, True
+                # Recounted now, not left to line(): an update() first would take its own
+                # stream for the worst and hide a laggier one.
+                lags = [(lag, name) for name, lag in self._lags.items() if lag is not None]
+                self._worst, self._stale = max(lags, default=None), False
 
     def line(self) -> str:
         """E.g. ``3 streams, 1 failing; max lag 63s (acme-in/list); 1204 rows written``."""

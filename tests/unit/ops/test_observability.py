@@ -299,6 +299,16 @@ def test_status_line_forgets_streams_a_reload_removed(forgotten, expected):
     assert board.line() == expected
 
 
+def test_after_forgetting_the_worst_stream_the_next_worst_is_shown():
+    """Once the laggiest stream is forgotten, the next laggiest is named, even when another
+    stream's cycle ends first."""
+    board = StatusBoard()
+    for stream, lag in [("a", 5.0), ("b", 90.0), ("c", 30.0)]:
+        board.update(stream, ok=True, lag_s=lag, rows=0)
+    board.forget(["b"])
+    assert "max lag 30s (c)" in board.update("a", ok=True, lag_s=5.0, rows=0)
+
+
 def test_a_line_logged_while_a_reload_adds_secrets_is_still_masked():
     """A log line scrubbed while ``add`` builds the new secret index (a reload, with streams
     logging meanwhile) still has the old secrets masked."""
