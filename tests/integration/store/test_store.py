@@ -415,7 +415,9 @@ async def test_lock_session_silent_network_is_a_lost_session_not_a_hang(dsn: str
     the connect timeout and the session counts as lost (every lock with it), instead of
     blocking every stream's probe and the heartbeat until TCP gives up."""
     async with freezable_proxy(dsn) as proxy:
-        locks = StreamLocks(proxy.dsn, connect_timeout=1.0)
+        # 5 s: the real connects through the proxy (the first, and the one after thaw) must not
+        # time out on a busy machine; the frozen statements still end within it.
+        locks = StreamLocks(proxy.dsn, connect_timeout=5.0)
         try:
             assert await locks.try_acquire(STREAM)
             proxy.freeze()
