@@ -367,13 +367,24 @@ class VccLookups(_Client):
         if due > now:
             return LookupOutcome("retry", next_attempt_at=due, counted=False)
         answers: list[str] = []
+        refusals: list[PermanentError] = []
         for year, month in self._months(item):
-            found = await self._get_cdr(year, month, item.call_key)
+            try:
+                found = await self._get_cdr(year, month, item.call_key)
+            except AuthError:
+                raise
+            except PermanentError as exc:
+                # Asked in two months (a webhook near a month's start without the call's start
+                # time), a refusal in the wrong month must not end the lookup: ask the other.
+                refusals.append(exc)
+                continue
             if isinstance(found, Reject):  # a malformed CDR: kept in rejects, the lookup is over
                 return LookupOutcome("done", rejects=(found,))
             if isinstance(found, CallRecord):
                 return LookupOutcome("done", records=(found,))
             answers.append(found)
+        if refusals and not answers:
+            raise refusals[0]  # every month asked refused it
         following = self._schedule(
             item, item.attempts + 1, now + self._account.option("lookup_interval")
         )

@@ -6,7 +6,8 @@ is documented (the "HTTP Response Codes" table was not found). So each error is 
 ``code`` where it has one (HTTP-like: 404 not found, 401 credentials, 403 permission, 400/405/422
 a malformed request), else by its words:
 - "auth": the credentials are refused: the stream waits, like any other auth failure;
-- "permission" or "malformed": this lookup can never succeed: it ends with the reason;
+- "permission" or "malformed" (by code only): this lookup can never succeed: it ends with the
+  reason, once every month asked has refused it;
 - "not_yet": not found / not processed yet: the 5-minute x 20 schedule goes on;
 - anything unrecognised is read as "not yet" too: the schedule is bounded (20 attempts), and
   giving up on the first answer of an unknown wording could lose a call for good.
@@ -38,9 +39,9 @@ _BY_WORDS: tuple[tuple[CdrErrorKind, tuple[str, ...]], ...] = (
               "login", "password")),
     ("permission", ("permission", "forbidden", "access denied", "not allowed", "no access",
                     "not authorized to", "privilege")),
-    ("malformed", ("invalid", "malformed", "bad request", "required", "must be", "missing",
-                   "wrong format", "unknown parameter")),
 )  # fmt: skip
+# "Malformed" is read by code only: worded alone ("Invalid uuid", "uuid is required"), it is
+# also how an API may well answer a uuid it does not know yet, which must stay "not yet".
 _RANK: tuple[CdrErrorKind, ...] = ("auth", "permission", "malformed", "not_yet")
 
 

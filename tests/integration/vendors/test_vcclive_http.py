@@ -157,6 +157,37 @@ async def test_cdr_lookup_is_404_then_found(vcc: Vcc) -> None:
     assert vcc.sim.stats.cdr_404 == 1
 
 
+async def test_a_refusal_in_the_wrong_month_does_not_end_a_two_month_lookup(
+    vcc: Vcc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked in two months (a push near a month's start without the call's start time), a
+    refusal of the month the call is not in still lets the other month find it."""
+    lookups: VccLookups = vcc.client(VccLookups)
+    vcc.clock.t = T0 + 7200
+    call = next(c for c in vcc.sim.calls() if c.processed_at <= vcc.clock.t)
+    local = dt.datetime.fromtimestamp(call.start, ZoneInfo("Europe/Budapest"))
+    wrong = (local.year + 1, local.month)  # a month VCC refuses (the fault below)
+    real = lookups._get_cdr
+
+    async def refusing(year: int, month: int, uuid: str) -> Any:
+        if (year, month) == wrong:  # fault injection: the wrong month is refused
+            raise PermanentError("VCC Live called the request malformed")
+        return await real(year, month, uuid)
+
+    monkeypatch.setattr(lookups, "_get_cdr", refusing)
+    created = vcc.clock.utc() - dt.timedelta(minutes=5)
+    item = dataclasses.replace(
+        cdr_item(call.uuid, call.start, 0, created),
+        context={"months": [list(wrong), [local.year, local.month]]},
+    )
+    done = await lookups.perform(item, vcc.clock.utc())
+    assert done.state == "done"
+    assert [r.call_key for r in done.records] == [call.uuid]
+    only_wrong = dataclasses.replace(item, context={"months": [list(wrong)]})
+    with pytest.raises(PermanentError, match="malformed"):
+        await lookups.perform(only_wrong, vcc.clock.utc())
+
+
 async def test_cdr_lookup_gives_up_after_the_last_attempt(vcc: Vcc) -> None:
     """A 404 on the 20th attempt ends the lookup (VCC's advice: 20 attempts in all)."""
     lookups: VccLookups = vcc.client(VccLookups)
@@ -337,7 +368,7 @@ async def test_every_not_yet_answer_keeps_the_schedule_going(
     [
         ([{"code": 401, "message": "Authentication failed"}], AuthError, "username and api_key"),
         ([{"code": 403, "message": "Permission denied"}], PermanentError, "give the API token"),
-        (["invalid uuid format"], PermanentError, "malformed"),
+        ([{"code": 400, "message": "invalid month"}], PermanentError, "malformed"),
     ],
 )
 async def test_cdr_refusal_ends_the_lookup_at_once(

@@ -795,10 +795,11 @@ def test_lookup_months_table(doc, received, context):
         ([{"code": 403, "message": "x"}], "permission"),
         (["Access denied to project 3"], "permission"),
         ([{"code": 400, "message": "invalid request: month must be an integer"}], "malformed"),
-        (["uuid is required"], "malformed"),
+        (["uuid is required"], "not_yet"),  # malformed only by code: words alone may mean unknown
         ([{"code": 400, "message": "CDR not found"}], "not_yet"),
         ([{"code": 401, "message": "user not found"}], "auth"),
-        ({"uuid": "invalid uuid"}, "malformed"),
+        ({"uuid": "invalid uuid"}, "not_yet"),
+        ({"code": 422, "message": "invalid uuid"}, "malformed"),
         ({"code": 401, "message": "Unauthorized"}, "auth"),
         ([{"code": 404, "message": "not found"}, {"code": 401, "message": "no"}], "auth"),
         ([{"code": 400, "message": "bad"}, {"code": 403, "message": "no"}], "permission"),
