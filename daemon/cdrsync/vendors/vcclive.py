@@ -34,7 +34,7 @@ import orjson
 import structlog
 
 from cdrsync import jsontext
-from cdrsync.errors import RECORD_ERRORS, AuthError, PermanentError
+from cdrsync.errors import RECORD_ERRORS, AuthError, EndpointError, PermanentError
 from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import (
     CallRecord,
@@ -371,8 +371,8 @@ class VccLookups(_Client):
         for year, month in self._months(item):
             try:
                 found = await self._get_cdr(year, month, item.call_key)
-            except AuthError:
-                raise
+            except (AuthError, EndpointError):
+                raise  # the account or the endpoint, not this month: the stream waits
             except PermanentError as exc:
                 # Asked in two months (a webhook near a month's start without the call's start
                 # time), a refusal in the wrong month must not end the lookup: ask the other.
