@@ -9,6 +9,7 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import structlog
@@ -313,6 +314,11 @@ async def test_a_window_straddling_the_audit_horizon_does_not_keep_the_audit_ask
         settings = c.settings(
             lookback="10m", window="1h", audit_interval="10m", audit_horizon="90m"
         )
+        # Start at a quarter past an hour of the account's zone (IST, 1 h windows), whatever
+        # the real time: the horizon's start then falls inside a window, and a whole window
+        # lies between it and the current one.
+        at = c.clock.utc().astimezone(ZoneInfo("Asia/Kolkata"))
+        c.clock.now += ((15 - at.minute) % 60) * 60 - at.second
         async with owned_stream(c, settings) as stream:
             asked = []
             windows_due = stream._store.windows_due
