@@ -284,24 +284,13 @@ async def test_the_audit_asks_the_database_only_once_a_window_can_be_due(dsn, st
     async with clocked(dsn, seed=21, backlog=100, backlog_days=0.05, late_fraction=0.0) as c:
         settings = c.settings(lookback="10m", window="1h", audit_interval="10m")
         async with owned_stream(c, settings) as stream:
-            asked = []
-            windows_due = stream._store.windows_due
-
-            async def counted(*args, **kwargs):
-                asked.append(c.clock.utc())
-                return await windows_due(*args, **kwargs)
-
-            monkeypatch.setattr(stream._store, "windows_due", counted)
-            start = c.clock.utc()
             with structlog.testing.capture_logs() as logs:
-                for step in (0, 60, 60, 600):  # seconds before each cycle
-                    c.clock.now += step
-                    await asyncio.wait_for(stream.cycle(), 30)
+                asked = await due_queries(c, stream, monkeypatch, steps=(0, 60, 60, 600))
     done = [e for e in logs if e["event"] == "sync.cycle_done"]
     assert len(done) == 4
     # The first cycle has no watermark to audit behind; the second finds nothing due (every
     # window was read a minute ago); the third, inside the interval, does not ask.
-    assert [round((at - start).total_seconds()) for at in asked] == [60, 720]
+    assert asked == [60, 720]
     assert done[3]["audited"] > 0
 
 
@@ -320,22 +309,11 @@ async def test_a_window_straddling_the_audit_horizon_does_not_keep_the_audit_ask
         at = c.clock.utc().astimezone(ZoneInfo("Asia/Kolkata"))
         c.clock.now += ((15 - at.minute) % 60) * 60 - at.second
         async with owned_stream(c, settings) as stream:
-            asked = []
-            windows_due = stream._store.windows_due
-
-            async def counted(*args, **kwargs):
-                asked.append(c.clock.utc())
-                return await windows_due(*args, **kwargs)
-
-            monkeypatch.setattr(stream._store, "windows_due", counted)
-            start = c.clock.utc()
-            for step in (0, 60, 660, 60, 60, 60):  # seconds before each cycle
-                c.clock.now += step
-                await asyncio.wait_for(stream.cycle(), 30)
+            asked = await due_queries(c, stream, monkeypatch, steps=(0, 60, 660, 60, 60, 60))
     # Asked on the second cycle (the first has nothing behind it), once the interval is over
     # (a window is due) and on the cycle after (a window found due may still be due); then not
     # again within the interval, though the straddling window's check is older than it.
-    assert [round((at - start).total_seconds()) for at in asked] == [60, 720, 780]
+    assert asked == [60, 720, 780]
 
 
 async def test_a_stream_that_keeps_its_lock_reads_its_state_once(dsn, store, monkeypatch):
@@ -361,6 +339,24 @@ async def test_a_stream_that_keeps_its_lock_reads_its_state_once(dsn, store, mon
             assert len(loads) == 2
             stored = await load_state(stream.name)
     assert stored is not None and stored.cycles == 4
+
+
+async def due_queries(c: Clocked, stream: WindowStream, monkeypatch, *, steps) -> list[int]:
+    """Cycles of ``stream``, each ``steps[i]`` seconds of fake time after the last; the seconds
+    since the first cycle at which the stream asked the database for due windows."""
+    asked: list[int] = []
+    windows_due = stream._store.windows_due
+    start = c.clock.utc()
+
+    async def counted(*args, **kwargs):
+        asked.append(round((c.clock.utc() - start).total_seconds()))
+        return await windows_due(*args, **kwargs)
+
+    monkeypatch.setattr(stream._store, "windows_due", counted)
+    for step in steps:
+        c.clock.now += step
+        await asyncio.wait_for(stream.cycle(), 30)
+    return asked
 
 
 @contextlib.asynccontextmanager
