@@ -6,9 +6,11 @@ MONOTONIC_USEC= of that moment, then READY=1 once the file is applied or refused
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from test_daemon_process import (  # type: ignore[import-not-found]  # a sibling pytest puts on sys.path
@@ -41,24 +43,38 @@ class NotifySocket:
     async def after(self, start: int, line: str, *, within: float, child: Child) -> int | None:
         """The index of the first ``line`` at or after index ``start``, waiting up to
         ``within`` seconds (None if it did not come or the daemon exited)."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline and child.running:
-            self._drain()
-            if line in self.lines[start:]:
-                return self.lines.index(line, start)
-            await asyncio.sleep(0.05)
-        return None
+        return await self._first(start, line.__eq__, within=within, child=child)
 
     async def matching(self, start: int, prefix: str, *, within: float, child: Child) -> int | None:
         """Like ``after``, for the first line that starts with ``prefix``."""
+        return await self._first(
+            start, lambda text: text.startswith(prefix), within=within, child=child
+        )
+
+    async def _first(
+        self, start: int, wanted: Callable[[str], bool], *, within: float, child: Child
+    ) -> int | None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline and child.running:
             self._drain()
             for index in range(start, len(self.lines)):
-                if self.lines[index].startswith(prefix):
+                if wanted(self.lines[index]):
                     return index
             await asyncio.sleep(0.05)
         return None
+
+
+@contextlib.asynccontextmanager
+async def notified_daemon(
+    tmp_path: Path, config: Path
+) -> AsyncIterator[tuple[NotifySocket, Child]]:
+    """The daemon on ``config`` with NOTIFY_SOCKET set to a socket of ours, for the block."""
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.setblocking(False)
+        async with children(tmp_path) as kids:
+            yield NotifySocket(sock), await kids.daemon(config, env={"NOTIFY_SOCKET": address})
 
 
 def now_usec() -> int:
@@ -75,32 +91,24 @@ async def test_each_sighup_is_framed_by_reloading_and_ready(
     path = tmp_path / "cdrsync.toml"
     first = account_table(url, start=start_before(0.5), name="acc-a")
     write_config(path, dsn, [first])
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(address)
-        sock.setblocking(False)
-        notify = NotifySocket(sock)
-        async with children(tmp_path) as kids:
-            child = await kids.daemon(path, env={"NOTIFY_SOCKET": address})
-            assert await notify.after(0, "READY=1", within=60, child=child) is not None, (
-                child.tail()
-            )
-            frames = []
-            for change in ("add an account", "break the file"):
-                if change == "add an account":
-                    second = account_table(url, start=start_before(0.5), name="acc-b")
-                    write_config(path, dsn, [first, second])
-                else:
-                    path.write_text(path.read_text().replace('"acc-b"', '"ACC B!"'))
-                start = len(notify.lines)
-                before = now_usec()
-                child.proc.send_signal(signal.SIGHUP)
-                reloading = await notify.after(start, "RELOADING=1", within=30, child=child)
-                assert reloading is not None, child.tail()
-                ready = await notify.after(reloading, "READY=1", within=30, child=child)
-                assert ready is not None, child.tail()
-                frames.append((before, notify.lines[reloading:ready], now_usec()))
-            assert await child.terminate(15) == 0, child.tail()
+    async with notified_daemon(tmp_path, path) as (notify, child):
+        assert await notify.after(0, "READY=1", within=60, child=child) is not None, child.tail()
+        frames = []
+        for change in ("add an account", "break the file"):
+            if change == "add an account":
+                second = account_table(url, start=start_before(0.5), name="acc-b")
+                write_config(path, dsn, [first, second])
+            else:
+                path.write_text(path.read_text().replace('"acc-b"', '"ACC B!"'))
+            start = len(notify.lines)
+            before = now_usec()
+            child.proc.send_signal(signal.SIGHUP)
+            reloading = await notify.after(start, "RELOADING=1", within=30, child=child)
+            assert reloading is not None, child.tail()
+            ready = await notify.after(reloading, "READY=1", within=30, child=child)
+            assert ready is not None, child.tail()
+            frames.append((before, notify.lines[reloading:ready], now_usec()))
+        assert await child.terminate(15) == 0, child.tail()
     assert child.named("config.reloaded", added=["acc-b"]), child.tail()
     assert child.named("config.reload_refused"), child.tail()
     for before, lines, after in frames:
@@ -121,20 +129,14 @@ async def test_status_line_drops_the_streams_a_reload_removed(
     first = account_table(url, start=start_before(0.5), name="acc-a", poll_interval="500ms")
     second = account_table(url, start=start_before(0.5), name="acc-b")
     write_config(path, dsn, [first, second])
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(address)
-        sock.setblocking(False)
-        notify = NotifySocket(sock)
-        async with children(tmp_path) as kids:
-            child = await kids.daemon(path, env={"NOTIFY_SOCKET": address})
-            both = await notify.matching(0, "STATUS=2 streams", within=60, child=child)
-            assert both is not None, child.tail()
-            write_config(path, dsn, [first])
-            start = len(notify.lines)
-            child.proc.send_signal(signal.SIGHUP)
-            assert await child.wait_event("config.reloaded", within=30, removed=["acc-b"])
-            # acc-a's next cycles report again: the line counts acc-a's stream alone.
-            cycle = await notify.matching(start, "STATUS=1 streams", within=60, child=child)
-            assert cycle is not None, (notify.lines[start:], child.tail())
-            assert await child.terminate(15) == 0, child.tail()
+    async with notified_daemon(tmp_path, path) as (notify, child):
+        both = await notify.matching(0, "STATUS=2 streams", within=60, child=child)
+        assert both is not None, child.tail()
+        write_config(path, dsn, [first])
+        start = len(notify.lines)
+        child.proc.send_signal(signal.SIGHUP)
+        assert await child.wait_event("config.reloaded", within=30, removed=["acc-b"])
+        # acc-a's next cycles report again: the line counts acc-a's stream alone.
+        cycle = await notify.matching(start, "STATUS=1 streams", within=60, child=child)
+        assert cycle is not None, (notify.lines[start:], child.tail())
+        assert await child.terminate(15) == 0, child.tail()
