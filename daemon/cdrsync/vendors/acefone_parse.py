@@ -14,6 +14,7 @@ import operator
 from collections.abc import Container, Mapping
 from typing import Any
 
+import msgspec
 import orjson
 
 from cdrsync import jsontext
@@ -102,7 +103,7 @@ def _int(value: Any, field: str) -> int | None:
 
 def _local(value: Any, field: str, zone: dt.tzinfo) -> dt.datetime:
     text = value.strip() if type(value) is str else str(value).strip()
-    return localtime.to_utc(localtime.parse_naive(text, field), text, field, zone)
+    return localtime.read(text, field, zone)[0]
 
 
 def _ring_seconds(value: Any) -> int | None:
@@ -117,14 +118,10 @@ def _ring_seconds(value: Any) -> int | None:
 def _answered_at(flow: Any, ended_at: dt.datetime | None, talk_s: int | None) -> dt.datetime | None:
     # call_flow carries an entry {"anstime": <epoch>, "time": <epoch>}: an absolute instant, so it
     # needs no time-zone assumption. Fall back to end minus talk time.
-    steps = acefone_split.flow_steps(flow)
-    if isinstance(steps, list):
-        for step in steps:
-            if isinstance(step, dict) and "anstime" in step:
-                try:
-                    return dt.datetime.fromtimestamp(int(step["anstime"]), dt.UTC)
-                except (TypeError, ValueError, OverflowError, OSError):
-                    break
+    anstime = acefone_split.first_anstime(flow)
+    if anstime is not msgspec.UNSET:
+        with contextlib.suppress(TypeError, ValueError, OverflowError, OSError):
+            return dt.datetime.fromtimestamp(int(anstime), dt.UTC)
     if ended_at is not None and talk_s:
         return ended_at - dt.timedelta(seconds=talk_s)
     return None
@@ -179,8 +176,7 @@ def normalize_fields(
     if date in (None, "") or time_ in (None, ""):
         raise ParseError("record has no start date/time")
     started_text = f"{date} {time_}".strip()
-    started_local = localtime.parse_naive(started_text, "date+time")
-    started_at = localtime.to_utc(started_local, started_text, "date+time", zone)
+    started_at, local_date = localtime.read(started_text, "date+time", zone)
     end_stamp = f.end_stamp
     ended_at = _local(end_stamp, "end_stamp", zone) if end_stamp not in (None, "") else None
     duration_s = _int(f.call_duration, "call_duration")
@@ -210,7 +206,7 @@ def normalize_fields(
             talk_s,
             _ring_seconds(f.agent_ring_time),
             *_texts(_TEXT_FIELDS(f)),
-            started_local.date(),
+            local_date,
             *stored,
             fetched_at,
             "list",

@@ -137,22 +137,31 @@ def fields(data: bytes) -> Fields | None:
 def from_mapping(record: Mapping[str, Any]) -> Fields:
     """The fields normalizing reads of a fully decoded record."""
     get = record.get
-    return Fields(*[get(name) for name in FIELD_NAMES])
+    values: list[Any] = [get(name) for name in FIELD_NAMES]  # call_flow: decoded, not bytes
+    return Fields(*values)
 
 
-def flow_steps(flow: Any) -> Any:
-    """A record's ``call_flow`` as decoded JSON; from the split, only its ``anstime`` entries
-    (None when it has none: nothing else of it is read)."""
-    if not isinstance(flow, msgspec.Raw):
-        return flow
-    data = bytes(flow)
-    if b'"anstime"' not in data:
-        return None
-    try:
-        steps = _FLOW.decode(data)
-    except (msgspec.DecodeError, RecursionError):  # not a list of objects: read it whole
-        return _whole(data)
-    return [{"anstime": step.anstime} for step in steps or () if step.anstime is not msgspec.UNSET]
+def first_anstime(flow: Any) -> Any:
+    """The ``anstime`` of the first ``call_flow`` step that has one (``msgspec.UNSET`` when none
+    does). From the split, ``call_flow`` is still bytes: decoded only when it holds one."""
+    if isinstance(flow, msgspec.Raw):
+        data = bytes(flow)
+        if b'"anstime"' not in data:
+            return msgspec.UNSET
+        try:
+            steps = _FLOW.decode(data)
+        except (msgspec.DecodeError, RecursionError):  # not a list of objects: read it whole
+            flow = _whole(data)
+        else:
+            for step in steps or ():
+                if step.anstime is not msgspec.UNSET:
+                    return step.anstime
+            return msgspec.UNSET
+    if isinstance(flow, list):
+        for step in flow:
+            if isinstance(step, dict) and "anstime" in step:
+                return step["anstime"]
+    return msgspec.UNSET
 
 
 def _whole(data: bytes) -> Any:
