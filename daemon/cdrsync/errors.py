@@ -74,3 +74,9 @@ class ConfigError(CdrsyncError):
 
 class StoreError(CdrsyncError):
     """PostgreSQL is unreachable or refused a statement; the stream pauses and retries."""
+
+
+class AccessRefused(StoreError):
+    """PostgreSQL refused database.dsn's role, password or database: cdrsync cannot start until
+    that is fixed in database.dsn or on the server. Retried like any StoreError, since an
+    operator may fix the role on the server while the daemon waits."""
