@@ -73,8 +73,7 @@ async def test_a_refused_password_is_not_called_unreachable(wrong_password_dsn: 
 async def test_check_config_fails_on_a_refused_password(
     wrong_password_dsn: str, tmp_path: Path
 ) -> None:
-    """check-config with a wrong database password exits 78 saying the server refused the
-    role, that the daemon cannot start and what to check; the password appears nowhere."""
+    """check-config with a wrong database password exits 78 saying so, never the password."""
     config = write_config(
         tmp_path / "c.toml", wrong_password_dsn, [account_table("http://127.0.0.1:9")]
     )
