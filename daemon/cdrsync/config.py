@@ -152,7 +152,7 @@ VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
                     # apiKey header, on a refusal try the token once and keep what works.
                     "auth": (to_choice(("apikey", "token", "auto")), "auto"),
                     # generateToken refused the credentials: not asked again for this long
-                    # (it allows 10 tokens an hour; a reload with new credentials asks at once).
+                    # (it allows 10 tokens an hour; any reload asks again at the next cycle).
                     "token_refusal_hold": (_POSITIVE, "1h"),
                     # The bulk API serves the last 15 days only (older dates come back empty).
                     "retention": (_POSITIVE, "15d"),
