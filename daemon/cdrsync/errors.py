@@ -51,6 +51,16 @@ class EndpointError(PermanentError):
     endpoint settings (every request to it fails until they are fixed)."""
 
 
+class PermissionRefused(PermanentError):
+    """The vendor refused the API token a kind of request altogether (a permission it lacks):
+    every request of that kind for the account would be refused alike until it is granted.
+    ``hold_s``: how long the account's requests of the kind wait before one is tried again."""
+
+    def __init__(self, message: str | None = None, *, hold_s: float) -> None:
+        super().__init__(message)
+        self.hold_s = hold_s
+
+
 class ParseError(CdrsyncError):
     """A single record could not be normalized; it goes to the rejects table."""
 

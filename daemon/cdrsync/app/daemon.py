@@ -39,7 +39,7 @@ from cdrsync.model import WriteResult
 from cdrsync.ops.metrics import CONTENT_TYPE
 from cdrsync.ops.observability import StatusBoard, sd_notify, watchdog_interval
 from cdrsync.ops.status import stuck_streams
-from cdrsync.vendors import lift_holds, window_source_factory
+from cdrsync.vendors import window_source_factory
 
 if TYPE_CHECKING:
     from cdrsync.config import AccountSettings, Settings
@@ -275,8 +275,8 @@ async def _reload(sup: Supervisor, current: Settings, reloader: Reloader | None)
         )  # fmt: skip
         sd_notify("READY=1", "STATUS=reload failed (database unreachable); running as before")
         return current
-    # The same credentials too: a refusal may have been fixed on the vendor's side.
-    lifted = lift_holds(sup.accounts.values())
+    # The same settings too: a refusal may have been fixed on the vendor's side.
+    lifted = sup.lift_holds()
     log.info(
         "config.reloaded", added=list(changes.added), removed=list(changes.removed),
         restarted=list(changes.restarted), streams=sup.stream_names, holds_lifted=lifted,
