@@ -10,11 +10,15 @@ import datetime as dt
 from structlog.testing import capture_logs
 from test_vcclive_http import Vcc, vcc  # type: ignore[import-not-found]  # a sibling pytest puts on sys.path
 
+from cdrsync.app import daemon as app
 from cdrsync.engine.lookup import LookupStream
 from cdrsync.model import LookupRequest
+from cdrsync.simulator.vcclive import VccSimConfig, VccSimulator
+from cdrsync.simulator.vcclive_server import start_vcclive_server
 from cdrsync.store.store import Store
 from cdrsync.vendors.vcclive import VccLookups
-from support import sql_value
+from support import eventually, sql_value
+from vcclive_support import ACCOUNT, vcc_settings
 
 __all__ = ["vcc"]  # the fixture, imported for this module's tests
 
@@ -86,3 +90,41 @@ async def test_lifting_the_hold_asks_again_at_the_next_cycle(vcc: Vcc, store: St
     assert stream.lift_holds() == ["vcclive.cdr"]
     await stream.cycle()
     assert vcc.sim.stats.requests == {"cdr": 2}  # uuid-2; uuid-1 waits for its own next attempt
+
+
+async def test_a_reload_with_the_same_settings_lifts_the_daemons_hold(
+    dsn: str, store: Store
+) -> None:
+    """In the daemon, a reload that changes nothing asks a held lookup kind again at once."""
+    sim = VccSimulator(VccSimConfig(seed=9, backlog=5, live_per_minute=0))
+    sim.set_faults(cdr_errors=DENIED)
+    server = await start_vcclive_server(sim)
+    queued_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    month = {"year": queued_at.year, "month": queued_at.month}
+    requests = [LookupRequest("vcclive.cdr", f"uuid-{n}", month, queued_at) for n in range(3)]
+    await store.queues.enqueue("vcclive", ACCOUNT, requests, now=queued_at)
+    settings = vcc_settings(server.base_url, dsn, 0, permission_hold="1h")
+    stop, reload = asyncio.Event(), asyncio.Event()
+    daemon = asyncio.create_task(
+        app.run(settings, stop=stop, reload=reload, reloader=lambda: settings)
+    )
+
+    async def asked(times: int) -> bool:
+        return sim.stats.requests.get("cdr", 0) >= times
+
+    try:
+        assert await eventually(lambda: asked(1), timeout=60)
+        held = "SELECT count(*) FROM lookups WHERE state = 'pending' AND attempts = 1"
+        assert await eventually(lambda: _equals(dsn, held, 1), timeout=30)
+        assert sim.stats.requests["cdr"] == 1
+        sim.set_faults(cdr_errors=())  # the permission was granted in VCC Live
+        reload.set()
+        assert await eventually(lambda: asked(2), timeout=60), sim.stats.requests
+    finally:
+        stop.set()
+        await asyncio.wait_for(daemon, timeout=30)
+        await server.close()
+
+
+async def _equals(dsn: str, query: str, value: int) -> bool:
+    return await sql_value(dsn, query) == value
