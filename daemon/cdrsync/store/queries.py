@@ -121,7 +121,7 @@ def translate(operation: str, dsn: str) -> Iterator[None]:
             detail = detail.replace(secret, "***")
         if isinstance(exc, _ACCESS_ERRORS):
             raise AccessRefused(
-                f"PostgreSQL on {target} refused database.dsn's role ({detail}): cdrsync cannot "
+                f"PostgreSQL on {target} refused cdrsync ({detail}): cdrsync cannot "
                 f"{operation}, so it cannot start (or, running, cannot sync) until this is "
                 "fixed. Check the user, password and database name in database.dsn, or the "
                 "role's password, privileges and pg_hba.conf rule on the server"
