@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
-from cdrsync.errors import ConfigError, StoreError
+from cdrsync.errors import AccessRefused, ConfigError, StoreError
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL would silently truncate a longer name
@@ -93,6 +93,14 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash, "starting up"
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
 )
+# Refusals of who connects: the role, its password or pg_hba.conf (class 28), a database that
+# does not exist, a role without CONNECT on it (or, later, without a privilege a statement
+# needs). Not "unreachable": waiting does not fix them, someone must change the DSN or the role.
+_ACCESS_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InsufficientPrivilegeError,
+)
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InternalClientError,
@@ -111,6 +119,13 @@ def translate(operation: str, dsn: str) -> Iterator[None]:
         secret = _password(dsn)
         if secret:
             detail = detail.replace(secret, "***")
+        if isinstance(exc, _ACCESS_ERRORS):
+            raise AccessRefused(
+                f"PostgreSQL on {target} refused cdrsync ({detail}): cdrsync cannot "
+                f"{operation}, so it cannot start (or, running, cannot sync) until this is "
+                "fixed. Check the user, password and database name in database.dsn, or the "
+                "role's password, privileges and pg_hba.conf rule on the server"
+            ) from exc
         if isinstance(exc, _CONNECTION_ERRORS):
             advice = (
                 "PostgreSQL is unreachable or restarting; nothing of this operation was "
