@@ -25,8 +25,10 @@ from cdrsync.store.queries import (
 SMALL_BATCH_ROWS = 100
 """Batches of at most this many records (and no rejects) are written in one statement from
 arrays (``upsert_advance``): one round trip instead of six (BEGIN, the temporary table, COPY,
-upsert, advance, COMMIT). A live stream's cycle writes one to three rows (issue 10). Above it,
-COPY: the arrays' cost per row grows past the round trips saved (measured in the README)."""
+upsert, advance, COMMIT). A live stream's cycle writes one to three rows (issue 10). Measured
+on the embedded server (wall time per batch, COPY vs one statement): 1 row 2.8 vs 0.8 ms, 50
+rows 5.4 vs 3.3 ms, 100 rows 7.8 vs 6.1 ms, 200 rows 12.4 vs 12.9 ms, 1,000 rows 50 vs 73 ms:
+above about 150 rows the arrays cost more per row than the round trips they save."""
 
 _RANK = {source: rank for rank, source in enumerate(SOURCES)}
 
