@@ -328,8 +328,21 @@ class Store:
         self, vendor: str, account: str, start: dt.datetime, end: dt.datetime
     ) -> frozenset[bytes]:
         """The content hashes of one account's list copies of calls started in [start, end)."""
+        found = await self.list_hashes_upto(vendor, account, start, end, None)
+        assert found is not None  # no limit
+        return found
+
+    async def list_hashes_upto(
+        self, vendor: str, account: str, start: dt.datetime, end: dt.datetime, most: int | None
+    ) -> frozenset[bytes] | None:
+        """``list_hashes``, or None when there are more than ``most`` (None: no limit)."""
+        limit = None if most is None else most + 1
         with translate(f"read the stored hashes of {vendor} account {account}", self._dsn):
-            rows = await self._pool.fetch(QUERIES["list_hashes"], vendor, account, start, end)
+            rows = await self._pool.fetch(
+                QUERIES["list_hashes"], vendor, account, start, end, limit
+            )
+        if most is not None and len(rows) > most:
+            return None
         return frozenset(bytes(row["content_hash"]) for row in rows)
 
     async def reject_count(self, vendor: str | None = None, account: str | None = None) -> int:
