@@ -223,7 +223,8 @@ class Store:
         The watermark moves to ``advance_to`` (never backwards) and the cursor is replaced
         when either is given. ``windows`` records completely read windows with the vendor's
         count, for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the
-        batch is committed.
+        batch is committed. Up to ``small_batch_rows`` records without rejects are one
+        statement (``upsert_advance``); larger batches go through COPY (``upsert_in``).
         """
         cursor_json = None if cursor is None else json.dumps(dict(cursor), sort_keys=True)
         set_cursor = cursor is not None or advance_to is not None
