@@ -13,6 +13,7 @@ from typing import Any
 from cdrsync.app import daemon as app
 from cdrsync.config import AccountSettings, Settings, parse
 from cdrsync.simulator.acefone import AcefoneSimulator
+from cdrsync.store.queries import QUERIES
 from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import record_hash
 
@@ -131,3 +132,18 @@ def one_account(acc: dict[str, Any]) -> AccountSettings:
         environ={},
     )
     return settings.accounts[0]
+
+
+class HashQueries:
+    """A store's pool, passed through, counting the stored-hash queries (list_hashes) in
+    ``asked``: install with ``store._pool = HashQueries(store._pool)``."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool, self.asked = pool, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        self.asked += query == QUERIES["list_hashes"]
+        return await self._pool.fetch(query, *args, **kwargs)

@@ -308,8 +308,9 @@ POOLER_CHECK_TIMEOUT = 5.0
 
 def _check_pooling(settings: Any) -> str:
     """The pooler check of ``run`` and ``doctor``, when ``database.dsn`` is reachable: raises
-    ConfigError behind a per-transaction pooler; else says what was found, for stderr."""
-    from cdrsync.errors import StoreError
+    ConfigError behind a per-transaction pooler or when the server refuses the role (a wrong
+    password); else says what was found, for stderr."""
+    from cdrsync.errors import AccessRefused, StoreError
     from cdrsync.store.pooler import check_session_pooling
 
     if settings.database.dsn is None:
@@ -320,6 +321,9 @@ def _check_pooling(settings: Any) -> str:
     )  # fmt: skip
     try:
         asyncio.run(check)
+    except AccessRefused as exc:
+        # The server answered and refused the role: what check-config is run to find out.
+        raise ConfigError(str(exc)) from exc
     except StoreError as exc:
         # check-config validates the file; a database that is down is not a config error.
         return f"pooler check skipped (PostgreSQL not reachable: {exc})"

@@ -152,7 +152,7 @@ VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
                     # apiKey header, on a refusal try the token once and keep what works.
                     "auth": (to_choice(("apikey", "token", "auto")), "auto"),
                     # generateToken refused the credentials: not asked again for this long
-                    # (it allows 10 tokens an hour; a reload with new credentials asks at once).
+                    # (it allows 10 tokens an hour; any reload asks again at the next cycle).
                     "token_refusal_hold": (_POSITIVE, "1h"),
                     # The bulk API serves the last 15 days only (older dates come back empty).
                     "retention": (_POSITIVE, "15d"),
@@ -195,6 +195,10 @@ VENDOR_SPECS: Mapping[str, VendorSpec] = MappingProxyType(
                     "lookup_delay": (_DUR, "5m"),
                     "lookup_interval": (_POSITIVE, "5m"),
                     "lookup_attempts": (to_int(1, 1000), 20),
+                    # A CDR lookup refused for a permission (403): not asked again for this long
+                    # (undocumented whether it is the token's or one project's: the lookups of
+                    # the account wait, uncounted but the refused one, and the list goes on).
+                    "permission_hold": (_POSITIVE, "15m"),
                     # Rows before a day's resume offset re-fetched to check the order held.
                     "verify_rows": (to_int(1, 100), 3),
                     # Fetch each disposed record's events (GET .../records/{numberid}).

@@ -51,6 +51,16 @@ class EndpointError(PermanentError):
     endpoint settings (every request to it fails until they are fixed)."""
 
 
+class PermissionRefused(PermanentError):
+    """The vendor refused the API token a kind of request altogether (a permission it lacks):
+    every request of that kind for the account would be refused alike until it is granted.
+    ``hold_s``: how long the account's requests of the kind wait before one is tried again."""
+
+    def __init__(self, message: str | None = None, *, hold_s: float) -> None:
+        super().__init__(message)
+        self.hold_s = hold_s
+
+
 class ParseError(CdrsyncError):
     """A single record could not be normalized; it goes to the rejects table."""
 
@@ -74,3 +84,9 @@ class ConfigError(CdrsyncError):
 
 class StoreError(CdrsyncError):
     """PostgreSQL is unreachable or refused a statement; the stream pauses and retries."""
+
+
+class AccessRefused(StoreError):
+    """PostgreSQL refused database.dsn's role, password or database: cdrsync cannot start until
+    that is fixed in database.dsn or on the server. Retried like any StoreError, since an
+    operator may fix the role on the server while the daemon waits."""

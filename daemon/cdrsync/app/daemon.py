@@ -275,9 +275,11 @@ async def _reload(sup: Supervisor, current: Settings, reloader: Reloader | None)
         )  # fmt: skip
         sd_notify("READY=1", "STATUS=reload failed (database unreachable); running as before")
         return current
+    # The same settings too: a refusal may have been fixed on the vendor's side.
+    lifted = sup.lift_holds()
     log.info(
         "config.reloaded", added=list(changes.added), removed=list(changes.removed),
-        restarted=list(changes.restarted), streams=sup.stream_names,
+        restarted=list(changes.restarted), streams=sup.stream_names, holds_lifted=lifted,
     )  # fmt: skip
     sd_notify("READY=1", f"STATUS=reloaded; syncing {len(sup.stream_names)} streams")
     return new

@@ -23,9 +23,11 @@ import structlog
 
 from cdrsync.app.members import BalancedLocks
 from cdrsync.app.streams import AccountStreams, bounded_stream, build_account
+from cdrsync.engine.lookup import LookupStream
 from cdrsync.engine.loop import StreamLoop
 from cdrsync.engine.spread import first_due
 from cdrsync.errors import StoreError
+from cdrsync.vendors import lift_holds
 
 if TYPE_CHECKING:
     from cdrsync.app.runtime import Runtime
@@ -140,6 +142,16 @@ class Supervisor:
         task: asyncio.Task[None] = asyncio.create_task(work, name=name)
         task.add_done_callback(self._died)
         running.tasks.append(task)
+
+    def lift_holds(self) -> list[str]:
+        """A reload: lift the holds a vendor's refusal put on running accounts (Ozonetel's
+        generateToken, VCC Live's lookup permission), the same settings too, since the operator
+        may have fixed the cause on the vendor's side; the accounts that had one."""
+        lifted = set(lift_holds(self.accounts.values()))
+        for name, running in self._running.items():
+            if any(isinstance(s, LookupStream) and s.lift_holds() for s in running.wake):
+                lifted.add(name)
+        return sorted(lifted)
 
     async def adopt_backfills(self) -> int:
         """Start the backfills ``cdrsync backfill`` handed over for running accounts: bounded

@@ -31,6 +31,7 @@ class RowQueue(Generic[T]):
         self._items: deque[T | None] = deque()
         self._rows = 0
         self._held = 0
+        self._waiting = 0
         self._changed = asyncio.Condition()
 
     @property
@@ -42,6 +43,21 @@ class RowQueue(Generic[T]):
     def held(self) -> int:
         """Rows the consumer took and has not reported ``done`` (always 0 without ``hold``)."""
         return self._held
+
+    @property
+    def waiting(self) -> int:
+        """Producers held back now for room (in ``put`` or ``wait_room``): the bound at work."""
+        return self._waiting
+
+    async def _wait_fits(self, size: int) -> None:
+        """Wait, holding the condition, until ``size`` more rows fit."""
+        if self._fits(size):
+            return
+        self._waiting += 1
+        try:
+            await self._changed.wait_for(lambda: self._fits(size))
+        finally:
+            self._waiting -= 1
 
     def _fits(self, size: int) -> bool:
         used = self._rows + self._held
@@ -64,7 +80,7 @@ class RowQueue(Generic[T]):
         async with self._changed:
             # An empty item (the end marker, a window record) takes no room and never waits;
             # any item fits when nothing else is queued or held.
-            await self._changed.wait_for(lambda: self._fits(size))
+            await self._wait_fits(size)
             self._items.append(item)
             self._rows += size
             self._changed.notify_all()
@@ -81,7 +97,7 @@ class RowQueue(Generic[T]):
         """Wait until ``rows`` more would fit (at once if nothing is queued or held): a reader
         calls it before it reads a window of about ``rows`` rows into memory."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self._fits(rows))
+            await self._wait_fits(rows)
 
     async def done(self) -> None:
         """The consumer has finished with every item it took (committed them): their rows no

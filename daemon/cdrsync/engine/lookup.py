@@ -18,7 +18,13 @@ import structlog
 
 from cdrsync.engine.loop import StreamLoop, queue_backoff
 from cdrsync.engine.window import Clock, CycleHook, utcnow
-from cdrsync.errors import AuthError, CdrsyncError, EndpointError, TransientError
+from cdrsync.errors import (
+    AuthError,
+    CdrsyncError,
+    EndpointError,
+    PermissionRefused,
+    TransientError,
+)
 from cdrsync.model import LookupItem, LookupOutcome, WriteResult
 
 if TYPE_CHECKING:
@@ -68,6 +74,8 @@ class LookupStream(StreamLoop):
         self._queues = store.queues
         self._batch = batch
         self._on_cycle = on_cycle
+        self._held: dict[str, dt.datetime] = {}
+        """Kinds the vendor refused the account (``PermissionRefused``), until when."""
 
     def wake(self) -> None:
         """Look at the queue now (a push queued a lookup), not at the next due time."""
@@ -82,9 +90,10 @@ class LookupStream(StreamLoop):
 
     async def _idle_delay(self, poll: float) -> float:
         """Until the earliest pending lookup is due (at most a poll interval)."""
-        due = await self._queues.next_lookup_due(
-            self._account.vendor, self._account.name, self._source.kinds
-        )
+        kinds = self._active_kinds(self._clock())
+        if not kinds:
+            return poll
+        due = await self._queues.next_lookup_due(self._account.vendor, self._account.name, kinds)
         if due is None:
             return poll
         return min(poll, max(0.0, (due - self._clock()).total_seconds()))
@@ -101,8 +110,13 @@ class LookupStream(StreamLoop):
         confirmed = await self._queues.confirmed_by_list(
             account.vendor, account.name, self._source.kinds, now=now
         )
-        items = await self._queues.due_lookups(
-            account.vendor, account.name, self._source.kinds, now=now, limit=self._batch
+        kinds = self._active_kinds(now)
+        items = (
+            await self._queues.due_lookups(
+                account.vendor, account.name, kinds, now=now, limit=self._batch
+            )
+            if kinds
+            else []
         )
         written = WriteResult()
         tally: dict[str, int] = {"done": 0, "retry": 0, "gave_up": 0, "waits": 0}
@@ -110,6 +124,8 @@ class LookupStream(StreamLoop):
             for item in items:
                 if self._stop.is_set():
                     break
+                if item.kind in self._held:
+                    continue  # refused earlier in this cycle: it stays pending, as it was
                 outcome = await self._attempt(item)
                 written += await asyncio.shield(
                     self._queues.finish_lookup(self.name, item, outcome, now=self._clock())
@@ -142,6 +158,8 @@ class LookupStream(StreamLoop):
                 "lookup.endpoint_refused", kind=item.kind, call_key=item.call_key, error=str(exc)
             )
             raise
+        except PermissionRefused as exc:
+            return self._hold(item, exc, now)
         except CdrsyncError as exc:
             outcome = on_error(exc, now)
             self._log.info(
@@ -149,6 +167,35 @@ class LookupStream(StreamLoop):
                 state=outcome.state, error=str(exc),
             )  # fmt: skip
             return outcome
+
+    def _hold(self, item: LookupItem, exc: PermissionRefused, now: dt.datetime) -> LookupOutcome:
+        """The vendor refused the account this kind of lookup (VCC Live's 403): no lookup of
+        the kind is asked before the hold ends, said once; they all stay pending, uncounted but
+        this one (whose attempt counts: were the refusal about this call only, its lookup still
+        ends after ``lookup_attempts`` holds)."""
+        until = now + dt.timedelta(seconds=exc.hold_s)
+        self._held[item.kind] = until
+        self._log.warning(
+            "lookup.kind_held", kind=item.kind, until=until.isoformat(), error=str(exc),
+            action="grant the API token the permission in the vendor's admin; the pending "
+            "lookups wait (none is dropped) and the list still brings the calls; one is asked "
+            "again when the hold ends, or at once after a reload",
+        )  # fmt: skip
+        return LookupOutcome("retry", next_attempt_at=until, note=str(exc))
+
+    def _active_kinds(self, now: dt.datetime) -> list[str]:
+        """The source's kinds but those held (``_hold``); a hold that has ended is dropped."""
+        for kind, until in list(self._held.items()):
+            if until <= now:
+                del self._held[kind]
+                self._log.info("lookup.kind_resumed", kind=kind)
+        return [kind for kind in self._source.kinds if kind not in self._held]
+
+    def lift_holds(self) -> list[str]:
+        """Ask the held kinds again at the next cycle (a reload: the permission may have been
+        granted meanwhile); the kinds that were held."""
+        lifted, self._held = list(self._held), {}
+        return lifted
 
     def _report(self, ok: bool, written: WriteResult) -> None:
         if self._on_cycle is not None:

@@ -37,6 +37,7 @@ from cdrsync.engine.plan import (
     split_window,
     too_deep,
 )
+from cdrsync.engine.stored import StoredHashes
 from cdrsync.engine.window_settings import (
     CycleHook,
     Progress,
@@ -73,9 +74,6 @@ __all__ = [
 Clock = Callable[[], dt.datetime]
 T = TypeVar("T")
 FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.UTC)
-# A window's stored copies are looked up this far around it: a call's start time read in the
-# account's zone may fall an hour off the window's own bounds around a DST change.
-STORED_MARGIN = dt.timedelta(hours=1)
 
 
 def utcnow() -> dt.datetime:
@@ -180,6 +178,7 @@ class WindowStream(StreamLoop):
         # The state the last cycle left, as record_cycle returned it: only this process
         # writes the stream while it holds the lock, so the next cycle need not read it again.
         self._known: StreamState | None = None
+        self._stored = StoredHashes(store, account.vendor, account.name)
 
     # ------------------------------------------------------------------ one cycle
 
@@ -300,6 +299,8 @@ class WindowStream(StreamLoop):
         # Fenced when this cycle runs under the stream's lock (always, in the daemon).
         fenced = self.name in self._locks.held
         try:
+            if isinstance(self._source, SkipsStored):
+                await self._stored.read_cycle(windows)
             for index, window in enumerate(windows):
                 if index and fenced and not await self._still_owned():
                     return
@@ -447,16 +448,11 @@ class WindowStream(StreamLoop):
         self, window: Window, queue: RowQueue[_Batch], tally: _Cycle
     ) -> tuple[str, int | None]:
         """``_read_part``; a source that can skip records identical to their stored list copies
-        (Acefone) is told their hashes first, so an unchanged re-read normalizes nothing."""
+        (Acefone) is told their hashes first (read once per cycle, ``StoredHashes``), so an
+        unchanged re-read normalizes nothing."""
         if not isinstance(self._source, SkipsStored):
             return await self._read_part(window, queue, tally)
-        hashes = await self._store.list_hashes(
-            self._account.vendor,
-            self._account.name,
-            window.start - STORED_MARGIN,
-            window.end + STORED_MARGIN,
-        )
-        self._source.remember(window, hashes)
+        self._source.remember(window, await self._stored.of(window))
         try:
             return await self._read_part(window, queue, tally)
         finally:

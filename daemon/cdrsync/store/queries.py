@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 
-from cdrsync.errors import ConfigError, StoreError
+from cdrsync.errors import AccessRefused, ConfigError, StoreError
+from cdrsync.model import CALL_COLUMNS
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL would silently truncate a longer name
@@ -62,6 +63,85 @@ UPSERT_CALLS_SQL = QUERIES["upsert_calls"]
 """Moves ``TEMP_TABLE`` into ``calls``; ``$1`` = now; returns one row (inserted, updated)."""
 UPSERT_REJECTS_SQL = QUERIES["upsert_rejects"]
 ADVANCE_STATE_SQL = QUERIES["advance_state"]
+ADVANCE_WINDOW_SQL = QUERIES["advance_window_state"]
+"""A window stream's batch ends with it: the state advanced and the windows read recorded."""
+
+CALL_TYPES: dict[str, str] = {
+    **dict.fromkeys(CALL_COLUMNS, "text"),
+    **dict.fromkeys(("started_at", "answered_at", "ended_at", "fetched_at"), "timestamptz"),
+    **dict.fromkeys(("duration_s", "talk_s", "ring_s"), "int"),
+    "local_date": "date",
+    "raw": "jsonb",
+    "content_hash": "bytea",
+}
+"""The column types of ``calls`` for ``CALL_COLUMNS`` (the one-statement batch's arrays)."""
+
+# The one-statement batch's parameters: $1 now (upsert_calls' own $1), then advance_window_state's
+# parameters but the counts, then one array per column of CALL_COLUMNS.
+_ADVANCE_PARAMS = {
+    1: "$2",  # stream
+    2: "(SELECT inserted FROM counted)",
+    3: "(SELECT updated FROM counted)",
+    4: "$3",  # advance_to
+    5: "$4",  # cursor
+    6: "$5",  # set cursor?
+    7: "$1",  # now: the same instant as upsert_calls' $1
+    8: "$6",  # window starts
+    9: "$7",  # window ends
+    10: "$8",  # vendor counts
+}
+FIRST_COLUMN_PARAM = 9
+
+
+def _one(pattern: str, text: str, what: str) -> re.Match[str]:
+    match = re.fullmatch(pattern, text, flags=re.DOTALL)
+    if match is None:
+        raise ValueError(f"cannot derive the one-statement batch: {what} not found")
+    return match
+
+
+def one_statement_sql(upsert: str, advance: str) -> str:
+    """``upsert_calls`` and ``advance_window_state`` as one statement (issue 10).
+
+    The rows come from one array per column (``unnest``) instead of the COPied temporary table,
+    and only when the stream is registered (the COPY path rolls back instead); the state
+    advances by the upsert's counts. One statement is one transaction: the rows and the
+    watermark stay atomic. Derived from the two texts, so the merge rules exist once; raises
+    ``ValueError`` when a text no longer has the shape it rewrites.
+    """
+    rows = _one(
+        r"(?:--[^\n]*\n)*(WITH up AS \(.*\n\))\s*(SELECT\b.*\bFROM up);?", upsert, "WITH up"
+    )
+    source = f"FROM {TEMP_TABLE}"
+    if rows[1].count(source) != 1:
+        raise ValueError(f"cannot derive the one-statement batch: {source!r} not found once")
+    arrays = ", ".join(
+        f"${FIRST_COLUMN_PARAM + n}::{CALL_TYPES[c]}[]" for n, c in enumerate(CALL_COLUMNS)
+    )
+    unnest = (
+        f"FROM unnest({arrays}) AS {TEMP_TABLE} ({', '.join(CALL_COLUMNS)})"
+        " CROSS JOIN (SELECT FROM sync_state WHERE stream = $2::text) AS registered"
+    )
+    upserted = rows[1].replace(source, unnest)
+    state = _one(
+        r"(?:--[^\n]*\n)*WITH (advanced AS \(.*\))\s*SELECT stream FROM advanced;?",
+        advance,
+        "WITH advanced",
+    )
+    numbers = {int(n) for n in re.findall(r"\$(\d+)", state[1])}
+    if numbers != set(_ADVANCE_PARAMS):
+        raise ValueError(f"cannot derive the one-statement batch: parameters {sorted(numbers)}")
+    advanced = re.sub(r"\$(\d+)", lambda m: _ADVANCE_PARAMS[int(m[1])], state[1])
+    return (
+        f"{upserted},\ncounted AS (\n{rows[2]}\n),\n{advanced}\n"
+        "SELECT a.stream, c.inserted, c.updated FROM advanced AS a, counted AS c"
+    )
+
+
+UPSERT_ADVANCE_SQL = one_statement_sql(UPSERT_CALLS_SQL, ADVANCE_WINDOW_SQL)
+"""A small batch without rejects in one statement; ``$1`` now, ``$2`` stream, ``$3`` advance_to,
+``$4`` cursor, ``$5`` set cursor?, ``$6..$8`` windows, ``$9..`` the columns (``CALL_COLUMNS``);
+returns (stream, inserted, updated), no row for an unregistered stream (then nothing written)."""
 
 
 def describe_dsn(dsn: str) -> str:
@@ -93,6 +173,14 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash, "starting up"
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
 )
+# Refusals of who connects: the role, its password or pg_hba.conf (class 28), a database that
+# does not exist, a role without CONNECT on it (or, later, without a privilege a statement
+# needs). Not "unreachable": waiting does not fix them, someone must change the DSN or the role.
+_ACCESS_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InsufficientPrivilegeError,
+)
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InternalClientError,
@@ -111,6 +199,13 @@ def translate(operation: str, dsn: str) -> Iterator[None]:
         secret = _password(dsn)
         if secret:
             detail = detail.replace(secret, "***")
+        if isinstance(exc, _ACCESS_ERRORS):
+            raise AccessRefused(
+                f"PostgreSQL on {target} refused cdrsync ({detail}): cdrsync cannot "
+                f"{operation}, so it cannot start (or, running, cannot sync) until this is "
+                "fixed. Check the user, password and database name in database.dsn, or the "
+                "role's password, privileges and pg_hba.conf rule on the server"
+            ) from exc
         if isinstance(exc, _CONNECTION_ERRORS):
             advice = (
                 "PostgreSQL is unreachable or restarting; nothing of this operation was "

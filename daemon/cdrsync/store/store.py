@@ -29,6 +29,7 @@ from cdrsync.store.lock import StreamLocks
 from cdrsync.store.members import Holder
 from cdrsync.store.queries import (
     ADVANCE_STATE_SQL,
+    ADVANCE_WINDOW_SQL,
     CREATE_TEMP_SQL,
     QUERIES,
     TEMP_TABLE,
@@ -41,10 +42,11 @@ from cdrsync.store.queries import (
     validate_schema,
 )
 from cdrsync.store.queues import Queues
-from cdrsync.store.upsert import collapse, upsert_in
+from cdrsync.store.upsert import SMALL_BATCH_ROWS, collapse, upsert_advance, upsert_in
 
 __all__ = [
     "ADVANCE_STATE_SQL",
+    "ADVANCE_WINDOW_SQL",
     "CREATE_TEMP_SQL",
     "QUERIES",
     "TEMP_TABLE",
@@ -62,9 +64,6 @@ __all__ = [
     "upsert_in",
     "validate_schema",
 ]
-
-ADVANCE_WINDOW_SQL = QUERIES["advance_window_state"]
-"""A window stream's batch ends with it: the state advanced and the windows read recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +125,8 @@ class Store:
         self._dsn = dsn
         self.schema = schema
         self._connect_timeout = connect_timeout
+        self.small_batch_rows = SMALL_BATCH_ROWS
+        """Batches up to this many records and no rejects are one statement (not COPY)."""
 
     @classmethod
     async def connect(
@@ -222,7 +223,8 @@ class Store:
         The watermark moves to ``advance_to`` (never backwards) and the cursor is replaced
         when either is given. ``windows`` records completely read windows with the vendor's
         count, for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the
-        batch is committed.
+        batch is committed. Up to ``small_batch_rows`` records without rejects are one
+        statement (``upsert_advance``); larger batches go through COPY (``upsert_in``).
         """
         cursor_json = None if cursor is None else json.dumps(dict(cursor), sort_keys=True)
         set_cursor = cursor is not None or advance_to is not None
@@ -230,11 +232,12 @@ class Store:
         read = {(w.start, w.end): n for w, n in windows}
         starts, ends, counts = [s for s, _ in read], [e for _, e in read], list(read.values())
 
+        # advance_window_state's $4..$6 and $8..$10 (the one-statement batch's $3..$8).
+        state = (advance_to, cursor_json, set_cursor)
+        read_windows = (starts, ends, counts)
+
         def advance(inserted: int, updated: int) -> tuple[Any, ...]:
-            return (
-                stream, inserted, updated, advance_to, cursor_json, set_cursor, now,
-                starts, ends, counts,
-            )  # fmt: skip
+            return (stream, inserted, updated, *state, now, *read_windows)
 
         inserted = updated = 0
         with translate(f"write {len(records)} calls of stream {stream}", self._dsn):
@@ -242,6 +245,12 @@ class Store:
                 # Nothing to upsert: the state and the windows in one statement, which is a
                 # transaction by itself (one round trip instead of four).
                 found = await self._pool.fetchval(ADVANCE_WINDOW_SQL, *advance(0, 0))
+            elif not rejects and len(records) <= self.small_batch_rows:
+                # A live cycle's few rows: one statement, its own transaction (issue 10).
+                registered, inserted, updated = await upsert_advance(
+                    self._pool, records, now, (stream, *state, *read_windows)
+                )
+                found = stream if registered else None
             else:
                 async with self._pool.acquire() as conn, conn.transaction():
                     inserted, updated = await upsert_in(conn, records, rejects, now)
@@ -320,8 +329,21 @@ class Store:
         self, vendor: str, account: str, start: dt.datetime, end: dt.datetime
     ) -> frozenset[bytes]:
         """The content hashes of one account's list copies of calls started in [start, end)."""
+        found = await self.list_hashes_upto(vendor, account, start, end, None)
+        assert found is not None  # no limit
+        return found
+
+    async def list_hashes_upto(
+        self, vendor: str, account: str, start: dt.datetime, end: dt.datetime, most: int | None
+    ) -> frozenset[bytes] | None:
+        """``list_hashes``, or None when there are more than ``most`` (None: no limit)."""
+        limit = None if most is None else most + 1
         with translate(f"read the stored hashes of {vendor} account {account}", self._dsn):
-            rows = await self._pool.fetch(QUERIES["list_hashes"], vendor, account, start, end)
+            rows = await self._pool.fetch(
+                QUERIES["list_hashes"], vendor, account, start, end, limit
+            )
+        if most is not None and len(rows) > most:
+            return None
         return frozenset(bytes(row["content_hash"]) for row in rows)
 
     async def reject_count(self, vendor: str | None = None, account: str | None = None) -> int:

@@ -9,7 +9,7 @@ an outbox sink (VCC Live add record). Adding a vendor is one module plus its lin
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -103,6 +103,21 @@ def lookup_source_factory(vendor: str) -> Factory | None:
 
         return VccLookups
     return None
+
+
+def lift_holds(accounts: Iterable[AccountSettings]) -> list[str]:
+    """A reload kept ``accounts``: lift the holds a vendor's refusal of an account put on its
+    requests (Ozonetel's generateToken refusal), since the operator who reloads may have fixed
+    the cause on the vendor's side, where cdrsync cannot see it. The names of the accounts
+    whose hold was lifted."""
+    lifted = []
+    for account in accounts:
+        if account.vendor == "ozonetel":
+            from cdrsync.vendors.ozonetel_client import lift_token_refusal
+
+            if lift_token_refusal(account):
+                lifted.append(account.name)
+    return lifted
 
 
 def push_parser(vendor: str) -> PushParser | None:

@@ -78,10 +78,27 @@ def forget_tokens() -> None:
     _TOKENS.clear()
 
 
-def _slot(account: AccountSettings, api_key: str) -> _TokenSlot:
+def lift_token_refusal(account: AccountSettings) -> bool:
+    """A reload kept ``account``: forget a generateToken refusal of its credentials, so that its
+    streams ask again at their next cycle (the operator may have fixed the account on
+    Ozonetel's side, with the same username and key). True if a refusal was held."""
+    if account.api_key is None:
+        return False
+    slot = _TOKENS.get(_slot_key(account, account.api_key.reveal()))
+    if slot is None or slot.refused_until <= time.monotonic():
+        return False
+    slot.refused_until, slot.refusal = 0.0, ""
+    return True
+
+
+def _slot_key(account: AccountSettings, api_key: str) -> tuple[str, str, str]:
     # Keyed by a digest of the key too: a changed key must not reuse the old key's token.
     tag = hashlib.blake2b(api_key.encode(), digest_size=8).hexdigest()
-    return _TOKENS.setdefault((account.base_url, account.username or "", tag), _TokenSlot())
+    return (account.base_url, account.username or "", tag)
+
+
+def _slot(account: AccountSettings, api_key: str) -> _TokenSlot:
+    return _TOKENS.setdefault(_slot_key(account, api_key), _TokenSlot())
 
 
 def _token_of(response: Response, *, endpoint: str, secrets: tuple[str, ...]) -> str:
@@ -229,7 +246,8 @@ class _Client:
                 return token
             if slot.refused_until > time.monotonic():
                 # Refused before: asking again would spend one of the hour's 10 tokens on the
-                # same answer (the slot is per key and username: new credentials ask at once).
+                # same answer (the slot is per key and username: new credentials ask at once;
+                # a reload lifts the hold of the same ones, see lift_token_refusal).
                 raise AuthError(slot.refusal)
             limiter = self._limiters["token"]
             if (left := limiter.paused_until() - time.monotonic()) > 0:
@@ -264,7 +282,7 @@ class _Client:
         slot.refusal = (
             f"{exc}. generateToken is not asked again before {resume:%Y-%m-%d %H:%M:%S} UTC "
             "(token_refusal_hold); fix username or api_key and reload (systemctl reload "
-            "cdrsync) to try at once"
+            "cdrsync; also after a fix on Ozonetel's side) to ask again at the next cycle"
         )
         log.warning(
             "ozonetel.token_refused", account=self._account.name,

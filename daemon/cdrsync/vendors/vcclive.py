@@ -34,7 +34,13 @@ import orjson
 import structlog
 
 from cdrsync import jsontext
-from cdrsync.errors import RECORD_ERRORS, AuthError, EndpointError, PermanentError
+from cdrsync.errors import (
+    RECORD_ERRORS,
+    AuthError,
+    EndpointError,
+    PermanentError,
+    PermissionRefused,
+)
 from cdrsync.http.transport import RetryPolicy
 from cdrsync.model import (
     CallRecord,
@@ -431,8 +437,8 @@ class VccLookups(_Client):
 
     def _refusal(self, exc: Refused) -> str:
         """How VCC said "not yet"; a refusal of the credentials is an ``AuthError`` (the
-        stream waits), one of this lookup (permission, malformed) a ``PermanentError`` (the
-        lookup ends with the reason)."""
+        stream waits), of a permission a ``PermissionRefused`` (the account's CDR lookups
+        wait), of a malformed request a ``PermanentError`` (the lookup ends with the reason)."""
         kind = cdr_errors_kind(exc.errors)
         endpoint = self._endpoint("cdr")
         if kind == "auth":
@@ -441,9 +447,14 @@ class VccLookups(_Client):
                 "lookups wait: check the account's username and api_key"
             )
         if kind == "permission":
-            raise PermanentError(
-                f'{endpoint}: VCC Live denied this CDR (vendor says "{exc.said}"); the lookup '
-                "ends: give the API token access to the call's project to have it looked up"
+            # Whether VCC refuses the token the endpoint or this call's project is undocumented:
+            # read as the endpoint (every lookup would cost a request for the same answer), so
+            # the account's CDR lookups wait (permission_hold) rather than end one by one.
+            raise PermissionRefused(
+                f"{endpoint}: VCC Live refused the API token this CDR lookup (vendor says "
+                f'"{exc.said}"); give the API token access to the CDR API and the call\'s '
+                "project to have calls looked up",
+                hold_s=self._account.option("permission_hold").total_seconds(),
             )
         if kind == "malformed":
             raise PermanentError(

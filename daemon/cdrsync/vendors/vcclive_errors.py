@@ -6,8 +6,10 @@ is documented (the "HTTP Response Codes" table was not found). So each error is 
 ``code`` where it has one (HTTP-like: 404 not found, 401 credentials, 403 permission, 400/405/422
 a malformed request), else by its words:
 - "auth": the credentials are refused: the stream waits, like any other auth failure;
-- "permission" or "malformed" (by code only): this lookup can never succeed: it ends with the
-  reason, once every month asked has refused it;
+- "permission": the API token may not ask this (the endpoint, or the call's project: which one
+  is undocumented): the account's CDR lookups wait (``permission_hold``), none ends;
+- "malformed" (by code only): this lookup can never succeed: it ends with the reason, once
+  every month asked has refused it;
 - "not_yet": not found / not processed yet: the 5-minute x 20 schedule goes on;
 - anything unrecognised is read as "not yet" too: the schedule is bounded (20 attempts), and
   giving up on the first answer of an unknown wording could lose a call for good.

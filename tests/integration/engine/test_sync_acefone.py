@@ -23,6 +23,7 @@ from cdrsync.simulator.server import start_server
 from cdrsync.vendors.acefone import record_hash
 from support import (
     ACCOUNT,
+    HashQueries,
     acefone_settings,
     differences,
     eventually,
@@ -621,4 +622,24 @@ async def test_a_call_stored_from_a_push_is_still_merged_by_the_list(dsn, store,
         source = await sql_value(dsn, "SELECT source FROM calls WHERE call_key = $1", key)
         stored = await store.call_hashes("acefone", ACCOUNT)
     assert source == "list"
+    assert differences(truth_hashes(c.sim), stored) == IN_STEP
+
+
+async def test_a_cycle_reads_the_stored_hashes_once_for_all_its_windows(dsn, store):
+    """A re-read cycle over several windows asks the database for the stored hashes once, and
+    still skips every record and writes nothing (issue 10: a round trip per window saved)."""
+    async with clocked(dsn, seed=24, backlog=200, backlog_days=0.08, late_fraction=0.0) as c:
+        settings = c.settings(lookback="3h", window="1h")
+        async with owned_stream(c, settings) as stream:
+            while await asyncio.wait_for(stream.cycle(), 30):  # the first read may take cycles
+                pass
+            counted = stream._store._pool = HashQueries(stream._store._pool)
+            with structlog.testing.capture_logs() as logs:
+                await asyncio.wait_for(stream.cycle(), 30)
+            stored = await store.call_hashes("acefone", ACCOUNT)
+    [done] = [e for e in logs if e["event"] == "sync.cycle_done"]
+    assert done["windows"] >= 2
+    assert counted.asked == 1
+    assert (done["inserted"], done["updated"], done["rejected"]) == (0, 0, 0)
+    assert done["skipped"] == done["unchanged"] > 0
     assert differences(truth_hashes(c.sim), stored) == IN_STEP

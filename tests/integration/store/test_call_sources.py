@@ -1,5 +1,6 @@
 """Copies of one call from several sources merge on real PostgreSQL: each column takes the
-best source that has a value, and every source's record is kept (issue 9, part 2)."""
+best source that has a value, and every source's record is kept (issue 9, part 2); on both
+write paths (COPY, and a small batch's one statement)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ from cdrsync.vendors import ozonetel, vcclive
 from cdrsync.vendors.ozonetel_parse import normalize_bulk
 from cdrsync.vendors.vcclive_parse import normalize as normalize_cdr
 from support import one_account
+
+
+@pytest.fixture(params=[0, 10**6], ids=["copy", "one statement"])
+def store(store: Store, request: pytest.FixtureRequest) -> Store:
+    """The test's store writing batches by COPY (0), or in one statement."""
+    store.small_batch_rows = request.param
+    return store
+
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 BUD = zoneinfo.ZoneInfo("Europe/Budapest")

@@ -58,7 +58,7 @@ async def test_a_windows_stored_hashes_are_read_from_their_index(dsn, store):
     try:
         await conn.execute("ANALYZE calls")
         plan = await conn.fetchval(
-            f"EXPLAIN (FORMAT JSON) {QUERIES['list_hashes']}", "acefone", "main", start, end
+            f"EXPLAIN (FORMAT JSON) {QUERIES['list_hashes']}", "acefone", "main", start, end, None
         )
     finally:
         await conn.close()

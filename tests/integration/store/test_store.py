@@ -1,10 +1,13 @@
-"""The store on a real PostgreSQL: batch upsert rules, watermark, rejects, locks, restarts."""
+"""The store on a real PostgreSQL: batch upsert rules, watermark, rejects, locks, restarts.
+
+Every test writing a batch runs on both write paths: COPY, and a small batch's one statement."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -16,6 +19,7 @@ from cdrsync.store import store as store_module
 from cdrsync.store import upsert as upsert_module
 from cdrsync.store.embedded import EmbeddedPostgres
 from cdrsync.store.lock import StreamLocks
+from cdrsync.store.queries import CALL_TYPES, one_statement_sql
 from cdrsync.store.store import Store, collapse, quote_ident
 from netfault import freezable_proxy
 from support import sql_value
@@ -32,6 +36,17 @@ async def rows(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         return list(await conn.fetch(sql, *args))
     finally:
         await conn.close()
+
+
+PATHS = {"copy": 0, "one statement": 10**6}
+"""Store.small_batch_rows per write path: 0 sends every batch through COPY."""
+
+
+@pytest.fixture(params=sorted(PATHS))
+def store(store: Store, request: pytest.FixtureRequest) -> Store:
+    """The test's store writing batches by COPY, or (without rejects) in one statement."""
+    store.small_batch_rows = PATHS[request.param]
+    return store
 
 
 @pytest.fixture
@@ -190,18 +205,25 @@ async def test_failed_batch_commits_nothing(
     monkeypatch: pytest.MonkeyPatch,
     step: str,
 ) -> None:
-    """A failure after the COPY rolls back the rows, the rejects and the watermark together."""
+    """A failure in the upsert or the advance rolls back the rows, the rejects and the
+    watermark together (on the one-statement path: the rows and the watermark)."""
     old, new = FAULTS[step]
     # Patched where the statement is used: the upsert lives in store.upsert, the state in store.
     user = upsert_module if step == "UPSERT_CALLS_SQL" else store_module
     monkeypatch.setattr(user, step, getattr(user, step).replace(old, new, 1))
+    faulty = one_statement_sql(
+        vars(upsert_module)["UPSERT_CALLS_SQL"], store_module.ADVANCE_WINDOW_SQL
+    )
+    monkeypatch.setattr(upsert_module, "UPSERT_ADVANCE_SQL", faulty)
     reject = Reject("acefone", "main", stream, None, "no id", '{"x": 1}', T0)
+    # A batch with rejects always takes the COPY path.
+    rejects = [reject] if store.small_batch_rows == PATHS["copy"] else []
 
     with pytest.raises(StoreError, match=r"could not write 3 calls .*rolled back"):
         await store.write_batch(
             stream,
             [make_call("a"), make_call("b"), make_call("c")],
-            [reject],
+            rejects,
             now=T0,
             advance_to=T0,
         )
@@ -214,6 +236,70 @@ async def test_failed_batch_commits_nothing(
     assert (state.watermark, state.rows_inserted) == (None, 0)
     after = await store.write_batch(stream, [make_call("a")], now=T0)  # the connection is usable
     assert after.inserted == 1
+
+
+class Counted:
+    """A pool or a connection whose statements are counted in ``sent`` (a round trip each,
+    BEGIN and COMMIT two for a transaction); everything is passed on to the real one."""
+
+    STATEMENTS = ("execute", "fetch", "fetchrow", "fetchval", "copy_records_to_table")
+
+    def __init__(self, real: Any, sent: list[str]) -> None:
+        self._real, self._sent = real, sent
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._real, name)
+        if name in self.STATEMENTS:
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                self._sent.append(name)
+                return await found(*args, **kwargs)
+
+            return counted
+        if name == "transaction":
+            self._sent += ["BEGIN", "COMMIT"]
+        return found
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Counted]:
+        async with self._real.acquire() as conn:
+            yield Counted(conn, self._sent)
+
+
+async def test_a_small_batch_is_one_round_trip(
+    make_call: Callable[..., CallRecord], store: Store, stream: str
+) -> None:
+    """A live cycle's one-row batch costs one statement by default (six by COPY: BEGIN, the
+    temporary table, COPY, upsert, advance, COMMIT)."""
+    copy = store.small_batch_rows == PATHS["copy"]
+    if not copy:
+        store.small_batch_rows = upsert_module.SMALL_BATCH_ROWS  # the default
+    statements: list[str] = []
+    store._pool = Counted(store._pool, statements)
+
+    result = await store.write_batch(
+        stream, [make_call("a")], now=T0, advance_to=T0, windows=[(Window(T0, T0), 1)]
+    )
+
+    assert len(statements) == (6 if copy else 1), statements
+    assert result.inserted == 1
+    assert await store.call_count() == 1
+
+
+async def test_the_batch_arrays_have_the_types_of_the_calls_columns(dsn: str) -> None:
+    """Each column's array in the one-statement batch has the column's type in table calls."""
+    found = await rows(
+        dsn,
+        "SELECT column_name, format_type(atttypid, atttypmod) AS type FROM pg_attribute a "
+        "JOIN information_schema.columns c ON c.column_name = a.attname "
+        "WHERE a.attrelid = 'cdrsync.calls'::regclass AND c.table_schema = 'cdrsync' "
+        "AND c.table_name = 'calls'",
+    )
+    types = {r["column_name"]: r["type"] for r in found}
+    aliases = {"int": "integer", "timestamptz": "timestamp with time zone"}
+    assert {c: aliases.get(t, t) for c, t in CALL_TYPES.items()} == {
+        c: types[c] for c in CALL_TYPES
+    }
 
 
 async def test_rejects_are_counted_not_duplicated(store: Store, stream: str, dsn: str) -> None:

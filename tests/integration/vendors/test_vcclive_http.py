@@ -21,7 +21,14 @@ from aiohttp import web
 
 from cdrsync.config import AccountSettings
 from cdrsync.engine.lookup import on_error
-from cdrsync.errors import AuthError, CdrsyncError, PermanentError, RateLimited, TransientError
+from cdrsync.errors import (
+    AuthError,
+    CdrsyncError,
+    PermanentError,
+    PermissionRefused,
+    RateLimited,
+    TransientError,
+)
 from cdrsync.http.limiter import LimiterSet
 from cdrsync.http.transport import Response, RetryPolicy, Transport
 from cdrsync.model import LookupItem
@@ -367,7 +374,7 @@ async def test_every_not_yet_answer_keeps_the_schedule_going(
     ("errors", "raised", "words"),
     [
         ([{"code": 401, "message": "Authentication failed"}], AuthError, "username and api_key"),
-        ([{"code": 403, "message": "Permission denied"}], PermanentError, "give the API token"),
+        ([{"code": 403, "message": "Permission denied"}], PermissionRefused, "give the API token"),
         ([{"code": 400, "message": "invalid month"}], PermanentError, "malformed"),
     ],
 )
@@ -375,7 +382,7 @@ async def test_cdr_refusal_ends_the_lookup_at_once(
     vcc: Vcc, errors: list[Any], raised: type[CdrsyncError], words: str
 ) -> None:
     """A 200 whose errors refuse credentials, permission or the request is not "not yet": the
-    first answer ends the lookup (or, for credentials, the stream waits) with the reason."""
+    first answer ends the lookup (or, for credentials or a permission, the lookups wait)."""
     vcc.sim.set_faults(cdr_errors=tuple(errors))
     lookups: VccLookups = vcc.client(VccLookups)
     created = vcc.clock.utc() - dt.timedelta(minutes=5)

@@ -63,8 +63,10 @@ async def test_wait_room_waits_for_queued_and_held_rows():
     waiting = asyncio.create_task(queue.wait_room(4))
     await _settle()
     assert not waiting.done()
+    assert queue.waiting == 1
     await queue.done()
     await asyncio.wait_for(waiting, 5)
+    assert queue.waiting == 0
 
 
 @pytest.mark.parametrize(("window", "max_rows"), [(1, 10), (3, 10), (4, 10), (6, 10), (9, 20)])

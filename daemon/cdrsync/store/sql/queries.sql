@@ -231,9 +231,10 @@ SELECT call_key, content_hash FROM calls WHERE vendor = $1 AND account = $2;
 -- name: list_hashes
 -- The content hashes of one account's list copies that started in [$3, $4): a re-read skips
 -- every record whose bytes hash to one of them. Copies from a push or a lookup are left out:
--- a list record must still be merged into those.
+-- a list record must still be merged into those. $5: at most this many (NULL: all).
 SELECT content_hash FROM calls
-WHERE vendor = $1 AND account = $2 AND source = 'list' AND started_at >= $3 AND started_at < $4;
+WHERE vendor = $1 AND account = $2 AND source = 'list' AND started_at >= $3 AND started_at < $4
+LIMIT $5::bigint;
 
 -- name: reject_count
 SELECT count(*)
