@@ -13,6 +13,7 @@ rejects it or canonicalizes it as before. Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -29,8 +30,10 @@ class _Step(msgspec.Struct):
     anstime: Any = msgspec.UNSET
 
 
-class _Fields(msgspec.Struct):
-    """What ``acefone.normalize`` reads of a record; every other field is skipped unread."""
+class Fields(msgspec.Struct):
+    """What ``acefone.normalize`` reads of a record; every other field is skipped unread.
+
+    Read as attributes: building a dict of them per record cost as much as decoding them."""
 
     id: Any = None
     call_id: Any = None
@@ -54,7 +57,8 @@ class _Fields(msgspec.Struct):
     description: Any = None
     call_flow: msgspec.Raw = msgspec.Raw(b"null")
     """Left as bytes: decoding its steps was half the cost of this struct, and only a record
-    with an ``anstime`` step needs them."""
+    with an ``anstime`` step needs them (``flow_steps``). A record from the full decode
+    (``from_mapping``) holds its decoded value here instead."""
 
 
 class _Key(msgspec.Struct):
@@ -62,7 +66,8 @@ class _Key(msgspec.Struct):
 
 
 _PAGE = msgspec.json.Decoder(_Page)
-_FIELDS = msgspec.json.Decoder(_Fields)
+FIELD_NAMES: tuple[str, ...] = Fields.__struct_fields__
+_FIELDS = msgspec.json.Decoder(Fields)
 _FLOW = msgspec.json.Decoder(list[_Step] | None)
 _KEY = msgspec.json.Decoder(_Key)
 
@@ -86,14 +91,15 @@ def split(body: bytes) -> tuple[Any, list[msgspec.Raw]] | None:
 # - a number whose exponent has 5 digits or more (``1e999999``), or a record long enough for a
 #   number's fraction digits plus a 4-digit negative exponent to pass numeric's 16383 after the
 #   point (``0.<7000 digits>e-9999``): beyond PostgreSQL's numeric, it would fail the whole
-#   batch. Acefone's records are about 2 KB; a longer one just takes the full decode;
-# - more than 255 brackets: orjson writes back at most 255 levels, and a record nested deeper
-#   is rejected by the full decode, as before.
-# One C pass maps digits and "." to "0", "E" to "e", signs to "s" and "[" to "{".
-_SHAPE = bytes.maketrans(b"0123456789.E+-[", b"00000000000ess{")
-_EXPONENTS = (b"0e00000", b"0es00000")  # a digit (or ".") always stands before the "e"
-_BEFORE_NUMBER = frozenset(b":,{ s\t\r\n")
-_MAX_BRACKETS = 255
+#   batch. Acefone's records are about 2 KB; a longer one just takes the full decode.
+# Nesting needs no check: jsonb takes a record nested as deep as 6 000 bytes allow (3 000
+# levels), and one deeper than msgspec's recursion limit (about 1 000) never gets here.
+# One C pass maps digits, "." and signs to "0" and "E" to "e"; one search then finds every "e"
+# with a digit before it and five digits (or a sign and four) after it. A signed 4-digit
+# exponent (``1e+1234``, within numeric) matches too and merely takes the full decode.
+_SHAPE = bytes.maketrans(b"0123456789.E+-", b"00000000000e00")
+_EXPONENT = b"0e00000"
+_BEFORE_NUMBER = frozenset(b":,[ \t\r\n")
 _MAX_BYTES = 6_000
 
 
@@ -101,41 +107,68 @@ def _huge_exponent(shape: bytes) -> bool:
     """Whether a number with a 5-digit exponent stands in ``shape``: the digits before the
     ``e`` must follow what precedes a JSON number (a hex id in a string, ``"ab12e45678"``,
     does not)."""
-    for pattern in _EXPONENTS:
-        at = shape.find(pattern)
-        while at > 0:
-            start = at
-            while start > 0 and shape[start - 1] == 0x30:
-                start -= 1
-            if shape[start - 1] in _BEFORE_NUMBER:
-                return True
-            at = shape.find(pattern, at + 1)
+    at = shape.find(_EXPONENT)
+    while at > 0:
+        start = at
+        while start > 0 and shape[start - 1] == 0x30:
+            start -= 1
+        if shape[start - 1] in _BEFORE_NUMBER:
+            return True
+        at = shape.find(_EXPONENT, at + 1)
     return False
 
 
 def plain(data: bytes) -> bool:
     """Whether a record's bytes (valid JSON by msgspec) can be stored as they are."""
-    if len(data) > _MAX_BYTES or (b"\\" in data and b"\\u" in data):
+    if len(data) > _MAX_BYTES or (b"\\" in data and b"\\u" in data):  # one byte: memchr
         return False
-    shape = data.translate(_SHAPE)
-    return shape.count(b"{") <= _MAX_BRACKETS and not _huge_exponent(shape)
+    return not _huge_exponent(data.translate(_SHAPE))
 
 
-def fields(data: bytes) -> dict[str, Any] | None:
-    """The fields normalizing reads, as the dict the full decode would give for them (a
-    ``call_flow`` holds just its ``anstime`` entries); None when the record is not an object
-    of the expected shapes (the full decode decides what it is)."""
+def fields(data: bytes) -> Fields | None:
+    """The fields normalizing reads; None when the record is not a JSON object (the full
+    decode decides what it is)."""
     try:
-        got = _FIELDS.decode(data)
-        flow = bytes(got.call_flow)
-        steps = _FLOW.decode(flow) if b'"anstime"' in flow else None
+        return _FIELDS.decode(data)
     except (msgspec.DecodeError, RecursionError):
         return None
-    values = msgspec.structs.asdict(got)
-    values["call_flow"] = steps and [
-        {"anstime": step.anstime} for step in steps if step.anstime is not msgspec.UNSET
-    ]
-    return values
+
+
+def from_mapping(record: Mapping[str, Any]) -> Fields:
+    """The fields normalizing reads of a fully decoded record."""
+    get = record.get
+    values: list[Any] = [get(name) for name in FIELD_NAMES]  # call_flow: decoded, not bytes
+    return Fields(*values)
+
+
+def first_anstime(flow: Any) -> Any:
+    """The ``anstime`` of the first ``call_flow`` step that has one (``msgspec.UNSET`` when none
+    does). From the split, ``call_flow`` is still bytes: decoded only when it holds one."""
+    if isinstance(flow, msgspec.Raw):
+        data = bytes(flow)
+        if b'"anstime"' not in data:
+            return msgspec.UNSET
+        try:
+            steps = _FLOW.decode(data)
+        except (msgspec.DecodeError, RecursionError):  # not a list of objects: read it whole
+            flow = _whole(data)
+        else:
+            for step in steps or ():
+                if step.anstime is not msgspec.UNSET:
+                    return step.anstime
+            return msgspec.UNSET
+    if isinstance(flow, list):
+        for step in flow:
+            if isinstance(step, dict) and "anstime" in step:
+                return step["anstime"]
+    return msgspec.UNSET
+
+
+def _whole(data: bytes) -> Any:
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):  # e.g. a number beyond a double
+        return None
 
 
 def key(data: bytes) -> Any:

@@ -63,7 +63,8 @@ async def stream(store: Store) -> str:
 
 async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream, dsn):
     """Bytes jsonb refuses or changes, in fields cdrsync does not read, never fail the batch:
-    a NUL is rejected, numbers beyond numeric read as before, an escape canonicalized."""
+    a NUL is rejected, numbers beyond numeric read as before, an escape canonicalized, a record
+    nested deeper than orjson writes stored as sent."""
     parsed = page_of(
         [
             record("plain"),
@@ -73,14 +74,16 @@ async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream
             record("long", b"0." + b"1" * 7000 + b"e-9999"),  # 17 000 digits after the point
             record("escaped", b'"caf\\u00e9 \\ud83d\\ude00"'),
             record("spaced", b'[ 1 , 2.5e3 , {"a" : null} ]'),
+            record("deep", b"[" * 900 + b"]" * 900),  # stored as sent: orjson stops at 255
         ]
     )
     assert [r.call_key for r in parsed.rejects] == ["nul"]
 
     result = await store.write_batch(stream, list(parsed.records), now=T0)
 
-    assert result.inserted == 6
+    assert result.inserted == 7
     rows = await stored(dsn)
+    assert rows.pop("deep")["raw"].count("[") == 900 + 1  # and call_flow
     extras = {key: orjson.loads(row["raw"])["extra"] for key, row in rows.items()}
     assert extras == {
         "plain": "x",

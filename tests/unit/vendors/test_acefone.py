@@ -189,15 +189,16 @@ def test_window_params_are_local_and_inclusive_of_the_end_second():
     }
 
 
-def test_a_record_nested_too_deeply_costs_one_record_not_the_stream():
-    """A record deeper than JSON can be written back (255 levels) is rejected; its page is kept
-    (it raised out of the parser and ended the stream)."""
+def test_a_record_nested_deeper_than_json_writers_go_is_kept_as_sent():
+    """A record nested 300 levels deep (orjson writes at most 255) is kept, its own bytes as
+    ``raw`` (jsonb takes them); it raised out of the parser and ended the stream once."""
     body = page([{**SAMPLE, "id": "deep", "extra": "DEEP"}, SAMPLE]).replace(
         b'"DEEP"', b"[" * 300 + b"]" * 300
     )
     parsed = parse_page(body, account="a", stream="a/list", zone=IST, fetched_at=FETCHED)
-    assert [r.call_key for r in parsed.records] == [SAMPLE["id"]]
-    assert [r.call_key for r in parsed.rejects] == ["deep"]
+    assert [r.call_key for r in parsed.records] == ["deep", SAMPLE["id"]]
+    assert parsed.records[0].raw.count("[") == 300 + 1  # call_flow's list too
+    assert not parsed.rejects
 
 
 # ---------------------------------------------------------------------------- client paging
@@ -292,7 +293,8 @@ async def test_a_per_page_count_is_learned_from_the_one_record_page():
         (b'{"id":"a","n" : 1e-10000}', False),
         (b'{"id":"a","s":"\\u0000"}', False),  # jsonb refuses NUL; the full decode rejects it
         (b'{"id":"a","s":"\\u00e9"}', False),  # any escape: the full decode canonicalizes it
-        (b'{"id":"a","d":' + b"[" * 256 + b"]" * 256 + b"}", False),  # maybe too deep
+        (b'{"id":"a","d":' + b"[" * 256 + b"]" * 256 + b"}", True),  # jsonb takes 3 000 levels
+        (b'{"id":"a","n":-1e+1234}', False),  # a signed 4-digit exponent: the full decode
         (b'{"id":"a","s":"' + b"x" * 16_000 + b'"}', False),  # long enough for a huge number
         (b'{"id":"a","n":0.' + b"1" * 7_000 + b"e-9999}", False),  # 17 000 digits after the point
         (b'{"id":"a","s":"' + b"x" * 5_900 + b'"}', True),

@@ -8,11 +8,14 @@ import zoneinfo
 import pytest
 
 from cdrsync.errors import ParseError
-from cdrsync.vendors.localtime import exact_utc, parse_naive, to_utc
+from cdrsync.vendors.localtime import exact_utc, parse_naive, read, to_utc
 
 
 def convert(text: str, zone: str) -> dt.datetime:
-    return to_utc(parse_naive(text, "f"), text, "f", zoneinfo.ZoneInfo(zone))
+    utc, local_date = read(text, "f", zoneinfo.ZoneInfo(zone))
+    assert local_date == dt.date.fromisoformat(text[:10])
+    assert to_utc(parse_naive(text, "f"), text, "f", zoneinfo.ZoneInfo(zone)) == utc
+    return utc
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,7 @@ def test_every_minute_of_a_dst_day_matches_the_exact_conversion(zone):
         naive = start + dt.timedelta(minutes=minute, seconds=minute % 60)
         text = naive.isoformat(sep=" ")
         assert to_utc(naive, text, "f", tz) == exact_utc(naive, "f", tz), text
+        assert read(text, "f", tz) == (exact_utc(naive, "f", tz), naive.date()), text
 
 
 @pytest.mark.parametrize(
@@ -57,6 +61,12 @@ def test_every_minute_of_a_dst_day_matches_the_exact_conversion(zone):
         ("2026-11-23T05:31:28", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
         ("2026-13-23 05:31:28", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
         ("0001-01-01 00:00:00", "out of range"),
+        ("2026-11-23 05:60:00", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ("2026-11-23 05:31:60", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ("2026-11-23 05:3a:28", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ("2026-11-23 24:00:00", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ("2026-11-23+05:31:28", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
+        ("9999-12-31 23:59:59 ", "is not a 'YYYY-MM-DD HH:MM:SS' time"),
     ],
 )
 def test_bad_or_out_of_range_times_are_parse_errors(text, message):
