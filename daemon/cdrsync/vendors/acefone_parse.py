@@ -90,7 +90,7 @@ def _int(value: Any, field: str) -> int | None:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isdecimal():
         number = int(value.strip())
     if number is None:
         raise ParseError(f"{field}={str(value)[:40]!r} is not a whole number")
@@ -109,7 +109,7 @@ def _local(value: Any, field: str, zone: dt.tzinfo) -> dt.datetime:
 def _ring_seconds(value: Any) -> int | None:
     # Acefone sends agent_ring_time as a string of seconds, or "N.A." when no agent rang.
     if type(value) is str:
-        return int(value) if value.strip().isdigit() else None
+        return int(value) if value.strip().isdecimal() else None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return None
@@ -129,9 +129,9 @@ def _answered_at(flow: Any, ended_at: dt.datetime | None, talk_s: int | None) ->
 
 def digest(raw: bytes) -> bytes:
     """The content hash of a record's bytes: 16 bytes of SHA-256. Python's blake2b is its
-    portable C code; SHA-256 is OpenSSL's, with the CPU's SHA instructions where it has them,
-    and cost a backfill a tenth of the instructions blake2b did. Rows hashed before (blake2b)
-    are equal as ``jsonb``, so a re-read still writes nothing to them."""
+    portable C code; SHA-256 is OpenSSL's, with the CPU's SHA instructions where it has them:
+    1.5 µs for a 1.8 KB record against blake2b's 2.3. Rows hashed before (blake2b) are equal
+    as ``jsonb``, so a re-read still writes nothing to them."""
     return hashlib.sha256(raw).digest()[:16]
 
 
@@ -226,7 +226,7 @@ def normalize_item(
 def _count(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         return int(value)
     raise BadPageError(f"Acefone page has no usable count ({str(value)[:20]!r}); fetching it again")
 

@@ -115,7 +115,7 @@ class OzonetelLookups(_Client):
         if started is None:
             note = "the lookup has no started_at to pick a report type with"
             return LookupOutcome("gave_up", counted=False, note=note)
-        if not item.call_key.isdigit():
+        if not (item.call_key.isascii() and item.call_key.isdigit()):
             # Ozonetel answers "ucid should be numeric only": asking would fail forever.
             note = "Ozonetel UCIDs are numeric; this one is not"
             return LookupOutcome("gave_up", counted=False, note=note)

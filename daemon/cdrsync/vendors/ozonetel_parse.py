@@ -205,7 +205,7 @@ def seconds(record: Mapping[str, Any], field: str) -> int | None:
         shown = text(value)
         if shown is None:
             return None
-        if shown.isdigit():
+        if shown.isdecimal():
             number = int(shown)
         elif match := _DURATION.fullmatch(shown):
             h, m, s = (int(g) for g in match.groups())
@@ -418,7 +418,7 @@ def _total(doc: Mapping[str, Any]) -> int:
     value = doc.get("totalCount")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         return int(value)
     raise UnexpectedAnswer(
         f"Ozonetel page has no usable totalCount ({str(value)[:20]!r}); asking again next cycle"

@@ -513,7 +513,7 @@ def _record_ids(item: LookupItem) -> tuple[int, int] | None:
         return projectid, numberid
     head, _, tail = item.call_key.partition("/")
     tail = tail.partition("/")[0]
-    if head.isdigit() and tail.isdigit():
+    if head.isdecimal() and tail.isdecimal():
         return int(head), int(tail)
     return None
 

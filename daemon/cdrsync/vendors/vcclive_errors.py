@@ -49,7 +49,7 @@ _RANK: tuple[CdrErrorKind, ...] = ("auth", "permission", "malformed", "not_yet")
 
 def _code(item: Any) -> int | None:
     code = item.get("code") if isinstance(item, Mapping) else None
-    if isinstance(code, str) and code.strip().isdigit():
+    if isinstance(code, str) and code.strip().isdecimal():
         return int(code)
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 

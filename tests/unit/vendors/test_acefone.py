@@ -75,6 +75,7 @@ def test_content_hash_tracks_content_only():
         ({"date": None}, "no start date"),
         ({"date": "2024-13-45"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
         ({"call_duration": "abc"}, "call_duration='abc' is not a whole number"),
+        ({"call_duration": "\u00b2"}, "is not a whole number"),  # a digit int() refuses
         ({"answered_seconds": True}, "answered_seconds is a boolean"),
         ({"end_stamp": "yesterday"}, "end_stamp='yesterday'"),
         ({"time": "19:19"}, "is not a 'YYYY-MM-DD HH:MM:SS' time"),
@@ -97,6 +98,7 @@ def test_malformed_records_are_rejected_with_a_reason(patch, message):
         ({"call_duration": "54"}, "duration_s", 54),
         ({"answered_seconds": 0, "call_flow": []}, "answered_at", None),
         ({"agent_ring_time": "7"}, "ring_s", 7),
+        ({"agent_ring_time": "\u00b2"}, "ring_s", None),  # superscript two: not a number
         ({"status": "ANSWERED"}, "status", "answered"),
         ({"end_stamp": ""}, "ended_at", None),
         (

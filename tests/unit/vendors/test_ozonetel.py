@@ -291,6 +291,7 @@ def test_durations_read_hh_mm_ss_and_plain_seconds(value, seconds):
         ({"UCID": "None"}, "no UCID"),
         ({"StartTime": None}, "no StartTime"),
         ({"Duration": "4:57"}, "not an 'HH:MM:SS' duration"),
+        ({"Duration": "\u00b2"}, "not an 'HH:MM:SS' duration"),  # a digit int() refuses
         ({"TalkTime": "00:61:00"}, "not an 'HH:MM:SS' duration"),
         ({"TimeToAnswer": "abc"}, "not an 'HH:MM:SS' duration"),
         ({"Duration": True}, "boolean"),
