@@ -25,7 +25,7 @@ from cdrsync.app.members import BalancedLocks
 from cdrsync.app.streams import AccountStreams, bounded_stream, build_account
 from cdrsync.engine.lookup import LookupStream
 from cdrsync.engine.loop import StreamLoop
-from cdrsync.engine.spread import first_due
+from cdrsync.engine.spread import first_delay
 from cdrsync.errors import StoreError
 from cdrsync.vendors import lift_holds
 
@@ -131,9 +131,7 @@ class Supervisor:
         poll = account.poll_interval.total_seconds()
         for stream in built.streams:
             if isinstance(stream, StreamLoop):
-                stream.first_due = first_due(
-                    stream.name, now=self._clock(), starting=starting, poll=poll
-                )
+                stream.first_delay_s = first_delay(stream.name, starting=starting, poll=poll)
             self._spawn(running, stream.run(), stream.name)
         self._running[account.name] = running
         self.accounts[account.name] = account

@@ -108,9 +108,9 @@ class StreamLoop(abc.ABC):
         self._balance: asyncio.Event | None = None
         self.finished = False
         """True once a bounded stream has read all it was asked to (never for the others)."""
-        self.first_due: dt.datetime | None = None
-        """When the first cycle may run (``engine.spread``: many accounts starting together
-        are spread out); None runs it at once."""
+        self.first_delay_s = 0.0
+        """Seconds the first cycle waits once the balance knows the stream (``engine.spread``:
+        many accounts starting together are spread out); 0 runs it at once."""
 
     @abc.abstractmethod
     async def cycle(self) -> bool:
@@ -121,6 +121,9 @@ class StreamLoop(abc.ABC):
     async def run(self) -> None:
         """Cycle until the stop event is set (or the stream is finished)."""
         failures = 0
+        # The spread counts from here: every stream built before the balance knew it would
+        # otherwise be due at once when it does.
+        await self._locks.settle()
         await self._wait_first_due()
         while not self._stop.is_set() and not self.finished:
             self._turn_starts()
@@ -235,10 +238,10 @@ class StreamLoop(abc.ABC):
                 return
 
     async def _wait_first_due(self) -> None:
-        """Wait for ``first_due``: only the stop event or a push ends it early (a push's lookup
-        is as urgent at start-up as later). Not a rebalance: the first balance arrives while
-        every stream waits here, and ending all the waits then would be the stampede again."""
-        wait = 0.0 if self.first_due is None else (self.first_due - self._clock()).total_seconds()
+        """Wait ``first_delay_s``: only the stop event or a push ends it early (a push's lookup
+        is as urgent at start-up as later). Not a rebalance: a balance may arrive while every
+        stream waits here, and ending all the waits then would be the stampede again."""
+        wait = self.first_delay_s
         if wait <= 0:
             return
         waits = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._wake.wait())}

@@ -7,13 +7,15 @@ spread that grows with the number of accounts starting together (``START_RATE`` 
 second), up to half the poll interval, so the last first cycle still ends within one poll.
 
 The place is a hash of the stream name: deterministic (a restart starts each stream at the same
-offset), independent of the order accounts are configured in, and uniform over the spread. Pure:
-``now`` is a parameter.
+offset), independent of the order accounts are configured in, and uniform over the spread. The
+delay counts from when the stream may first run (the balance of instances knows it), not from
+when it was built: building a thousand accounts takes seconds, and every stream whose moment
+passed meanwhile would start in the same second (measured: 384 requests in two seconds, against
+about 100 a second through the rest of the spread). Pure: no clock.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 
 START_RATE = 20.0
@@ -34,9 +36,7 @@ def place(stream: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def first_due(
-    stream: str, *, now: dt.datetime, starting: int, poll: float, rate: float = START_RATE
-) -> dt.datetime:
-    """When ``stream``'s first cycle is due, given that ``starting`` accounts start at ``now``
-    and poll every ``poll`` seconds."""
-    return now + dt.timedelta(seconds=place(stream) * spread_seconds(starting, poll, rate=rate))
+def first_delay(stream: str, *, starting: int, poll: float, rate: float = START_RATE) -> float:
+    """How many seconds ``stream``'s first cycle waits once it may run, given that ``starting``
+    accounts start together and poll every ``poll`` seconds."""
+    return place(stream) * spread_seconds(starting, poll, rate=rate)

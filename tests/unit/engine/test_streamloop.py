@@ -299,7 +299,7 @@ async def test_sleep_ends_when_the_balance_moves_this_stream(
 async def test_no_cycle_before_the_first_due_time_and_stop_ends_the_wait() -> None:
     """A stream due an hour from now cycles nothing while it waits; the stop event ends it."""
     stream = Scripted([False])
-    stream.first_due = stream._clock() + dt.timedelta(hours=1)
+    stream.first_delay_s = 3600.0
     run = asyncio.ensure_future(stream.run())
     await asyncio.sleep(0)  # let it start waiting
     assert not run.done()
@@ -312,25 +312,42 @@ async def test_no_cycle_before_the_first_due_time_and_stop_ends_the_wait() -> No
 async def test_a_push_cuts_the_first_wait_short() -> None:
     """A push during the start-up wait runs the first cycle at once (a lookup is urgent)."""
     stream = Scripted([False])
-    stream.first_due = stream._clock() + dt.timedelta(hours=1)
+    stream.first_delay_s = 3600.0
     stream._wake.set()
     await asyncio.wait_for(stream.run(), 10.0)
     assert stream.outcomes == []
 
 
-async def test_a_first_due_time_already_past_cycles_at_once() -> None:
-    """A due time behind the clock (a slow start-up) runs the first cycle without waiting."""
-    stream = Scripted([False])
-    stream.first_due = stream._clock() - dt.timedelta(seconds=5)
-    await asyncio.wait_for(stream.run(), 10.0)
-    assert stream.outcomes == []
+async def test_the_first_wait_counts_from_when_the_balance_knows_the_stream() -> None:
+    """The start-up spread begins once the balance knows the stream: a stream built before it
+    does not spend its wait stuck behind it and then start with every other (the stampede)."""
+    stream, locks = balanced_stream([False], None)
+    published = asyncio.Event()
+    order: list[str] = []
+
+    async def settle() -> None:
+        await published.wait()
+        order.append("settled")
+
+    async def wait_first() -> None:
+        order.append("first wait")
+
+    locks.settle = settle  # type: ignore[method-assign]  # a heartbeat not yet published
+    stream._wait_first_due = wait_first  # type: ignore[method-assign]  # records its start
+    run = asyncio.ensure_future(stream.run())
+    for _ in range(20):  # event-loop turns: the stream runs up to the settle and stops there
+        await asyncio.sleep(0)
+    assert order == []
+    published.set()
+    await asyncio.wait_for(run, 10.0)
+    assert order[:2] == ["settled", "first wait"]
 
 
 async def test_a_rebalance_does_not_end_the_first_wait() -> None:
     """The first balance reaches every stream while it waits for its first due time: it does
     not start the cycle early (all of them at once would be the stampede again)."""
     stream, locks = balanced_stream([False], None)
-    stream.first_due = stream._clock() + dt.timedelta(hours=1)
+    stream.first_delay_s = 3600.0
     run = asyncio.ensure_future(stream.run())
     await asyncio.sleep(0)
     locks.rebalance(True)
