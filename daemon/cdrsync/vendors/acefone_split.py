@@ -57,7 +57,7 @@ class Fields(msgspec.Struct):
     description: Any = None
     call_flow: msgspec.Raw = msgspec.Raw(b"null")
     """Left as bytes: decoding its steps was half the cost of this struct, and only a record
-    with an ``anstime`` step needs them (``flow_steps``). A record from the full decode
+    with an ``anstime`` step needs them (``first_anstime``). A record from the full decode
     (``from_mapping``) holds its decoded value here instead."""
 
 
@@ -120,7 +120,7 @@ def _huge_exponent(shape: bytes) -> bool:
 
 def plain(data: bytes) -> bool:
     """Whether a record's bytes (valid JSON by msgspec) can be stored as they are."""
-    if len(data) > _MAX_BYTES or (b"\\" in data and b"\\u" in data):  # one byte: memchr
+    if len(data) > _MAX_BYTES or (b"\\" in data and b"\\u" in data):  # a 1-byte search first
         return False
     return not _huge_exponent(data.translate(_SHAPE))
 
