@@ -147,8 +147,10 @@ class Supervisor:
         may have fixed the cause on the vendor's side; the accounts that had one."""
         lifted = set(lift_holds(self.accounts.values()))
         for name, running in self._running.items():
-            if any(isinstance(s, LookupStream) and s.lift_holds() for s in running.wake):
-                lifted.add(name)
+            for stream in running.wake:
+                if isinstance(stream, LookupStream) and stream.lift_holds():
+                    lifted.add(name)
+                    stream.wake()  # now, not a poll interval later
         return sorted(lifted)
 
     async def adopt_backfills(self) -> int:

@@ -172,7 +172,8 @@ class LookupStream(StreamLoop):
         """The vendor refused the account this kind of lookup (VCC Live's 403): no lookup of
         the kind is asked before the hold ends, said once; they all stay pending, uncounted but
         this one (whose attempt counts: were the refusal about this call only, its lookup still
-        ends after ``lookup_attempts`` holds)."""
+        ends after ``lookup_attempts`` holds). The refused one stays due at once: the hold in
+        memory keeps it from being asked, and a reload that lifts the hold asks it again."""
         until = now + dt.timedelta(seconds=exc.hold_s)
         self._held[item.kind] = until
         self._log.warning(
@@ -181,7 +182,7 @@ class LookupStream(StreamLoop):
             "lookups wait (none is dropped) and the list still brings the calls; one is asked "
             "again when the hold ends, or at once after a reload",
         )  # fmt: skip
-        return LookupOutcome("retry", next_attempt_at=until, note=str(exc))
+        return LookupOutcome("retry", next_attempt_at=now, note=str(exc))
 
     def _active_kinds(self, now: dt.datetime) -> list[str]:
         """The source's kinds but those held (``_hold``); a hold that has ended is dropped."""
