@@ -377,8 +377,10 @@ class VccLookups(_Client):
         for year, month in self._months(item):
             try:
                 found = await self._get_cdr(year, month, item.call_key)
-            except (AuthError, EndpointError):
-                raise  # the account or the endpoint, not this month: the stream waits
+            except (AuthError, EndpointError, PermissionRefused):
+                # The account, the endpoint or the token's permission, not this month: the
+                # stream waits (a permission refusal holds the account's lookups).
+                raise
             except PermanentError as exc:
                 # Asked in two months (a webhook near a month's start without the call's start
                 # time), a refusal in the wrong month must not end the lookup: ask the other.

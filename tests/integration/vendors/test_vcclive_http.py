@@ -195,6 +195,33 @@ async def test_a_refusal_in_the_wrong_month_does_not_end_a_two_month_lookup(
         await lookups.perform(only_wrong, vcc.clock.utc())
 
 
+async def test_a_permission_refusal_in_either_month_is_raised_at_once(
+    vcc: Vcc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 403 "permission denied" in the first of two months asked is the token's, not the
+    month's: it reaches the lookup stream (which holds the account's lookups) without asking
+    the other month, and is never taken for "not yet"."""
+    lookups: VccLookups = vcc.client(VccLookups)
+    vcc.clock.t = T0 + 7200
+    call = next(c for c in vcc.sim.calls() if c.processed_at <= vcc.clock.t)
+    local = dt.datetime.fromtimestamp(call.start, ZoneInfo("Europe/Budapest"))
+    asked: list[tuple[int, int]] = []
+
+    async def denying(year: int, month: int, uuid: str) -> Any:
+        asked.append((year, month))  # fault injection: the token lacks the permission
+        raise PermissionRefused("VCC Live refused the token: permission denied", hold_s=900)
+
+    monkeypatch.setattr(lookups, "_get_cdr", denying)
+    created = vcc.clock.utc() - dt.timedelta(minutes=5)
+    item = dataclasses.replace(
+        cdr_item(call.uuid, call.start, 0, created),
+        context={"months": [[local.year, local.month], [local.year + 1, local.month]]},
+    )
+    with pytest.raises(PermissionRefused):
+        await lookups.perform(item, vcc.clock.utc())
+    assert asked == [(local.year, local.month)]
+
+
 async def test_cdr_lookup_gives_up_after_the_last_attempt(vcc: Vcc) -> None:
     """A 404 on the 20th attempt ends the lookup (VCC's advice: 20 attempts in all)."""
     lookups: VccLookups = vcc.client(VccLookups)
