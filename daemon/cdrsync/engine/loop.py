@@ -123,7 +123,7 @@ class StreamLoop(abc.ABC):
         failures = 0
         # The spread counts from here: every stream built before the balance knew it would
         # otherwise be due at once when it does.
-        await self._locks.settle()
+        await self._settle_or_stop()
         await self._wait_first_due()
         while not self._stop.is_set() and not self.finished:
             self._turn_starts()
@@ -236,6 +236,17 @@ class StreamLoop(abc.ABC):
                 return
             if loop.time() >= deadline or self._ownership_moved():
                 return
+
+    async def _settle_or_stop(self) -> None:
+        """``settle`` (up to the instance timeout, longer than a shutdown's grace), ended early
+        by the stop event: a stream stopped at start-up must not hold the shutdown up."""
+        settle = asyncio.ensure_future(self._locks.settle())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({settle, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (settle, stop):
+                waiter.cancel()
 
     async def _wait_first_due(self) -> None:
         """Wait ``first_delay_s``: only the stop event or a push ends it early (a push's lookup

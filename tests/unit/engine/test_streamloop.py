@@ -343,6 +343,25 @@ async def test_the_first_wait_counts_from_when_the_balance_knows_the_stream() ->
     assert order[:2] == ["settled", "first wait"]
 
 
+async def test_stop_ends_the_wait_for_the_balance_at_start_up() -> None:
+    """A stream stopped while the balance does not know it yet ends at once, without a cycle
+    (the wait for the heartbeat may outlast a shutdown's grace)."""
+    stream, locks = balanced_stream([False], None)
+    never = asyncio.Event()
+
+    async def settle() -> None:
+        await never.wait()  # a heartbeat that does not come
+
+    locks.settle = settle  # type: ignore[method-assign]
+    run = asyncio.ensure_future(stream.run())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not run.done()
+    stream._stop.set()
+    await asyncio.wait_for(run, 10.0)
+    assert stream.outcomes == [False]  # no cycle ran
+
+
 async def test_a_rebalance_does_not_end_the_first_wait() -> None:
     """The first balance reaches every stream while it waits for its first due time: it does
     not start the cycle early (all of them at once would be the stampede again)."""
