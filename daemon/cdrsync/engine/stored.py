@@ -43,7 +43,7 @@ class StoredHashes:
 
     async def read_cycle(self, windows: Sequence[Window]) -> None:
         """Read the hashes of every window of a cycle at once, unless there are too many."""
-        self._span, self._hashes = None, frozenset()
+        self.clear()
         if len(windows) < 2:
             return  # one window: its own query is as cheap, and reads no more than it needs
         span = Window(
@@ -55,6 +55,10 @@ class StoredHashes:
         )
         if found is not None:
             self._span, self._hashes = span, found
+
+    def clear(self) -> None:
+        """Forget the cycle's set (the cycle is read)."""
+        self._span, self._hashes = None, frozenset()
 
     async def of(self, window: Window) -> frozenset[bytes]:
         """The hashes to skip while reading ``window`` (or a part of it): the cycle's set when

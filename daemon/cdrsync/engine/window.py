@@ -309,6 +309,7 @@ class WindowStream(StreamLoop):
             if audit is not None:
                 await self._audit(audit, queue, tally)
         finally:
+            self._stored.clear()  # not held between cycles: a thousand accounts' sets add up
             await queue.put(None)
 
     async def _audit(self, span: AuditSpan, queue: RowQueue[_Batch], tally: _Cycle) -> None:

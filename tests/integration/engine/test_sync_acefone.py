@@ -637,9 +637,11 @@ async def test_a_cycle_reads_the_stored_hashes_once_for_all_its_windows(dsn, sto
             with structlog.testing.capture_logs() as logs:
                 await asyncio.wait_for(stream.cycle(), 30)
             stored = await store.call_hashes("acefone", ACCOUNT)
+            kept = stream._stored._hashes  # what the stream holds until its next cycle
     [done] = [e for e in logs if e["event"] == "sync.cycle_done"]
     assert done["windows"] >= 2
     assert counted.asked == 1
+    assert not kept  # the cycle's set is not held between cycles
     assert (done["inserted"], done["updated"], done["rejected"]) == (0, 0, 0)
     assert done["skipped"] == done["unchanged"] > 0
     assert differences(truth_hashes(c.sim), stored) == IN_STEP
