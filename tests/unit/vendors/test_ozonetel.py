@@ -568,6 +568,7 @@ def test_every_shape_of_an_empty_window_is_an_empty_page(doc):
         (b"<html>503</html>", BadPageError),
         (b'{"status": "success", "totalCount": 2}', BadPageError),
         (b'{"status": "success", "details": [], "totalCount": "many"}', BadPageError),
+        (b'{"status": "success", "details": [], "totalCount": "\\u00b2"}', BadPageError),
         (b'{"status": "false", "message": "Token Expired", "data": null}', TokenExpired),
         (b'{"message": "Missing fromDate and toDate", "status": "fail"}', PermanentError),
     ],

@@ -803,6 +803,7 @@ def test_lookup_months_table(doc, received, context):
         ({"code": 401, "message": "Unauthorized"}, "auth"),
         ([{"code": 404, "message": "not found"}, {"code": 401, "message": "no"}], "auth"),
         ([{"code": 400, "message": "bad"}, {"code": 403, "message": "no"}], "permission"),
+        ([{"code": "\u00b2", "message": "x"}], "not_yet"),  # a digit int() refuses: no code
     ],
 )
 def test_cdr_errors_tell_a_refusal_from_not_yet(errors: Any, kind: str) -> None:
