@@ -81,6 +81,7 @@ class BalancedLocks(StreamLocks):
         self._moved = asyncio.Event()
         self._dirty = asyncio.Event()
         self._settled = asyncio.Event()
+        self._published: frozenset[str] = frozenset()
         self._refused: set[str] = set()
         self.live: list[Member] = []
         """The live instances at the last heartbeat."""
@@ -110,10 +111,14 @@ class BalancedLocks(StreamLocks):
             return True
         return self._assignment.get(stream) == self.me.id
 
-    async def settle(self) -> None:
-        """Wait (up to the instance timeout) for a heartbeat that has published every stream
-        offered so far: until then the balance does not know them, and a stream would take
-        itself for another instance's."""
+    async def settle(self, stream: str | None = None) -> None:
+        """Wait (up to the instance timeout) for a heartbeat that has published ``stream`` (or,
+        without one, every stream offered so far): until then the balance does not know it,
+        and it would take itself for another instance's. A stream already published does not
+        wait for streams offered after it: while a thousand accounts are built, every due
+        stream would otherwise stop here and start at the next heartbeat, all together."""
+        if stream is not None and stream in self._published:
+            return
         if not self._settled.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), self._timeout.total_seconds())
@@ -152,6 +157,7 @@ class BalancedLocks(StreamLocks):
             self._assignment = assignment
             moved, self._moved = self._moved, asyncio.Event()
             moved.set()
+        self._published = frozenset(published)
         if published >= self._offered:
             self._settled.set()
         if self._metrics is not None:

@@ -53,8 +53,9 @@ class Owner(Protocol):
         """Set when ``keeps`` changes for some stream (a daemon joined, left or died)."""
         ...
 
-    async def settle(self) -> None:
-        """Return once ``keeps`` can be trusted (the balance knows this process's streams)."""
+    async def settle(self, stream: str | None = None) -> None:
+        """Return once ``keeps`` can be trusted for ``stream`` (the balance knows it; without
+        one, every stream of this process)."""
 
 
 def poll_backoff(exc: CdrsyncError, failures: int, poll: float) -> float:
@@ -171,7 +172,7 @@ class StreamLoop(abc.ABC):
 
         Called between cycles only: a stream the balance gives to another instance is handed
         over here, after the last cycle committed, never in the middle of one."""
-        await self._locks.settle()
+        await self._locks.settle(self.name)
         if not self._locks.keeps(self.name):
             if self.name in self._locks.held:
                 # Logged first: no cycle of this stream runs here after this line.
@@ -240,7 +241,7 @@ class StreamLoop(abc.ABC):
     async def _settle_or_stop(self) -> None:
         """``settle`` (up to the instance timeout, longer than a shutdown's grace), ended early
         by the stop event: a stream stopped at start-up must not hold the shutdown up."""
-        settle = asyncio.ensure_future(self._locks.settle())
+        settle = asyncio.ensure_future(self._locks.settle(self.name))
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({settle, stop}, return_when=asyncio.FIRST_COMPLETED)

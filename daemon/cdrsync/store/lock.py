@@ -79,8 +79,8 @@ class StreamLocks:
         """Whether this process should run ``stream`` (hold it, or take it when free)."""
         return True
 
-    async def settle(self) -> None:
-        """Return once ``keeps`` can be trusted (at once, here)."""
+    async def settle(self, stream: str | None = None) -> None:
+        """Return once ``keeps`` can be trusted for ``stream`` (at once, here)."""
 
     def changes(self) -> asyncio.Event:
         """Set when which streams this process should run changes (never, here)."""

@@ -368,7 +368,7 @@ class HalfDeadLocks:
     def changes(self) -> asyncio.Event:
         return asyncio.Event()
 
-    async def settle(self) -> None:
+    async def settle(self, stream: str | None = None) -> None:
         return None
 
     async def release(self, stream: str) -> None:

@@ -46,7 +46,7 @@ class Locks:
     def changes(self) -> asyncio.Event:
         return asyncio.Event()
 
-    async def settle(self) -> None:
+    async def settle(self, stream: str | None = None) -> None:
         return None
 
     async def release(self, stream: str) -> None:
@@ -325,7 +325,7 @@ async def test_the_first_wait_counts_from_when_the_balance_knows_the_stream() ->
     published = asyncio.Event()
     order: list[str] = []
 
-    async def settle() -> None:
+    async def settle(stream: str | None = None) -> None:
         await published.wait()
         order.append("settled")
 
@@ -349,7 +349,7 @@ async def test_stop_ends_the_wait_for_the_balance_at_start_up() -> None:
     stream, locks = balanced_stream([False], None)
     never = asyncio.Event()
 
-    async def settle() -> None:
+    async def settle(stream: str | None = None) -> None:
         await never.wait()  # a heartbeat that does not come
 
     locks.settle = settle  # type: ignore[method-assign]
