@@ -148,8 +148,10 @@ class Clocked:
     url: str
 
     def settings(self, **account):
-        """Settings starting the day before, with ``account`` overrides (settle 0s default)."""
-        start = self.clock.utc().date() - dt.timedelta(days=1)
+        """Settings starting the day before, with ``account`` overrides (settle 0s default).
+        The day of the account's zone (IST), not UTC's: from 00:00 to 05:30 IST the UTC date
+        is a day behind, the start two IST days back, and three tests failed then."""
+        start = self.clock.utc().astimezone(ZoneInfo("Asia/Kolkata")).date() - dt.timedelta(days=1)
         return acefone_settings(
             self.url, self.dsn, start=start, account={"settle": "0s", **account}
         )
@@ -167,11 +169,21 @@ class Clocked:
                 pass
 
 
+def clear_of_midnight(now: float) -> float:
+    """``now``, or 02:00 IST when ``now`` is earlier in the IST day: the day windows of these
+    tests then hold the whole backlog (under an hour), whatever the real time. Started just
+    after the account's midnight, the newest day window was nearly empty and the drift tests
+    failed."""
+    local = dt.datetime.fromtimestamp(now, ZoneInfo("Asia/Kolkata"))
+    two = local.replace(hour=2, minute=0, second=0, microsecond=0)
+    return max(now, two.timestamp())
+
+
 @contextlib.asynccontextmanager
 async def clocked(dsn: str, **config) -> AsyncIterator[Clocked]:
     """A backlog-only simulator (no live calls, no changes unless ``config`` says) on a fake
     clock, served for the block."""
-    clock = FakeClock(time.time())
+    clock = FakeClock(clear_of_midnight(time.time()))
     sim = AcefoneSimulator(
         AcefoneSimConfig(**{"live_per_minute": 0, "change_fraction": 0.0, **config}), now=clock
     )
