@@ -24,7 +24,13 @@ import orjson
 from _child import sim_config
 from cdrsync.model import CALL_COLUMNS
 from cdrsync.simulator.acefone import AcefoneSimulator
-from cdrsync.store.store import CREATE_TEMP_SQL, TEMP_TABLE, UPSERT_CALLS_SQL, server_settings
+from cdrsync.store.store import (
+    CREATE_TEMP_SQL,
+    TEMP_TABLE,
+    UPSERT_CALLS_SQL,
+    server_settings,
+    widen_send_buffer,
+)
 from cdrsync.vendors.acefone import normalize
 
 Row = tuple[Any, ...]
@@ -86,6 +92,7 @@ def coalesce(windows: list[list[Row]]) -> list[list[Row]]:
 async def write(dsn: str, schema: str, batches: Batches) -> float:
     """Write every batch as the store does, one transaction each; the seconds it took."""
     conn = await asyncpg.connect(dsn, server_settings=server_settings(schema))
+    await widen_send_buffer(conn)  # as the store's pool does
     try:
         began = time.perf_counter()
         for batch in batches.batches:
@@ -102,6 +109,7 @@ async def write_plain(dsn: str, schema: str, batches: Batches) -> float:
     """The floor under the ceiling: the same rows and transactions COPied straight into
     ``calls`` (an empty table, so no conflict to resolve); the seconds it took."""
     conn = await asyncpg.connect(dsn, server_settings=server_settings(schema))
+    await widen_send_buffer(conn)  # as the store's pool does
     try:
         began = time.perf_counter()
         for batch in batches.batches:

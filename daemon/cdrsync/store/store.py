@@ -42,7 +42,13 @@ from cdrsync.store.queries import (
     validate_schema,
 )
 from cdrsync.store.queues import Queues
-from cdrsync.store.upsert import SMALL_BATCH_ROWS, collapse, upsert_advance, upsert_in
+from cdrsync.store.upsert import (
+    SMALL_BATCH_ROWS,
+    collapse,
+    upsert_advance,
+    upsert_in,
+    widen_send_buffer,
+)
 
 __all__ = [
     "ADVANCE_STATE_SQL",
@@ -63,6 +69,7 @@ __all__ = [
     "translate",
     "upsert_in",
     "validate_schema",
+    "widen_send_buffer",
 ]
 
 
@@ -147,6 +154,7 @@ class Store:
                 timeout=connect_timeout,
                 server_settings=server_settings(schema),
                 reset=_keep_session,
+                init=widen_send_buffer,
             )
         return cls(pool, dsn, schema, connect_timeout)
 
