@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from cdrsync.errors import StoreError
-from cdrsync.model import CallRecord, Reject, StreamState, Window, WriteResult
+from cdrsync.model import CALL_COLUMNS, CallRecord, Reject, StreamState, Window, WriteResult
 from cdrsync.store import members
 from cdrsync.store.lock import StreamLocks
 from cdrsync.store.members import Holder
@@ -233,7 +233,38 @@ class Store:
         count, for the audit (``sync_windows``). Raises ``StoreError``; then nothing of the
         batch is committed. Up to ``small_batch_rows`` records without rejects are one
         statement (``upsert_advance``); larger batches go through COPY (``upsert_in``).
+        A record PostgreSQL refuses to store (a ``DataError``) is found (``_refused``) and
+        written to ``rejects`` instead, with the server's reason; the rest is written.
         """
+        after: dict[str, Any] = {
+            "now": now, "advance_to": advance_to, "cursor": cursor, "windows": windows,
+        }  # fmt: skip
+        try:
+            return await self._write_batch(stream, records, rejects, **after)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, asyncpg.DataError):
+                raise
+            # A record PostgreSQL refuses (a number beyond numeric, a byte jsonb or text does
+            # not take) would fail this batch on every cycle and stall the stream: the refused
+            # records become rejects, with PostgreSQL's reason, and the rest is written.
+            refused = await self._refused(records)
+            if not refused:
+                raise  # not one record's fault: the batch is retried as a whole
+        kept = [r for r in records if id(r) not in refused]
+        more = [refused_reject(r, stream, why, now) for r in records if (why := refused.get(id(r)))]
+        return await self._write_batch(stream, kept, [*rejects, *more], **after)
+
+    async def _write_batch(
+        self,
+        stream: str,
+        records: Sequence[CallRecord],
+        rejects: Sequence[Reject],
+        *,
+        now: dt.datetime,
+        advance_to: dt.datetime | None,
+        cursor: Mapping[str, Any] | None,
+        windows: Sequence[tuple[Window, int]],
+    ) -> WriteResult:
         cursor_json = None if cursor is None else json.dumps(dict(cursor), sort_keys=True)
         set_cursor = cursor is not None or advance_to is not None
         # One row per window: a window read twice in a batch is recorded once.
@@ -273,6 +304,36 @@ class Store:
             unchanged=len(records) - inserted - updated,
             rejected=len(rejects),
         )
+
+    async def _refused(self, records: Sequence[CallRecord]) -> dict[int, str]:
+        """The records PostgreSQL refuses to store (by ``id``), each with its reason: halves of
+        the batch are copied into the temporary table, each in a savepoint, down to the single
+        records that fail; the transaction is rolled back, nothing is written."""
+        refused: dict[int, str] = {}
+
+        async def sift(conn: Any, part: Sequence[CallRecord]) -> None:
+            try:
+                async with conn.transaction():  # a savepoint
+                    rows = [record.row() for record in part]
+                    await conn.copy_records_to_table(TEMP_TABLE, records=rows, columns=CALL_COLUMNS)
+            except asyncpg.DataError as exc:
+                if len(part) == 1:
+                    refused[id(part[0])] = str(exc).splitlines()[0]
+                    return
+                half = len(part) // 2
+                await sift(conn, part[:half])
+                await sift(conn, part[half:])
+
+        with translate(f"find the calls PostgreSQL refuses among {len(records)}", self._dsn):
+            async with self._pool.acquire() as conn:
+                outer = conn.transaction()
+                await outer.start()
+                try:
+                    await conn.execute(CREATE_TEMP_SQL)
+                    await sift(conn, records)
+                finally:
+                    await outer.rollback()
+        return refused
 
     async def record_cycle(
         self, stream: str, *, now: dt.datetime, error: str | None = None
@@ -389,6 +450,20 @@ class Store:
             self._dsn, schema=self.schema, connect_timeout=self._connect_timeout,
             probe_every=probe_every,
         )  # fmt: skip
+
+
+def refused_reject(record: CallRecord, stream: str, why: str, now: dt.datetime) -> Reject:
+    """A record PostgreSQL refused, as a reject: its reason and its ``raw`` (a NUL, which text
+    cannot hold either, written as JSON's escape)."""
+    return Reject(
+        record.vendor,
+        record.account,
+        stream,
+        record.call_key.replace("\0", "\\u0000"),
+        f"PostgreSQL refused to store the record ({why}); it is kept here, not in calls",
+        record.raw.replace("\0", "\\u0000"),
+        now,
+    )
 
 
 def _unknown_stream(stream: str) -> StoreError:

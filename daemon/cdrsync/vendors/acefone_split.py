@@ -84,45 +84,21 @@ def split(body: bytes) -> tuple[Any, list[msgspec.Raw]] | None:
 
 # ---------------------------------------------------------------------------- one record
 
-# What a record's bytes must not hold to be stored as they are; msgspec has checked their syntax
-# (escapes, surrogate pairs, number shapes) but skips the fields it does not read, so:
-# - a ``\\u`` escape: ``\\u0000`` is refused by jsonb (and an Acefone record carrying it is
-#   rejected, as before); any other escape is left to the full decode too, to be safe;
-# - a number whose exponent has 5 digits or more (``1e999999``), or a record long enough for a
-#   number's fraction digits plus a 4-digit negative exponent to pass numeric's 16383 after the
-#   point (``0.<7000 digits>e-9999``): beyond PostgreSQL's numeric, it would fail the whole
-#   batch. Acefone's records are about 2 KB; a longer one just takes the full decode.
-# Nesting needs no check: jsonb takes a record nested as deep as 6 000 bytes allow (3 000
-# levels), and one deeper than msgspec's recursion limit (about 1 000) never gets here.
-# One C pass maps digits, "." and signs to "0" and "E" to "e"; one search then finds every "e"
-# with a digit before it and five digits (or a sign and four) after it. A signed 4-digit
-# exponent (``1e+1234``, within numeric) matches too and merely takes the full decode.
-_SHAPE = bytes.maketrans(b"0123456789.E+-", b"00000000000e00")
-_EXPONENT = b"0e00000"
-_BEFORE_NUMBER = frozenset(b":,[ \t\r\n")
-_MAX_BYTES = 6_000
-
-
-def _huge_exponent(shape: bytes) -> bool:
-    """Whether a number with a 5-digit exponent stands in ``shape``: the digits before the
-    ``e`` must follow what precedes a JSON number (a hex id in a string, ``"ab12e45678"``,
-    does not)."""
-    at = shape.find(_EXPONENT)
-    while at > 0:
-        start = at
-        while start > 0 and shape[start - 1] == 0x30:
-            start -= 1
-        if shape[start - 1] in _BEFORE_NUMBER:
-            return True
-        at = shape.find(_EXPONENT, at + 1)
-    return False
+# What a record's bytes must not hold to be stored as they are: a ``\\u`` escape. ``\\u0000``
+# is refused by jsonb (and an Acefone record carrying it is rejected, as before); any other
+# escape is left to the full decode too, which canonicalizes it. msgspec has checked the
+# bytes' syntax (escapes, surrogate pairs, number shapes) but skips the fields it does not
+# read. A number PostgreSQL's numeric cannot hold (``1e-99999``) is not looked for here: a
+# byte check of every record cost a tenth of a backfill's CPU (issue 11), and the store turns
+# a record PostgreSQL refuses into a reject (``Store.write_batch``), so one absurd number
+# costs its record, never the batch. Nesting needs no check: jsonb takes a record nested as
+# deep as 3 000 levels, and one deeper than msgspec's recursion limit (about 1 000) never
+# gets here.
 
 
 def plain(data: bytes) -> bool:
     """Whether a record's bytes (valid JSON by msgspec) can be stored as they are."""
-    if len(data) > _MAX_BYTES or (b"\\" in data and b"\\u" in data):  # a 1-byte search first
-        return False
-    return not _huge_exponent(data.translate(_SHAPE))
+    return not (b"\\" in data and b"\\u" in data)  # a 1-byte search first
 
 
 def fields(data: bytes) -> Fields | None:

@@ -61,38 +61,77 @@ async def stream(store: Store) -> str:
     return STREAM
 
 
+async def rejected(dsn: str) -> dict[str, asyncpg.Record]:
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": "cdrsync"})
+    try:
+        rows = await conn.fetch("SELECT call_key, stream, reason, payload FROM rejects")
+    finally:
+        await conn.close()
+    return {row["call_key"]: row for row in rows}
+
+
 async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream, dsn):
     """Bytes jsonb refuses or changes, in fields cdrsync does not read, never fail the batch:
-    a NUL is rejected, numbers beyond numeric read as before, an escape canonicalized, a record
-    nested deeper than orjson writes stored as sent."""
+    a NUL is rejected when the page is parsed, numbers beyond numeric when PostgreSQL refuses
+    them (with its reason and the vendor's bytes), an escape is canonicalized, a number numeric
+    holds and a record nested deeper than orjson writes are stored as sent; the window's
+    watermark moves past them all."""
+    beyond = {
+        "huge": b"1e999999",  # more than 131 072 digits before the point
+        "tiny": b"-1.5E-123456",  # more than 16 383 after it
+        "long": b"0." + b"1" * 7000 + b"e-9999",  # 17 000 digits after the point
+    }
     parsed = page_of(
         [
             record("plain"),
             record("nul", b'"a\\u0000b"'),
-            record("huge", b"1e999999"),
-            record("tiny", b"-1.5E-123456"),
-            record("long", b"0." + b"1" * 7000 + b"e-9999"),  # 17 000 digits after the point
+            *(record(key, number) for key, number in beyond.items()),
             record("escaped", b'"caf\\u00e9 \\ud83d\\ude00"'),
             record("spaced", b'[ 1 , 2.5e3 , {"a" : null} ]'),
+            record("big", b"-1e+1234"),  # within numeric: stored as sent
             record("deep", b"[" * 900 + b"]" * 900),  # stored as sent: orjson stops at 255
         ]
     )
     assert [r.call_key for r in parsed.rejects] == ["nul"]
+    watermark = T0 + dt.timedelta(hours=2)
 
-    result = await store.write_batch(stream, list(parsed.records), now=T0)
+    result = await store.write_batch(
+        stream, list(parsed.records), list(parsed.rejects), now=T0, advance_to=watermark
+    )
 
-    assert result.inserted == 7
+    assert (result.inserted, result.rejected) == (5, 4)
     rows = await stored(dsn)
     assert rows.pop("deep")["raw"].count("[") == 900 + 1  # and call_flow
+    assert '"extra": -1' + "0" * 1234 + "," in rows.pop("big")["raw"]  # numeric holds it exactly
     extras = {key: orjson.loads(row["raw"])["extra"] for key, row in rows.items()}
     assert extras == {
         "plain": "x",
-        "huge": "1e999999",
-        "tiny": 0.0,  # underflows to zero, as orjson reads it
-        "long": 0.0,
         "escaped": "caf\u00e9 \U0001f600",
         "spaced": [1, 2500.0, {"a": None}],
     }
+    refused = await rejected(dsn)
+    assert sorted(refused) == sorted(["nul", *beyond])
+    for key, number in beyond.items():
+        assert "PostgreSQL refused to store the record" in refused[key]["reason"]
+        assert "numeric" in refused[key]["reason"]
+        assert refused[key]["payload"] == record(key, number).decode()  # the vendor's bytes
+        assert refused[key]["stream"] == STREAM
+    state = await store.load_state(STREAM)
+    assert state is not None
+    assert (state.watermark, state.rows_inserted) == (watermark, 5)
+
+
+async def test_a_refused_record_in_a_small_batch_costs_only_itself(store, stream, dsn):
+    """A live cycle's few records are written in one statement: one PostgreSQL refuses becomes
+    a reject there too, and the others are stored."""
+    parsed = page_of([record("a"), record("tiny", b"1e-99999"), record("b")])
+    assert len(parsed.records) == 3 <= store.small_batch_rows and not parsed.rejects
+
+    result = await store.write_batch(stream, list(parsed.records), now=T0)
+
+    assert (result.inserted, result.rejected) == (2, 1)
+    assert sorted(await stored(dsn)) == ["a", "b"]
+    assert list(await rejected(dsn)) == ["tiny"]
 
 
 async def test_an_equal_record_in_other_key_order_writes_nothing(store, stream, dsn):
