@@ -182,6 +182,7 @@ class WindowStream(StreamLoop):
         # Page 1 of the cycle's next window, asked for while this window's other pages are read
         # (``_prefetch_next``), and the stored hashes it was parsed with.
         self._next_window: Window | None = None
+        self._prefetch_ok = getattr(source, "prefetch_first_page", False) is True
         self._prefetched: dict[Window, asyncio.Task[tuple[frozenset[bytes] | None, Page]]] = {}
 
     # ------------------------------------------------------------------ one cycle
@@ -328,7 +329,9 @@ class WindowStream(StreamLoop):
         queue has room for this window, so what is held stays within the bound (a window, the
         queue, and a page)."""
         window = self._next_window
-        if window is None or window in self._prefetched:
+        # Only a source that says so: under Ozonetel's bulk budget (2 a minute) an early
+        # page 1 would only take a grant ahead of this window's own pages, and go stale.
+        if window is None or window in self._prefetched or not self._prefetch_ok:
             return
         self._prefetched[window] = asyncio.ensure_future(self._first_page(window))
 
@@ -519,7 +522,8 @@ class WindowStream(StreamLoop):
             if too_deep(first.total, page_size, self._account.max_page_depth, window):
                 return "split", first.total
             await queue.wait_room(first.total)
-            self._prefetch_next()
+            if pages_for(first.total, page_size) > 1:  # else nothing to overlap it with
+                self._prefetch_next()
             pages = await self._read_pages(window, first)
             tally.pages += len(pages) - 1
             received = rows_received([(p.size, p.keys) for p in pages])

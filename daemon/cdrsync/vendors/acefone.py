@@ -82,6 +82,9 @@ class AcefoneSource:
     """Fetches ``/v1/call/records`` pages for one account (a ``WindowSource``)."""
 
     vendor = VENDOR
+    prefetch_first_page = True
+    """The window stream may ask for the next window's page 1 early (``WindowStream``):
+    Acefone's list budget (120 a minute by default) leaves room for the overlap."""
 
     def __init__(
         self,

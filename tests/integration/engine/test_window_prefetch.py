@@ -17,6 +17,7 @@ from cdrsync.app import daemon as app
 from cdrsync.app.runtime import runtime
 from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
+from cdrsync.vendors import SkipsStored
 from support import acefone_settings
 
 PAGE_SIZE = 25
@@ -36,6 +37,7 @@ async def test_the_next_windows_first_page_is_asked_for_before_this_window_ends(
     )  # fmt: skip
     server = await start_server(sim)
     counted: dict[dt.datetime, int] = {}  # the vendor's count of each window, from page 1
+    firsts: dict[dt.datetime, int] = {}  # page 1 requests per window
     try:
         settings = acefone_settings(
             server.base_url, dsn, account={"settle": "0s", "window": "1h", "page_size": PAGE_SIZE}
@@ -45,7 +47,7 @@ async def test_the_next_windows_first_page_is_asked_for_before_this_window_ends(
             assert rt is not None
             start = dt.datetime.fromtimestamp(math.ceil((now - 0.25 * 86400) / 3600) * 3600, dt.UTC)
             stream = app.build_stream(rt, settings.accounts[0], stop, start=start)
-            source = stream._source
+            source: Any = stream._source
             held: dict[str, Any] = {}
             next_asked = asyncio.Event()
 
@@ -54,7 +56,14 @@ async def test_the_next_windows_first_page_is_asked_for_before_this_window_ends(
                 until page 1 of the window after it is asked for."""
 
                 vendor = source.vendor
+                prefetch_first_page = source.prefetch_first_page
                 page_size = property(lambda self: source.page_size)
+
+                def remember(self, window: Any, hashes: frozenset[bytes]) -> None:
+                    source.remember(window, hashes)
+
+                def forget(self, window: Any) -> None:
+                    source.forget(window)
 
                 async def count(self, window: Any) -> int:
                     return await source.count(window)
@@ -69,6 +78,7 @@ async def test_the_next_windows_first_page_is_asked_for_before_this_window_ends(
                     got = await source.fetch_page(window, page)
                     if page == 1:
                         counted[window.start] = got.total
+                        firsts[window.start] = firsts.get(window.start, 0) + 1
                     if page == 1 and "window" not in held and got.total > PAGE_SIZE:
                         held.update(window=window, last=math.ceil(got.total / PAGE_SIZE))
                         held["next"] = window.end
@@ -79,6 +89,7 @@ async def test_the_next_windows_first_page_is_asked_for_before_this_window_ends(
             stream._source = Holding()
             await asyncio.wait_for(stream.cycle(), 90)
             stored = await rt.store.call_count()
+            assert isinstance(stream._source, SkipsStored)  # the hashes path, as Acefone's
     finally:
         await server.close()
     assert held.get("window") is not None, "no window of several pages: the backlog is too small"
@@ -86,3 +97,4 @@ async def test_the_next_windows_first_page_is_asked_for_before_this_window_ends(
     # Every call the vendor counted was stored, the prefetched first pages' included.
     assert stored == sum(counted.values()) > 0
     assert len(counted) >= 3
+    assert set(firsts.values()) == {1}, firsts  # the prefetched page 1 is not asked for again
