@@ -22,7 +22,8 @@ from typing import Any
 
 import asyncpg
 
-from cdrsync.errors import StoreError
+from cdrsync import jsontext
+from cdrsync.errors import ParseError, StoreError
 from cdrsync.model import CALL_COLUMNS, CallRecord, Reject, StreamState, Window, WriteResult
 from cdrsync.store import members
 from cdrsync.store.lock import StreamLocks
@@ -250,8 +251,25 @@ class Store:
             refused = await self._refused(records)
             if not refused:
                 raise  # not one record's fault: the batch is retried as a whole
-        kept = [r for r in records if id(r) not in refused]
-        more = [refused_reject(r, stream, why, now) for r in records if (why := refused.get(id(r)))]
+        # A refused record's raw written as the full decode writes it (a number beyond a
+        # double kept as its text, one below it read as 0.0): stored so, as before the split
+        # path left such numbers to PostgreSQL; still refused, it is a reject. Its content
+        # hash stays that of the vendor's bytes, so a re-read skips it instead of failing its
+        # batch again.
+        rewritten = {id(r): new for r in records if id(r) in refused and (new := _rewritten(r))}
+        again = await self._refused(list(rewritten.values())) if rewritten else {}
+        kept: list[CallRecord] = []
+        more: list[Reject] = []
+        for record in records:
+            why = refused.get(id(record))
+            new = rewritten.get(id(record))
+            if why is None:
+                kept.append(record)
+            elif new is not None and id(new) not in again:
+                kept.append(new)
+            else:
+                why = again.get(id(new), why) if new is not None else why
+                more.append(refused_reject(record, stream, why, now))
         return await self._write_batch(stream, kept, [*rejects, *more], **after)
 
     async def _write_batch(
@@ -450,6 +468,18 @@ class Store:
             self._dsn, schema=self.schema, connect_timeout=self._connect_timeout,
             probe_every=probe_every,
         )  # fmt: skip
+
+
+def _rewritten(record: CallRecord) -> CallRecord | None:
+    """``record`` with ``raw`` as sorted-key JSON from the full decode (``jsontext``); None
+    when that changes nothing, fails, or holds a NUL PostgreSQL cannot store either."""
+    try:
+        raw = jsontext.canonical(jsontext.loads(record.raw))
+    except (ValueError, ParseError):  # orjson.JSONDecodeError is a ValueError
+        return None
+    if b"\\u0000" in raw or raw.decode() == record.raw:
+        return None
+    return record._replace(raw=raw.decode())
 
 
 def refused_reject(record: CallRecord, stream: str, why: str, now: dt.datetime) -> Reject:

@@ -89,9 +89,9 @@ def split(body: bytes) -> tuple[Any, list[msgspec.Raw]] | None:
 # escape is left to the full decode too, which canonicalizes it. msgspec has checked the
 # bytes' syntax (escapes, surrogate pairs, number shapes) but skips the fields it does not
 # read. A number PostgreSQL's numeric cannot hold (``1e-99999``) is not looked for here: a
-# byte check of every record cost a tenth of a backfill's CPU (issue 11), and the store turns
-# a record PostgreSQL refuses into a reject (``Store.write_batch``), so one absurd number
-# costs its record, never the batch. Nesting needs no check: jsonb takes a record nested as
+# byte check of every record cost a tenth of a backfill's CPU (issue 11), and the store
+# writes a record PostgreSQL refuses as the full decode would (``Store.write_batch``), so one
+# absurd number never costs the batch. Nesting needs no check: jsonb takes a record nested as
 # deep as 3 000 levels, and one deeper than msgspec's recursion limit (about 1 000) never
 # gets here.
 

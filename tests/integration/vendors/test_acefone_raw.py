@@ -72,10 +72,10 @@ async def rejected(dsn: str) -> dict[str, asyncpg.Record]:
 
 async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream, dsn):
     """Bytes jsonb refuses or changes, in fields cdrsync does not read, never fail the batch:
-    a NUL is rejected when the page is parsed, numbers beyond numeric when PostgreSQL refuses
-    them (with its reason and the vendor's bytes), an escape is canonicalized, a number numeric
-    holds and a record nested deeper than orjson writes are stored as sent; the window's
-    watermark moves past them all."""
+    a NUL is rejected when the page is parsed; numbers beyond numeric, which PostgreSQL
+    refuses, are stored as the full decode reads them (with the hash of the vendor's bytes, so
+    a re-read skips them); an escape is canonicalized; a number numeric holds and a record
+    nested deeper than orjson writes are stored as sent; the watermark moves past them all."""
     beyond = {
         "huge": b"1e999999",  # more than 131 072 digits before the point
         "tiny": b"-1.5E-123456",  # more than 16 383 after it
@@ -99,39 +99,47 @@ async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream
         stream, list(parsed.records), list(parsed.rejects), now=T0, advance_to=watermark
     )
 
-    assert (result.inserted, result.rejected) == (5, 4)
+    assert (result.inserted, result.rejected) == (8, 1)
     rows = await stored(dsn)
     assert rows.pop("deep")["raw"].count("[") == 900 + 1  # and call_flow
     assert '"extra": -1' + "0" * 1234 + "," in rows.pop("big")["raw"]  # numeric holds it exactly
     extras = {key: orjson.loads(row["raw"])["extra"] for key, row in rows.items()}
     assert extras == {
         "plain": "x",
+        "huge": "1e999999",  # beyond a double: kept as its text
+        "tiny": 0.0,  # underflows to zero, as orjson reads it
+        "long": 0.0,
         "escaped": "caf\u00e9 \U0001f600",
         "spaced": [1, 2500.0, {"a": None}],
     }
-    refused = await rejected(dsn)
-    assert sorted(refused) == sorted(["nul", *beyond])
-    for key, number in beyond.items():
-        assert "PostgreSQL refused to store the record" in refused[key]["reason"]
-        assert "numeric" in refused[key]["reason"]
-        assert refused[key]["payload"] == record(key, number).decode()  # the vendor's bytes
-        assert refused[key]["stream"] == STREAM
+    hashes = await store.call_hashes("acefone", "acme-in")
+    assert {key: hashes[key] for key in beyond} == {
+        key: digest(record(key, number)) for key, number in beyond.items()
+    }
+    assert list(await rejected(dsn)) == ["nul"]
     state = await store.load_state(STREAM)
     assert state is not None
-    assert (state.watermark, state.rows_inserted) == (watermark, 5)
+    assert (state.watermark, state.rows_inserted) == (watermark, 8)
 
 
-async def test_a_refused_record_in_a_small_batch_costs_only_itself(store, stream, dsn):
-    """A live cycle's few records are written in one statement: one PostgreSQL refuses becomes
-    a reject there too, and the others are stored."""
-    parsed = page_of([record("a"), record("tiny", b"1e-99999"), record("b")])
-    assert len(parsed.records) == 3 <= store.small_batch_rows and not parsed.rejects
+async def test_a_value_postgresql_refuses_costs_only_its_record(store, stream, dsn):
+    """A record PostgreSQL refuses to store even rewritten (here a NUL in a text column) is
+    rejected with the server's reason and its raw; the others of the batch are stored, on the
+    one-statement path of a live cycle's few records too."""
+    parsed = page_of([record("a"), record("bad"), record("b")])
+    records = [
+        r._replace(agent_name="a\x00b") if r.call_key == "bad" else r for r in parsed.records
+    ]
+    assert len(records) == 3 <= store.small_batch_rows and not parsed.rejects
 
-    result = await store.write_batch(stream, list(parsed.records), now=T0)
+    result = await store.write_batch(stream, records, now=T0)
 
     assert (result.inserted, result.rejected) == (2, 1)
     assert sorted(await stored(dsn)) == ["a", "b"]
-    assert list(await rejected(dsn)) == ["tiny"]
+    refused = await rejected(dsn)
+    assert list(refused) == ["bad"]
+    assert "PostgreSQL refused to store the record" in refused["bad"]["reason"]
+    assert refused["bad"]["payload"] == record("bad").decode()  # the vendor's bytes
 
 
 async def test_an_equal_record_in_other_key_order_writes_nothing(store, stream, dsn):

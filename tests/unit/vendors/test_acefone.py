@@ -294,7 +294,7 @@ async def test_a_per_page_count_is_learned_from_the_one_record_page():
         (b'{"id":"a","s":"\\u00e9"}', False),  # any escape: the full decode canonicalizes it
         (b'{"id":"a","s":"a\\\\u"}', False),  # an escaped backslash before a u: to be safe
         (b'{"id":"a","d":' + b"[" * 256 + b"]" * 256 + b"}", True),  # jsonb takes 3 000 levels
-        # Numbers numeric cannot hold are PostgreSQL's to refuse: the store rejects the record
+        # Numbers numeric cannot hold are PostgreSQL's to refuse: the store then rewrites the record
         # (tests/integration/vendors/test_acefone_raw.py).
         (b'{"id":"a","n":[0, -2.5E+12345]}', True),
         (b'{"id":"a","s":"' + b"x" * 16_000 + b'"}', True),
