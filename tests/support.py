@@ -12,7 +12,7 @@ from typing import Any
 
 from cdrsync.app import daemon as app
 from cdrsync.config import AccountSettings, Settings, parse
-from cdrsync.simulator.acefone import AcefoneSimulator
+from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.store.queries import QUERIES
 from cdrsync.store.store import Store
 from cdrsync.vendors.acefone import record_hash
@@ -56,6 +56,16 @@ def acefone_settings(
         source="<test>",
         environ={},
     )
+
+
+def backlog_simulator(*, seed: int, backlog: int, days: float, now: float) -> AcefoneSimulator:
+    """An Acefone simulator holding only a fixed backlog ending at ``now`` (no live calls, no
+    late or changed ones): every read sees the same pages."""
+    config = AcefoneSimConfig(
+        seed=seed, backlog=backlog, backlog_days=days, live_per_minute=0, late_fraction=0.0,
+        change_fraction=0.0,
+    )  # fmt: skip
+    return AcefoneSimulator(config, now=lambda: now)
 
 
 def truth_hashes(sim: AcefoneSimulator, at: float | None = None) -> dict[str, bytes]:

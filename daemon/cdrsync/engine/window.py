@@ -182,7 +182,6 @@ class WindowStream(StreamLoop):
         # Page 1 of the cycle's next window, asked for while this window's other pages are read
         # (``_prefetch_next``), and the stored hashes it was parsed with.
         self._next_window: Window | None = None
-        self._prefetch_ok = getattr(source, "prefetch_first_page", False) is True
         self._prefetched: dict[Window, asyncio.Task[tuple[frozenset[bytes] | None, Page]]] = {}
 
     # ------------------------------------------------------------------ one cycle
@@ -331,7 +330,9 @@ class WindowStream(StreamLoop):
         window = self._next_window
         # Only a source that says so: under Ozonetel's bulk budget (2 a minute) an early
         # page 1 would only take a grant ahead of this window's own pages, and go stale.
-        if window is None or window in self._prefetched or not self._prefetch_ok:
+        if window is None or window in self._prefetched:
+            return
+        if getattr(self._source, "prefetch_first_page", False) is not True:
             return
         self._prefetched[window] = asyncio.ensure_future(self._first_page(window))
 

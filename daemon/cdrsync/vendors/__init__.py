@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 
 class WindowSource(Protocol):
-    """A vendor list endpoint that returns the calls of a time window, page by page."""
+    """A vendor list endpoint that returns the calls of a time window, page by page.
+
+    A source may also set ``prefetch_first_page = True``: the window stream then asks for the
+    next window's page 1 while the current window's pages are read (only where the vendor's
+    budget leaves room for it: Acefone)."""
 
     vendor: str
     page_size: int

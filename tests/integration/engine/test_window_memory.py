@@ -17,9 +17,8 @@ from cdrsync.app import daemon as app
 from cdrsync.app.runtime import runtime
 from cdrsync.engine import window as window_module
 from cdrsync.engine.batchqueue import RowQueue
-from cdrsync.simulator.acefone import AcefoneSimConfig, AcefoneSimulator
 from cdrsync.simulator.server import start_server
-from support import acefone_settings, eventually
+from support import acefone_settings, backlog_simulator, eventually
 
 WRITE_ROWS = 10  # the writer's target: every hour of this backlog holds far more calls
 PAGE_SIZE = 25
@@ -44,13 +43,7 @@ class Tally:
 async def test_a_slow_writer_keeps_the_reader_within_one_window_and_a_page(dsn, monkeypatch):
     """A held-back writer keeps the rows read ahead of it within one window and a page."""
     now = time.time()
-    sim = AcefoneSimulator(
-        AcefoneSimConfig(
-            seed=17, backlog=2400, backlog_days=1.0, live_per_minute=0, late_fraction=0.0,
-            change_fraction=0.0,
-        ),
-        now=lambda: now,
-    )  # fmt: skip
+    sim = backlog_simulator(seed=17, backlog=2400, days=1.0, now=now)
     queues: list[RowQueue[Any]] = []
 
     def recording(*args: Any, **kwargs: Any) -> RowQueue[Any]:

@@ -46,13 +46,18 @@ def page_of(records: list[bytes], at: dt.datetime = T0) -> Page:
     return parse_page(body, account="acme-in", stream=STREAM, zone=IST, fetched_at=at)
 
 
-async def stored(dsn: str) -> dict[str, asyncpg.Record]:
+async def by_key(dsn: str, query: str) -> dict[str, asyncpg.Record]:
+    """The rows ``query`` selects, by their ``call_key``."""
     conn = await asyncpg.connect(dsn, server_settings={"search_path": "cdrsync"})
     try:
-        rows = await conn.fetch("SELECT call_key, raw, updated_at, xmin::text AS x FROM calls")
+        rows = await conn.fetch(query)
     finally:
         await conn.close()
     return {row["call_key"]: row for row in rows}
+
+
+async def stored(dsn: str) -> dict[str, asyncpg.Record]:
+    return await by_key(dsn, "SELECT call_key, raw, updated_at, xmin::text AS x FROM calls")
 
 
 @pytest.fixture
@@ -62,12 +67,7 @@ async def stream(store: Store) -> str:
 
 
 async def rejected(dsn: str) -> dict[str, asyncpg.Record]:
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": "cdrsync"})
-    try:
-        rows = await conn.fetch("SELECT call_key, stream, reason, payload FROM rejects")
-    finally:
-        await conn.close()
-    return {row["call_key"]: row for row in rows}
+    return await by_key(dsn, "SELECT call_key, stream, reason, payload FROM rejects")
 
 
 async def test_what_jsonb_refuses_costs_one_record_never_the_batch(store, stream, dsn):
